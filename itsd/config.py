@@ -1,0 +1,406 @@
+"""The typed configuration of itsd: one pydantic model for the YAML file and the CLI flags.
+
+Every field carries a description (the README's configuration table is generated from
+them by ``tools/config_table.py``). Unknown keys are rejected (``extra="forbid"``) so a
+typo never silently falls back to a default, and every error names the file, the key
+path and what was expected.
+
+This module must never import a stage, an engine or anything that touches a GPU: the
+supervisor, the CLI and every stage import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from itsd.errors import ConfigError
+
+Point = tuple[
+    Annotated[float, Field(ge=0.0, le=1.0)],
+    Annotated[float, Field(ge=0.0, le=1.0)],
+]
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ServerConfig(_Model):
+    """Network endpoints of the daemon."""
+
+    grpc_bind: str = Field("127.0.0.1", description="Address the gRPC control API binds to.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the gRPC control API.")
+    monitoring_bind: str = Field(
+        "127.0.0.1", description="Address of the HTTP monitoring port (health, Prometheus metrics)."
+    )
+    monitoring_port: int = Field(
+        8080, ge=0, le=65535, description="HTTP monitoring port; 0 disables it."
+    )
+
+
+class ModelConfig(_Model):
+    """Which detector runs and how its output is filtered."""
+
+    path: str = Field(
+        "yolo11n",
+        description=(
+            "Model file (.onnx, .pt, .engine) or a YOLO11/YOLOv8 name such as 'yolo11n', looked up "
+            "in the model cache ($ITSD_MODEL_DIR or ~/.cache/itsd/models) and downloaded when online."
+        ),
+    )
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
+        "auto", description="Inference backend; 'auto' picks by file type and hardware."
+    )
+    confidence: float = Field(
+        0.25, gt=0.0, lt=1.0, description="Minimum detection confidence kept."
+    )
+    iou: float = Field(0.45, gt=0.0, lt=1.0, description="IoU threshold of the class-aware NMS.")
+    max_detections: int = Field(300, ge=1, le=10000, description="Most detections kept per frame.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="Numeric precision on GPUs (TensorRT/PyTorch); the CPU runs the file as is."
+    )
+    tensorrt: bool = Field(
+        True, description="Build and use a TensorRT engine when a GPU and TensorRT are present."
+    )
+    classes: list[int] | None = Field(
+        None, description="Keep only these class ids (COCO numbering); null keeps all."
+    )
+
+
+class PerformanceConfig(_Model):
+    """Batching and pacing."""
+
+    batch_size: int = Field(8, ge=1, le=1024, description="Preferred inference batch size.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
+    target_fps: float = Field(
+        30.0, gt=0.0, le=240.0, description="Frames per second taken from each camera by default."
+    )
+    cpu_threads: int = Field(
+        1, ge=1, le=256, description="Intra-op threads of the CPU inference backend."
+    )
+    frame_ring_slots: int = Field(
+        4, ge=3, le=64, description="Slots in each camera's frame ring (newest frame wins)."
+    )
+    record_ring_mib: int = Field(
+        16, ge=1, le=4096, description="Size of the detection and event rings, in MiB each."
+    )
+
+    @model_validator(mode="after")
+    def _batch_le_max(self) -> PerformanceConfig:
+        if self.batch_size > self.max_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
+
+class TopicsConfig(_Model):
+    """Kafka topic names (the prefix is prepended)."""
+
+    detection_events: str = Field("detection_events", description="Per-frame detections.")
+    analytics_events: str = Field(
+        "analytics_events", description="Line crossings and other traffic facts."
+    )
+    metrics_events: str = Field("metrics_events", description="Periodic metrics snapshots.")
+    alert_events: str = Field("alert_events", description="Alerts (anomalies, violations).")
+
+
+class KafkaConfig(_Model):
+    """Publishing to Kafka."""
+
+    enabled: bool = Field(False, description="Publish events to Kafka.")
+    bootstrap_servers: str = Field(
+        "localhost:9092", description="Comma-separated Kafka bootstrap servers."
+    )
+    topic_prefix: str = Field("", description="Prefix put before every topic name.")
+    topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topic names.")
+    producer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka producer settings, e.g. {'compression.type': 'zstd'}.",
+    )
+
+
+class OutputsConfig(_Model):
+    """Local outputs."""
+
+    jsonl_path: Path | None = Field(
+        Path("itsd-events.jsonl"),
+        description="Append every event as one JSON line to this file; null disables it.",
+    )
+    spool_dir: Path = Field(
+        Path("itsd-spool"), description="Where events wait on disk while the broker is away."
+    )
+    detection_events: bool = Field(
+        True, description="Publish one detection event per processed frame."
+    )
+
+
+class LoggingConfig(_Model):
+    """Logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+
+class SupervisorConfig(_Model):
+    """How the supervisor keeps stages alive and stops them."""
+
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0.0, description="A stage whose heartbeat stops this long is stuck and killed."
+    )
+    startup_grace_s: float = Field(
+        120.0, gt=0.0, description="Time a stage may take to start (model load, first connect)."
+    )
+    max_restarts: int = Field(
+        5, ge=0, description="Restarts allowed per stage within restart_window_s."
+    )
+    restart_window_s: float = Field(60.0, gt=0.0, description="Window of the restart cap.")
+    backoff_initial_s: float = Field(0.5, gt=0.0, description="First restart delay.")
+    backoff_max_s: float = Field(30.0, gt=0.0, description="Longest restart delay.")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0.0, description="Deadline of a graceful stop before stages are killed."
+    )
+    exit_when_sources_end: bool = Field(
+        False, description="Stop the daemon once every camera source has ended (files, demos)."
+    )
+
+
+class LineConfig(_Model):
+    """A counting line, in normalised image coordinates (0..1 of width and height)."""
+
+    id: str = Field(..., pattern=CAMERA_ID_PATTERN, description="Line id, unique per camera.")
+    name: str = Field("", description="Human-readable name.")
+    start: Point = Field(..., description="First end point [x, y], normalised.")
+    end: Point = Field(..., description="Second end point [x, y], normalised.")
+    classes: list[str] | None = Field(
+        None, description="Count only these class names; null counts vehicles and people."
+    )
+
+    @model_validator(mode="after")
+    def _not_degenerate(self) -> LineConfig:
+        if self.start == self.end:
+            raise ValueError("start and end of a line must differ")
+        return self
+
+
+class ZoneConfig(_Model):
+    """A polygon zone, in normalised image coordinates."""
+
+    id: str = Field(..., pattern=CAMERA_ID_PATTERN, description="Zone id, unique per camera.")
+    name: str = Field("", description="Human-readable name.")
+    polygon: list[Point] = Field(
+        ..., min_length=3, description="Corner points [[x, y], ...], normalised."
+    )
+    classes: list[str] | None = Field(None, description="Classes considered; null = vehicles.")
+
+
+class CalibrationConfig(_Model):
+    """Ground-plane calibration: image points and their positions on the road in metres."""
+
+    image_points: list[Point] = Field(
+        ..., min_length=4, description="At least 4 image points [x, y], normalised."
+    )
+    world_points: list[tuple[float, float]] = Field(
+        ..., min_length=4, description="The same points on the ground plane, in metres."
+    )
+
+    @model_validator(mode="after")
+    def _same_length(self) -> CalibrationConfig:
+        if len(self.image_points) != len(self.world_points):
+            raise ValueError(
+                f"image_points has {len(self.image_points)} points but world_points has "
+                f"{len(self.world_points)}"
+            )
+        return self
+
+
+class CameraConfig(_Model):
+    """One camera (or video file) and its analytics geometry."""
+
+    id: str = Field(..., pattern=CAMERA_ID_PATTERN, description="Camera id (letters, digits, _.-).")
+    source: str = Field(
+        ..., min_length=1, description="Video source: file path, rtsp://, http(s):// URL."
+    )
+    target_fps: float | None = Field(
+        None, gt=0.0, le=240.0, description="Frames per second taken; null uses the default."
+    )
+    priority: int = Field(5, ge=0, le=9, description="Batching priority, 9 is served first.")
+    loop: bool = Field(False, description="Restart a file source at its end.")
+    realtime: bool = Field(
+        True, description="Pace a file source at its own frame rate (false: as fast as possible)."
+    )
+    max_width: int = Field(
+        1920, ge=16, le=8192, description="Largest frame width kept; larger frames are scaled down."
+    )
+    max_height: int = Field(
+        1080, ge=16, le=8192, description="Largest frame height kept; larger frames are scaled down."
+    )
+    open_timeout_s: float = Field(
+        10.0, gt=0.0, description="Timeout of opening and reading a network source."
+    )
+    lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Zones.")
+    calibration: CalibrationConfig | None = Field(None, description="Ground-plane calibration.")
+
+    @field_validator("lines", "zones")
+    @classmethod
+    def _unique_ids(cls, items: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r}")
+            seen.add(item.id)
+        return items
+
+
+class Config(_Model):
+    """The whole configuration of one itsd daemon."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Network endpoints.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
+    performance: PerformanceConfig = Field(
+        default_factory=PerformanceConfig, description="Batching and pacing."
+    )
+    gpus: list[int] = Field(
+        default_factory=list, description="GPU indices to use; empty runs inference on the CPU."
+    )
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka publishing.")
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Local outputs.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    supervisor: SupervisorConfig = Field(
+        default_factory=SupervisorConfig, description="Process supervision."
+    )
+    production: bool = Field(
+        False, description="Production mode: refuse insecure or demo-only settings."
+    )
+    pid_file: Path | None = Field(
+        None, description="Pid file; null uses /run/itsd/itsd.pid as root, else /tmp/itsd-UID.pid."
+    )
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras.")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_camera_ids(cls, cams: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        for cam in cams:
+            if cam.id in seen:
+                raise ValueError(f"duplicate camera id {cam.id!r}")
+            seen.add(cam.id)
+        return cams
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_non_negative(cls, gpus: list[int]) -> list[int]:
+        if any(g < 0 for g in gpus):
+            raise ValueError("GPU indices must be >= 0")
+        return gpus
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Config:
+        if self.production and self.supervisor.exit_when_sources_end:
+            raise ValueError("supervisor.exit_when_sources_end is for demos, not production")
+        return self
+
+    def resolved_pid_file(self) -> Path:
+        """The pid file path in effect."""
+        if self.pid_file is not None:
+            return self.pid_file
+        return default_pid_file()
+
+    def camera_fps(self, camera: CameraConfig) -> float:
+        """Frames per second taken from ``camera``."""
+        return camera.target_fps if camera.target_fps is not None else self.performance.target_fps
+
+
+def default_pid_file() -> Path:
+    """The pid file used when the configuration names none."""
+    if os.geteuid() == 0:
+        return Path("/run/itsd/itsd.pid")
+    return Path(f"/tmp/itsd-{os.geteuid()}.pid")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.path: what was expected (got X)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"])
+        loc = loc.replace(".[", "[")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `itsd config show-defaults`)"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        if len(got_s) > 80:
+            got_s = got_s[:77] + "...)"
+        lines.append(f"{source}: {loc or '<top level>'}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate ``data`` (parsed YAML) into a Config; ConfigError names source and key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML config file; no path gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read configuration: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{p}: invalid YAML: {where}{problem}") from None
+    return parse_config(data, str(p))
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any], source: str = "command line") -> Config:
+    """Return a new Config with dotted-key overrides applied (``{"model.iou": 0.5}``).
+
+    ``None`` values are skipped, so unset CLI flags never override the file.
+    """
+    data = config.model_dump(mode="python")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def config_to_json(config: Config) -> str:
+    """Serialise for a child process (the reverse is :func:`config_from_json`)."""
+    return config.model_dump_json()
+
+
+def config_from_json(text: str) -> Config:
+    """Rebuild a Config sent by :func:`config_to_json`."""
+    return Config.model_validate_json(text)

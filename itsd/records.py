@@ -1,0 +1,192 @@
+"""Records that travel between stages, and their byte layouts in the record rings.
+
+Two records cross process boundaries:
+
+* ``DetectionRecord`` (inference -> analytics): one per processed frame, even with no
+  detections, so analytics sees every frame and can age tracks.
+  Layout (little endian): a fixed header ``HEADER`` followed by ``n`` boxes (float32 x4),
+  ``n`` scores (float32) and ``n`` class ids (int32)::
+
+      u32 magic 'DET1' | u32 camera_index | u64 frame_id | i64 pts
+      u64 capture_wall_ns | u64 acquire_mono_ns | u64 infer_start_mono_ns
+      u64 infer_end_mono_ns | u32 width | u32 height | u32 n | u32 batch_size
+
+* ``EventRecord`` (analytics -> publisher): an already-serialised JSON event with the
+  topic it belongs to and its Kafka key (the camera id)::
+
+      u8 topic | u8 reserved | u16 key_len | key (utf-8) | payload (JSON, utf-8)
+
+This module must never import a stage, an engine, shared memory or a GPU library; it is
+pure data and is imported by every stage.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+DET_MAGIC = 0x31544544  # b"DET1" little endian
+_DET_HEADER = struct.Struct("<IIQqQQQQIIII")
+
+
+class Topic(enum.IntEnum):
+    """The event streams; names match the default Kafka topics."""
+
+    DETECTION = 0
+    ANALYTICS = 1
+    METRICS = 2
+    ALERT = 3
+
+    @property
+    def default_name(self) -> str:
+        """The default Kafka topic name of this stream."""
+        return f"{self.name.lower()}_events"
+
+
+@dataclass(slots=True)
+class DetectionRecord:
+    """Detections of one frame of one camera, in that frame's pixel coordinates."""
+
+    camera_index: int
+    frame_id: int
+    pts: int
+    capture_wall_ns: int
+    acquire_mono_ns: int  # when inference took the frame from its ring
+    infer_start_mono_ns: int
+    infer_end_mono_ns: int
+    width: int
+    height: int
+    batch_size: int
+    boxes: np.ndarray  # (n, 4) float32 x_min, y_min, x_max, y_max
+    scores: np.ndarray  # (n,) float32
+    class_ids: np.ndarray  # (n,) int32
+
+    def pack(self) -> bytes:
+        """Serialise for a record ring."""
+        n = len(self.scores)
+        if self.boxes.shape != (n, 4) or len(self.class_ids) != n:
+            raise ValueError(
+                f"inconsistent detection arrays: boxes {self.boxes.shape}, "
+                f"scores {self.scores.shape}, class_ids {self.class_ids.shape}"
+            )
+        header = _DET_HEADER.pack(
+            DET_MAGIC,
+            self.camera_index,
+            self.frame_id,
+            self.pts,
+            self.capture_wall_ns,
+            self.acquire_mono_ns,
+            self.infer_start_mono_ns,
+            self.infer_end_mono_ns,
+            self.width,
+            self.height,
+            n,
+            self.batch_size,
+        )
+        return b"".join(
+            (
+                header,
+                np.ascontiguousarray(self.boxes, dtype="<f4").tobytes(),
+                np.ascontiguousarray(self.scores, dtype="<f4").tobytes(),
+                np.ascontiguousarray(self.class_ids, dtype="<i4").tobytes(),
+            )
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> DetectionRecord:
+        """Parse bytes made by :meth:`pack`; ValueError on anything else."""
+        if len(data) < _DET_HEADER.size:
+            raise ValueError(f"detection record too short: {len(data)} bytes")
+        (magic, cam, fid, pts, wall, mono, t0, t1, w, h, n, bs) = _DET_HEADER.unpack_from(data)
+        if magic != DET_MAGIC:
+            raise ValueError(f"not a detection record (magic {magic:#x})")
+        expected = _DET_HEADER.size + n * 24
+        if len(data) != expected:
+            raise ValueError(f"detection record of {len(data)} bytes, expected {expected}")
+        off = _DET_HEADER.size
+        boxes = np.frombuffer(data, dtype="<f4", count=n * 4, offset=off).reshape(n, 4)
+        off += n * 16
+        scores = np.frombuffer(data, dtype="<f4", count=n, offset=off)
+        off += n * 4
+        class_ids = np.frombuffer(data, dtype="<i4", count=n, offset=off)
+        return cls(cam, fid, pts, wall, mono, t0, t1, w, h, bs, boxes, scores, class_ids)
+
+
+_EVT_HEADER = struct.Struct("<BBH")
+
+
+@dataclass(slots=True, frozen=True)
+class EventRecord:
+    """A serialised event on its way to Kafka or the JSONL file."""
+
+    topic: Topic
+    key: str
+    payload: bytes
+
+    def pack(self) -> bytes:
+        """Serialise for a record ring."""
+        key = self.key.encode()
+        if len(key) > 0xFFFF:
+            raise ValueError("event key longer than 65535 bytes")
+        return _EVT_HEADER.pack(int(self.topic), 0, len(key)) + key + self.payload
+
+    @classmethod
+    def unpack(cls, data: bytes) -> EventRecord:
+        """Parse bytes made by :meth:`pack`; ValueError on anything else."""
+        if len(data) < _EVT_HEADER.size:
+            raise ValueError(f"event record too short: {len(data)} bytes")
+        topic, _, klen = _EVT_HEADER.unpack_from(data)
+        end = _EVT_HEADER.size + klen
+        if end > len(data):
+            raise ValueError("event record key runs past its end")
+        return cls(Topic(topic), data[_EVT_HEADER.size : end].decode(), bytes(data[end:]))
+
+
+def rfc3339_from_ns(wall_ns: int) -> str:
+    """UTC RFC 3339 timestamp with milliseconds, e.g. ``2026-11-27T10:00:00.123Z``."""
+    dt = datetime.fromtimestamp(wall_ns / 1e9, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+MODEL_MAGIC = 0x314C444D  # b"MDL1" little endian
+_MODEL_HEADER = struct.Struct("<I")
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfoRecord:
+    """Sent by inference on the detection ring before its first detections.
+
+    It tells analytics the class names of the running model, so custom models with
+    their own classes are labelled correctly. Layout: ``u32 magic 'MDL1'`` then JSON.
+    """
+
+    class_names: tuple[str, ...]
+    backend: str
+    model: str
+
+    def pack(self) -> bytes:
+        """Serialise for a record ring."""
+        body = json.dumps(
+            {"class_names": list(self.class_names), "backend": self.backend, "model": self.model}
+        ).encode()
+        return _MODEL_HEADER.pack(MODEL_MAGIC) + body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ModelInfoRecord:
+        """Parse bytes made by :meth:`pack`; ValueError on anything else."""
+        if len(data) < 4 or _MODEL_HEADER.unpack_from(data)[0] != MODEL_MAGIC:
+            raise ValueError("not a model info record")
+        obj = json.loads(data[4:])
+        return cls(tuple(obj["class_names"]), str(obj["backend"]), str(obj["model"]))
+
+
+def record_magic(data: bytes) -> int:
+    """The magic number a detection-ring record starts with (0 if too short)."""
+    if len(data) < 4:
+        return 0
+    return int(struct.unpack_from("<I", data)[0])

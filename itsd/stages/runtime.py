@@ -1,0 +1,170 @@
+"""The harness every stage process runs in: start-up, signals, heartbeat, exit codes.
+
+The supervisor spawns ``stage_main(spec)`` with the spawn start method. The harness
+ties the child's life to its parent (``PR_SET_PDEATHSIG`` plus a parent-pid check),
+enables faulthandler (a SIGABRT from the supervisor's watchdog prints every thread's
+traceback to the log), ignores SIGINT (a Ctrl-C in a terminal reaches the whole process
+group; the supervisor alone decides the order of a stop), turns SIGTERM into a stop
+request, attaches the stage's slot of the control block and runs the stage's ``run``.
+Exceptions become exit codes the supervisor understands (see ``itsd.errors``).
+
+Counter indices of a stage slot are defined here, in one place, for the stages, the
+supervisor and the monitoring code.
+
+This module must never import a stage module statically (it loads the one it runs by
+name), nor ``control``, ``monitor`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+from itsd.config import Config, config_from_json
+from itsd.errors import EXIT_FAILURE, EXIT_OK, ItsdError
+from itsd.logutil import setup_logging
+from itsd.shm import ControlBlock, StageSlot
+from itsd.shm.control import STATE_DRAINING, STATE_FAILED, STATE_RUNNING, STATE_STARTING, STATE_STOPPED
+
+log = logging.getLogger("itsd.stage")
+
+# Counter indices of a stage slot (ControlBlock.slot(i).add/get).
+C_IN = 0  # items taken from the input (frames decoded / frames inferred / records read)
+C_OUT = 1  # items handed to the output (frames written / records written / events written)
+C_DROPPED = 2  # items lost on purpose (frames overwritten, frames too large)
+C_ERRORS = 3  # recoverable errors (corrupt packets, failed writes)
+C_BATCHES = 4  # inference batches run
+C_BUSY_US = 5  # microseconds spent working (inference time, write time)
+C_EOF = 6  # 1 once a non-looping source has ended
+C_RECONNECTS = 7  # source (re)connect attempts after a failure
+C_LAST_WALL_MS = 8  # wall clock (ms) of the last item handled
+C_LATENCY_US_SUM = 9  # sum of capture-to-output latencies (us)
+C_LATENCY_N = 10  # number of latencies summed
+C_NEXT_FRAME_ID = 11  # decode: the next frame id (survives a restart of the stage)
+C_LINE_CROSSINGS = 12  # analyze: line crossings counted
+C_TRACKS = 13  # analyze: confirmed tracks now in view, summed over cameras
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything a stage process needs; picklable, sent by the supervisor at spawn."""
+
+    name: str  # "decode:cam1", "infer", "analyze", "publish"
+    kind: str  # module name under itsd.stages
+    slot: int  # index of the stage's slot in the control block
+    control_name: str
+    parent_pid: int
+    config_json: str
+    camera_index: int = -1
+    frame_rings: tuple[str, ...] = ()
+    detection_ring: str = ""
+    event_ring: str = ""
+    model_path: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class StageContext:
+    """What a running stage uses: its config, its control slot and the stop signal."""
+
+    def __init__(self, spec: StageSpec, config: Config, control: ControlBlock) -> None:
+        self.spec = spec
+        self.config = config
+        self.control = control
+        self.slot: StageSlot = control.slot(spec.slot)
+        self._stop = False
+        self.log = logging.getLogger(f"itsd.{spec.kind}")
+
+    # -- stop signal ------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the stage to finish (called from the SIGTERM handler)."""
+        self._stop = True
+
+    def parent_gone(self) -> bool:
+        """True once the supervisor has died (the stage must wind down quickly)."""
+        return os.getppid() != self.spec.parent_pid
+
+    def should_stop(self) -> bool:
+        """True when the stage should stop taking new work (SIGTERM or parent gone)."""
+        return self._stop or self.parent_gone()
+
+    # -- liveness -----------------------------------------------------------------------
+    def beat(self) -> None:
+        """Bump the heartbeat; call at least every few seconds."""
+        self.slot.beat()
+
+    def set_running(self) -> None:
+        """Mark the stage ready (the supervisor reports READY when all are)."""
+        self.slot.set_state(STATE_RUNNING)
+        self.beat()
+
+    def set_draining(self) -> None:
+        """Mark the stage as draining its input before it exits."""
+        self.slot.set_state(STATE_DRAINING)
+
+    def sleep(self, seconds: float, step: float = 0.25) -> bool:
+        """Sleep up to ``seconds`` while beating; return False if a stop came first."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.beat()
+            if self.should_stop():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(step, left))
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError):  # not Linux: the parent-pid checks still apply
+        pass
+
+
+def stage_main(spec: StageSpec) -> None:
+    """Entry point of a stage process (the target the supervisor spawns)."""
+    _set_parent_death_signal()
+    if os.getppid() != spec.parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_FAILURE)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = config_from_json(spec.config_json)
+    setup_logging(config.logging.level, spec.name, config.logging.format)
+    control = ControlBlock.attach(spec.control_name)
+    ctx = StageContext(spec, config, control)
+
+    def _on_term(signum: int, frame: FrameType | None) -> None:
+        ctx.request_stop()
+
+    signal.signal(signal.SIGTERM, _on_term)
+    slot = ctx.slot
+    slot.set_pid(os.getpid())
+    slot.set_state(STATE_STARTING)
+    slot.beat()
+    code = EXIT_FAILURE
+    try:
+        module = importlib.import_module(f"itsd.stages.{spec.kind}")
+        code = int(module.run(ctx))
+    except ItsdError as err:
+        log.error("%s", err)
+        code = err.exit_code
+    except Exception:
+        log.exception("stage %s crashed", spec.name)
+        code = EXIT_FAILURE
+    finally:
+        slot.set_state(STATE_STOPPED if code == EXIT_OK else STATE_FAILED)
+        control.close()
+        logging.shutdown()
+    sys.exit(code)
