@@ -215,29 +215,37 @@ def stop(config_path: str | None, pid_file: str | None, timeout: float) -> None:
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def status(config_path: str | None, target: str | None, as_json: bool, timeout: float) -> None:
     """Show the health of a running daemon (through the gRPC API)."""
-    from itsd.control.client import ControlUnavailable, get_health_dict
+    from google.protobuf.json_format import MessageToDict
+
+    from itsd.control._pb import vision_pb2
+    from itsd.control.client import ControlClientError, get_health
 
     addr = _grpc_target(config_path, target)
     try:
-        health = get_health_dict(addr, timeout)
-    except ControlUnavailable as err:
-        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        health = get_health(addr, timeout)
+    except ControlClientError as err:
+        _fail(str(err), EXIT_NOT_RUNNING)
         return
-    if as_json:
-        click.echo(json.dumps(health, indent=2))
-        return
-    click.echo(
-        f"itsd {health.get('version', '?')}: {health.get('status', '?')}, "
-        f"up {float(health.get('uptime_s', 0)):.0f} s, backend {health.get('backend', '?')}, "
-        f"model {health.get('model', '?')}"
+    serving = health.status in (
+        vision_pb2.SERVING_STATUS_SERVING,
+        vision_pb2.SERVING_STATUS_DEGRADED,
     )
-    click.echo(f"{'STAGE':<24} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'HEARTBEAT AGE':>14}")
-    for st in health.get("stages", []):
+    if as_json:
+        click.echo(json.dumps(MessageToDict(health, preserving_proto_field_name=True), indent=2))
+    else:
+        status_name = vision_pb2.ServingStatus.Name(health.status).removeprefix("SERVING_STATUS_")
         click.echo(
-            f"{st['name']:<24} {st['pid']:>8} {st['state']:<10} {st['restarts']:>8} "
-            f"{st['heartbeat_age_s']:>12.1f} s"
+            f"itsd {health.version}: {status_name}, up {health.uptime_s:.0f} s, "
+            f"backend {health.backend}, model {health.model}"
         )
-    if health.get("status") != "SERVING":
+        click.echo(f"{'STAGE':<24} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'HEARTBEAT':>10}")
+        for st in health.stages:
+            state = vision_pb2.StageState.Name(st.state).removeprefix("STAGE_STATE_").lower()
+            age = (
+                f"{st.last_heartbeat_age_s:.1f} s" if st.HasField("last_heartbeat_age_s") else "-"
+            )
+            click.echo(f"{st.name:<24} {st.pid or '-':>8} {state:<10} {st.restarts:>8} {age:>10}")
+    if not serving:
         sys.exit(EXIT_FAILURE)
 
 
@@ -290,17 +298,20 @@ def streams() -> None:
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def streams_list(config_path: str | None, target: str | None, timeout: float) -> None:
     """List the cameras of a running daemon."""
-    from itsd.control.client import ControlUnavailable, list_streams_dicts
+    from itsd.control._pb import streaming_pb2
+    from itsd.control.client import ControlClientError, list_streams
 
     addr = _grpc_target(config_path, target)
     try:
-        rows = list_streams_dicts(addr, timeout)
-    except ControlUnavailable as err:
-        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        rows = list_streams(addr, timeout)
+    except ControlClientError as err:
+        _fail(str(err), EXIT_NOT_RUNNING)
         return
-    click.echo(f"{'CAMERA':<20} {'STATE':<10} {'FPS':>6}  SOURCE")
+    click.echo(f"{'CAMERA':<20} {'STATE':<13} {'FPS':>6}  SOURCE")
     for r in rows:
-        click.echo(f"{r['camera_id']:<20} {r['state']:<10} {r['target_fps']:>6.1f}  {r['source_url']}")
+        state = streaming_pb2.StreamState.Name(r.state).removeprefix("STREAM_STATE_").lower()
+        cfg = r.config
+        click.echo(f"{cfg.camera_id:<20} {state:<13} {cfg.target_fps:>6.1f}  {cfg.source_url}")
 
 
 # --------------------------------------------------------------------------- models

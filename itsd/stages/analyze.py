@@ -36,6 +36,7 @@ from itsd.records import (
     rfc3339_from_ns,
 )
 from itsd.shm import RecordRing
+from itsd.shm.board import Board
 from itsd.stages.runtime import (
     C_ERRORS,
     C_IN,
@@ -52,6 +53,7 @@ log = logging.getLogger("itsd.analyze")
 
 IDLE_SLEEP_S = 0.002
 BATCH_RECORDS = 64
+BOARD_PERIOD_S = 0.5
 
 
 def _dumps(obj: Any) -> bytes:
@@ -167,7 +169,9 @@ def run(ctx: StageContext) -> int:
                 cam.id,
                 len(cam.zones),
             )
-    emit_detections = config.outputs.detection_events
+    board_name = ctx.spec.extra.get("board", "")
+    board = Board.attach(board_name) if board_name else None
+    last_board = 0.0
     slot = ctx.slot
     draining = False
     ctx.set_running()
@@ -194,10 +198,31 @@ def run(ctx: StageContext) -> int:
             slot.set(C_TRACKS, sum(c.in_view for c in cams))
             slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)
             slot.beat()
+            now = time.monotonic()
+            if board is not None and now - last_board >= BOARD_PERIOD_S:
+                last_board = now
+                _publish_board(board, cams)
     finally:
+        if board is not None:
+            _publish_board(board, cams)
+            board.close()
         det_ring.close()
         evt_ring.close()
     return EXIT_OK
+
+
+def _publish_board(board: Board, cams: list[CameraAnalytics]) -> None:
+    state = {
+        "cameras": {
+            c.camera.id: {"line_counts": c.counter.totals(), "vehicles_in_view": c.in_view}
+            for c in cams
+        },
+        "updated_at": time.time(),
+    }
+    try:
+        board.publish(_dumps(state))
+    except ValueError as err:
+        log.warning("live state not published: %s", err)
 
 
 def _handle(ctx: StageContext, cams: list[CameraAnalytics], data: bytes) -> list[EventRecord]:

@@ -52,6 +52,7 @@ from itsd.shm import (
     segment_name,
     sweep_stale,
 )
+from itsd.shm.board import Board
 from itsd.shm.control import STATE_RUNNING, STATE_STARTING
 from itsd.stages.runtime import C_EOF, StageSpec, stage_main
 from itsd.supervisor import pidfile
@@ -60,6 +61,7 @@ from itsd.supervisor.notify import Notifier
 log = logging.getLogger("itsd.supervisor")
 
 ABORT_GRACE_S = 3.0
+BOARD_BYTES = 1 << 20  # analytics' live state (line counts) for the control API
 LOOP_TICK_S = 0.5
 
 # Flow order: what a graceful stop stops first.
@@ -120,6 +122,7 @@ class Supervisor:
         self.control: ControlBlock | None = None
         self.frame_rings: list[FrameRing] = []
         self.record_rings: list[RecordRing] = []
+        self.board: Board | None = None
         self.notifier = Notifier()
         self.started_mono = time.monotonic()
         self.stopping = False
@@ -141,6 +144,7 @@ class Supervisor:
         ring_bytes = cfg.performance.record_ring_mib * 1024 * 1024
         n_stages = len(cfg.cameras) + 3
         needed = ControlBlock.required_size(n_stages) + 2 * RecordRing.required_size(ring_bytes)
+        needed += Board.required_size(BOARD_BYTES)
         needed += sum(
             FrameRing.required_size(slots, cam.max_width, cam.max_height) for cam in cfg.cameras
         )
@@ -167,6 +171,7 @@ class Supervisor:
             self.record_rings.append(
                 RecordRing.create(segment_name(rid, "records", "events"), ring_bytes)
             )
+            self.board = Board.create(segment_name(rid, "board", "analytics"), BOARD_BYTES)
         except ShmSpaceError as err:
             self._destroy_shared_memory()
             raise ResourceError(str(err)) from None
@@ -184,6 +189,10 @@ class Supervisor:
         for rring in self.record_rings:
             rring.close()
             rring.unlink()
+        if self.board is not None:
+            self.board.close()
+            self.board.unlink()
+            self.board = None
         if self.control is not None:
             self.control.close()
             self.control.unlink()
@@ -202,6 +211,7 @@ class Supervisor:
             "detection_ring": self.record_rings[0].name,
             "event_ring": self.record_rings[1].name,
             "model_path": self.model_path,
+            "extra": {"board": self.board.name if self.board is not None else ""},
         }
         slot = 0
         for i, cam in enumerate(cfg.cameras):

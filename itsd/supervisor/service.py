@@ -1,0 +1,51 @@
+"""``itsd start`` in one call: logging, the supervisor, and its side services.
+
+Starts the gRPC control API and the HTTP monitoring port (threads of the supervisor
+process; neither touches frame pixels) once shared memory exists, and stops them after
+the stages. A port that cannot be bound stops the start with a clear message.
+
+This module must never import a stage module.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from itsd.config import Config
+from itsd.errors import ResourceError
+from itsd.logutil import setup_logging
+from itsd.supervisor.core import Supervisor, run_daemon
+
+log = logging.getLogger("itsd.supervisor")
+
+
+def _start_services(sup: Supervisor) -> None:
+    from itsd.control.server import start_control_server
+    from itsd.monitor.http import MonitorServer
+    from itsd.supervisor.backend import SupervisorBackend
+
+    cfg = sup.config.server
+    backend = SupervisorBackend(sup)
+    try:
+        control = start_control_server(backend, cfg.grpc_bind, cfg.grpc_port)
+    except OSError as err:
+        raise ResourceError(str(err)) from None
+    sup.add_service(lambda: control.stop(grace=1.0))
+    log.info("gRPC control API on %s", control.address)
+    if cfg.monitoring_port:
+        try:
+            monitor = MonitorServer(backend, cfg.monitoring_bind, cfg.monitoring_port)
+        except OSError as err:
+            raise ResourceError(str(err)) from None
+        sup.add_service(monitor.stop)
+        log.info(
+            "monitoring on http://%s:%d/ (health /health, metrics /metrics)",
+            cfg.monitoring_bind,
+            monitor.port,
+        )
+
+
+def serve(config: Config) -> int:
+    """Run the daemon in this process until it stops; returns the exit code."""
+    setup_logging(config.logging.level, "supervisor", config.logging.format)
+    return run_daemon(config, on_started=_start_services)
