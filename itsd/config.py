@@ -180,7 +180,7 @@ class LineConfig(_Model):
     start: Point = Field(..., description="First end point [x, y], normalised.")
     end: Point = Field(..., description="Second end point [x, y], normalised.")
     classes: list[str] | None = Field(
-        None, description="Count only these class names; null counts vehicles and people."
+        None, description="Count only these class names; null counts vehicles, bicycles and people."
     )
 
     @model_validator(mode="after")

@@ -22,7 +22,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from itsd.analytics import COCO_NAMES, CountingLine, LineCounter, Tracker, TrackerConfig, is_vehicle
+from itsd.analytics import (
+    COCO_NAMES,
+    VEHICLE_CLASS_NAMES,
+    CountingLine,
+    LineCounter,
+    Tracker,
+    TrackerConfig,
+    is_vehicle,
+)
 from itsd.config import CameraConfig
 from itsd.errors import EXIT_OK
 from itsd.records import (
@@ -54,6 +62,8 @@ log = logging.getLogger("itsd.analyze")
 IDLE_SLEEP_S = 0.002
 BATCH_RECORDS = 64
 BOARD_PERIOD_S = 0.5
+#: What a counting line counts when its config names no classes.
+DEFAULT_LINE_CLASSES = frozenset(VEHICLE_CLASS_NAMES | {"bicycle", "person"})
 
 
 def _dumps(obj: Any) -> bytes:
@@ -72,7 +82,7 @@ class CameraAnalytics:
                 start=ln.start,
                 end=ln.end,
                 name=ln.name,
-                classes=frozenset(ln.classes) if ln.classes is not None else None,
+                classes=frozenset(ln.classes) if ln.classes is not None else DEFAULT_LINE_CLASSES,
             )
             for ln in camera.lines
         ]
@@ -81,9 +91,11 @@ class CameraAnalytics:
         self.in_view = 0
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
-        """Adopt the running model's class names (keeps tracks and counts)."""
+        """Adopt the running model's class names (counts restart only if they change)."""
+        if list(class_names) == self.class_names:
+            return
         self.class_names = list(class_names)
-        self.counter = LineCounter(self.lines, class_names, totals=self.counter.totals())
+        self.counter = LineCounter(self.lines, class_names)
 
     def class_name(self, class_id: int) -> str:
         """Name of a class id, or ``class_<id>`` when the model did not name it."""
@@ -97,6 +109,7 @@ class CameraAnalytics:
         tracks = self.tracker.update(rec.boxes, rec.scores, rec.class_ids, t)
         track_of = {tr.det_index: tr.track_id for tr in tracks if tr.det_index >= 0}
         crossings = self.counter.update(tracks, rec.width, rec.height, t)
+        self.counter.forget(self.tracker.pop_removed())
         self.in_view = len(self.tracker.active_tracks())
         stamp = rfc3339_from_ns(rec.capture_wall_ns)
         cam_id = self.camera.id
