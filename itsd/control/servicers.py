@@ -1,0 +1,554 @@
+"""gRPC servicers of the itsd.v1 API: backend snapshots in, protobuf messages out.
+
+Three servicers, one per service of proto/itsd/v1: ``VisionCoreServicer``,
+``StreamingServicer`` and ``AnalyticsServicer``. Each reads the daemon through a
+``ControlBackend`` and maps its plain snapshots to the generated messages.
+
+Errors raised by the backend become gRPC status codes with the exception's message:
+``NotSupportedError`` -> FAILED_PRECONDITION, ``KeyError`` -> NOT_FOUND,
+``StreamExistsError`` -> ALREADY_EXISTS, ``ValueError`` -> INVALID_ARGUMENT, anything
+else -> INTERNAL (and a log line with the traceback).
+
+The frame-processing RPCs (ProcessFrame, ProcessFrameBatch, ProcessCameraStream,
+StreamFrames) and GetAggregatedMetrics are not backed by the pipeline yet and answer
+UNIMPLEMENTED with a message that says so.
+
+This module must never fabricate a result (no placeholder detections, no made-up
+values: an unknown optional value stays unset, a counter the backend does not report is
+0 as the API documents), never import a stage, an engine or analytics, and never touch
+pixels: frames do not pass through the control API's process loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from itsd.control._pb import (
+    analytics_pb2,
+    common_pb2,
+    streaming_pb2,
+    vision_pb2,
+)
+from itsd.control.backend import (
+    CameraCounter,
+    ControlBackend,
+    Counter,
+    HealthStatus,
+    LineCounts,
+    NotSupportedError,
+    StageState,
+    StreamExistsError,
+    StreamInfo,
+    StreamState,
+)
+from itsd.control.backend import CameraHealth as BackendCameraHealth
+from itsd.control.backend import HealthSnapshot as BackendHealth
+from itsd.control.backend import MetricsSnapshot as BackendMetrics
+from itsd.control.backend import TrafficSnapshot as BackendTraffic
+
+_log = logging.getLogger(__name__)
+
+_Self = TypeVar("_Self")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+#: Camera ids accepted by RegisterStream (documented on StreamConfig.camera_id).
+CAMERA_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_NOT_SERVED_FRAMES = (
+    "{method} is not implemented yet: this daemon does not take frames over gRPC; it "
+    "decodes the camera streams it is configured with and publishes their detections as "
+    "events (Kafka or JSONL)"
+)
+_NOT_SERVED_STREAM = (
+    "{method} is not implemented yet: this daemon does not stream results over gRPC; "
+    "read the detection events it publishes (Kafka or JSONL) instead"
+)
+_NOT_SERVED_AGGREGATES = (
+    "{method} is not implemented yet: this daemon does not serve per-minute aggregates over gRPC"
+)
+
+_HEALTH_STATUS = {
+    HealthStatus.SERVING.value: vision_pb2.SERVING_STATUS_SERVING,
+    HealthStatus.DEGRADED.value: vision_pb2.SERVING_STATUS_DEGRADED,
+    HealthStatus.NOT_SERVING.value: vision_pb2.SERVING_STATUS_NOT_SERVING,
+}
+_STAGE_STATE = {
+    StageState.STARTING.value: vision_pb2.STAGE_STATE_STARTING,
+    StageState.RUNNING.value: vision_pb2.STAGE_STATE_RUNNING,
+    StageState.STALLED.value: vision_pb2.STAGE_STATE_STALLED,
+    StageState.BACKOFF.value: vision_pb2.STAGE_STATE_BACKOFF,
+    StageState.STOPPING.value: vision_pb2.STAGE_STATE_STOPPING,
+    StageState.STOPPED.value: vision_pb2.STAGE_STATE_STOPPED,
+    StageState.FAILED.value: vision_pb2.STAGE_STATE_FAILED,
+}
+_STREAM_STATE = {
+    StreamState.STARTING.value: streaming_pb2.STREAM_STATE_STARTING,
+    StreamState.RUNNING.value: streaming_pb2.STREAM_STATE_RUNNING,
+    StreamState.RECONNECTING.value: streaming_pb2.STREAM_STATE_RECONNECTING,
+    StreamState.STOPPED.value: streaming_pb2.STREAM_STATE_STOPPED,
+    StreamState.FAILED.value: streaming_pb2.STREAM_STATE_FAILED,
+}
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc.ServicerContext.abort returned")  # abort always raises
+
+
+def _message(exc: BaseException) -> str:
+    # KeyError's str() is the repr of its argument; show the text itself.
+    if exc.args and isinstance(exc.args[0], str) and exc.args[0]:
+        return exc.args[0]
+    return str(exc) or type(exc).__name__
+
+
+def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message a backend exception maps to."""
+    if isinstance(exc, NotSupportedError):
+        return grpc.StatusCode.FAILED_PRECONDITION, _message(exc)
+    if isinstance(exc, KeyError):
+        return grpc.StatusCode.NOT_FOUND, _message(exc)
+    if isinstance(exc, StreamExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS, _message(exc)
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, _message(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _unary(
+    method: Callable[[_Self, _Req, grpc.ServicerContext], _Resp],
+) -> Callable[[_Self, _Req, grpc.ServicerContext], _Resp]:
+    """Turn exceptions of a unary servicer method into gRPC statuses (see status_for)."""
+
+    @functools.wraps(method)
+    def wrapper(self: _Self, request: _Req, context: grpc.ServicerContext) -> _Resp:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # every failure must reach the client as a status
+            code, message = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                _log.exception("control RPC %s failed", method.__name__)
+            failure = (code, message)
+        _abort(context, *failure)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def timestamp(unix_s: float | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp for Unix time in seconds; None for None or non-finite."""
+    if unix_s is None or not math.isfinite(unix_s):
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(round(unix_s * 1e9))
+    return ts
+
+
+def _count(value: float | None) -> int:
+    """A counter value for an unsigned protobuf field (unknown or negative -> 0)."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return 0
+    return int(value)
+
+
+def _rate(value: float | None) -> float:
+    if value is None or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _known(value: float | None) -> float | None:
+    """``value`` if it is a finite number, else None (for optional fields)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+def health_message(snap: BackendHealth) -> vision_pb2.EngineHealth:
+    """EngineHealth of a backend health snapshot."""
+    msg = vision_pb2.EngineHealth(
+        status=_HEALTH_STATUS.get(snap.status, vision_pb2.SERVING_STATUS_UNSPECIFIED),
+        version=snap.version,
+        uptime_s=_rate(snap.uptime_s),
+        backend=snap.backend,
+        model=snap.model,
+        observed_at=timestamp(snap.taken_at),
+    )
+    for stage in snap.stages:
+        state = _STAGE_STATE.get(stage.state, vision_pb2.STAGE_STATE_UNSPECIFIED)
+        detail = stage.detail or ""
+        if state == vision_pb2.STAGE_STATE_UNSPECIFIED and not detail:
+            detail = stage.state
+        msg.stages.append(
+            vision_pb2.StageHealth(
+                name=stage.name,
+                pid=stage.pid or 0,
+                state=state,
+                restarts=_count(stage.restarts),
+                last_heartbeat_age_s=_known(stage.heartbeat_age_s),
+                detail=detail,
+            )
+        )
+    return msg
+
+
+def _latency(values: Mapping[str, float], prefix: str) -> vision_pb2.LatencyStats:
+    return vision_pb2.LatencyStats(
+        p50_ms=_rate(values.get(f"{prefix}_p50_ms")),
+        p90_ms=_rate(values.get(f"{prefix}_p90_ms")),
+        p99_ms=_rate(values.get(f"{prefix}_p99_ms")),
+        max_ms=_rate(values.get(f"{prefix}_max_ms")),
+    )
+
+
+def metrics_message(snap: BackendMetrics) -> vision_pb2.EngineMetrics:
+    """EngineMetrics of a backend metrics snapshot."""
+    c = snap.counters
+    msg = vision_pb2.EngineMetrics(
+        frames_decoded=_count(c.get(Counter.FRAMES_DECODED)),
+        frames_inferred=_count(c.get(Counter.FRAMES_INFERRED)),
+        frames_dropped=_count(c.get(Counter.FRAMES_DROPPED)),
+        decode_fps=_rate(c.get(Counter.DECODE_FPS)),
+        inference_fps=_rate(c.get(Counter.INFERENCE_FPS)),
+        batch_size=vision_pb2.BatchSizeStats(
+            mean=_rate(c.get(Counter.BATCH_SIZE_MEAN)),
+            min=_count(c.get(Counter.BATCH_SIZE_MIN)),
+            max=_count(c.get(Counter.BATCH_SIZE_MAX)),
+            last=_count(c.get(Counter.BATCH_SIZE_LAST)),
+        ),
+        inference_latency=_latency(c, "inference_latency"),
+        pipeline_latency=_latency(c, "pipeline_latency"),
+        observed_at=timestamp(snap.taken_at),
+    )
+    known = {k.value for k in Counter}
+    for key in sorted(set(c) - known):
+        msg.extra[key] = float(c[key])
+    camera_known = {k.value for k in CameraCounter}
+    for camera_id in sorted(snap.per_camera):
+        values = snap.per_camera[camera_id]
+        cam = vision_pb2.CameraCounters(
+            camera_id=camera_id,
+            frames_decoded=_count(values.get(CameraCounter.FRAMES_DECODED)),
+            frames_inferred=_count(values.get(CameraCounter.FRAMES_INFERRED)),
+            frames_dropped=_count(values.get(CameraCounter.FRAMES_DROPPED)),
+            fps_in=_rate(values.get(CameraCounter.FPS_IN)),
+            fps_out=_rate(values.get(CameraCounter.FPS_OUT)),
+        )
+        for key in sorted(set(values) - camera_known):
+            cam.extra[key] = float(values[key])
+        msg.cameras.append(cam)
+    return msg
+
+
+def queue_metrics_message(snap: BackendMetrics) -> streaming_pb2.QueueMetrics:
+    """QueueMetrics of the rings of a backend metrics snapshot."""
+    msg = streaming_pb2.QueueMetrics(observed_at=timestamp(snap.taken_at))
+    for q in sorted(snap.queues, key=lambda q: q.name):
+        msg.rings.append(
+            streaming_pb2.RingStats(
+                name=q.name,
+                camera_id=q.camera_id,
+                capacity=_count(q.capacity),
+                used=_count(q.used),
+                written=_count(q.written),
+                dropped=_count(q.dropped),
+                skipped=_count(q.skipped),
+            )
+        )
+    return msg
+
+
+def stream_message(info: StreamInfo) -> streaming_pb2.StreamInfo:
+    """StreamInfo message of a backend stream (password in the URL redacted)."""
+    return streaming_pb2.StreamInfo(
+        config=streaming_pb2.StreamConfig(
+            camera_id=info.camera_id,
+            source_url=redact_url(info.source_url),
+            target_fps=_rate(info.target_fps),
+            priority=info.priority,
+        ),
+        state=_STREAM_STATE.get(info.state, streaming_pb2.STREAM_STATE_UNSPECIFIED),
+    )
+
+
+def stream_from_config(config: streaming_pb2.StreamConfig) -> StreamInfo:
+    """Validate a StreamConfig from a client; ValueError names the field at fault."""
+    if not config.camera_id:
+        raise ValueError("config.camera_id is required")
+    if not CAMERA_ID_RE.fullmatch(config.camera_id):
+        raise ValueError(
+            f"config.camera_id {config.camera_id!r} is invalid: use 1 to 64 characters "
+            "from A-Z a-z 0-9 . _ -"
+        )
+    if not config.source_url.strip():
+        raise ValueError("config.source_url is required")
+    if not math.isfinite(config.target_fps) or config.target_fps < 0:
+        raise ValueError(f"config.target_fps must be >= 0, got {config.target_fps}")
+    return StreamInfo(
+        camera_id=config.camera_id,
+        source_url=config.source_url,
+        target_fps=float(config.target_fps),
+        priority=int(config.priority),
+    )
+
+
+def line_count_messages(counts: LineCounts) -> list[common_pb2.LineCount]:
+    """Flatten line -> direction -> class -> count into sorted LineCount rows (count > 0)."""
+    rows = []
+    for line_id in sorted(counts):
+        by_direction = counts[line_id]
+        for direction in sorted(by_direction):
+            by_class = by_direction[direction]
+            for class_name in sorted(by_class):
+                n = _count(by_class[class_name])
+                if n > 0:
+                    rows.append(
+                        common_pb2.LineCount(
+                            line_id=line_id, direction=direction, class_name=class_name, count=n
+                        )
+                    )
+    return rows
+
+
+def traffic_message(snap: BackendTraffic) -> analytics_pb2.TrafficMetrics:
+    """TrafficMetrics of a backend traffic snapshot."""
+    return analytics_pb2.TrafficMetrics(
+        camera_id=snap.camera_id,
+        window_start=timestamp(snap.window_start),
+        window_end=timestamp(snap.window_end),
+        line_counts=line_count_messages(snap.line_counts),
+        vehicles_in_view=_count(snap.vehicles_in_view),
+        avg_speed_kmh=_known(snap.avg_speed_kmh),
+    )
+
+
+def camera_health_message(snap: BackendCameraHealth) -> analytics_pb2.CameraHealth:
+    """CameraHealth message of a backend camera health snapshot."""
+    return analytics_pb2.CameraHealth(
+        camera_id=snap.camera_id,
+        connected=snap.connected,
+        fps_in=_rate(snap.fps_in),
+        fps_out=_rate(snap.fps_out),
+        last_frame_age_s=_known(snap.last_frame_age_s),
+        reconnects=_count(snap.reconnects),
+        last_error=snap.last_error or "",
+        last_error_time=timestamp(snap.last_error_at),
+    )
+
+
+# ---------------------------------------------------------------- servicers
+
+
+class VisionCoreServicer:
+    """itsd.v1.VisionCoreService: engine health and metrics; frame RPCs are not served yet."""
+
+    def __init__(self, backend: ControlBackend) -> None:
+        self._backend = backend
+
+    def ProcessFrame(  # noqa: N802  (gRPC method name)
+        self, request: vision_pb2.ProcessFrameRequest, context: grpc.ServicerContext
+    ) -> common_pb2.FrameResult:
+        """Not served yet: UNIMPLEMENTED."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessFrame"),
+        )
+
+    def ProcessFrameBatch(  # noqa: N802
+        self, request: common_pb2.ProcessFrameBatchRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ProcessFrameBatchResponse:
+        """Not served yet: UNIMPLEMENTED."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessFrameBatch"),
+        )
+
+    def ProcessCameraStream(  # noqa: N802
+        self, request_iterator: Iterable[common_pb2.Frame], context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.FrameResult]:
+        """Not served yet: UNIMPLEMENTED (the request stream is not read)."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessCameraStream"),
+        )
+
+    @_unary
+    def GetEngineHealth(  # noqa: N802
+        self, request: vision_pb2.GetEngineHealthRequest, context: grpc.ServicerContext
+    ) -> vision_pb2.EngineHealth:
+        """Overall and per-stage health."""
+        return health_message(self._backend.health())
+
+    @_unary
+    def GetEngineMetrics(  # noqa: N802
+        self, request: vision_pb2.GetEngineMetricsRequest, context: grpc.ServicerContext
+    ) -> vision_pb2.EngineMetrics:
+        """Pipeline counters and rates."""
+        return metrics_message(self._backend.metrics())
+
+
+class StreamingServicer:
+    """itsd.v1.StreamingService: streams and rings; live results are not served yet."""
+
+    def __init__(self, backend: ControlBackend) -> None:
+        self._backend = backend
+
+    def StreamFrames(  # noqa: N802
+        self, request: streaming_pb2.StreamFramesRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.FrameResult]:
+        """Not served yet: UNIMPLEMENTED."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_STREAM.format(method="StreamingService.StreamFrames"),
+        )
+
+    def ProcessFrameBatch(  # noqa: N802
+        self, request: common_pb2.ProcessFrameBatchRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ProcessFrameBatchResponse:
+        """Not served yet: UNIMPLEMENTED."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_FRAMES.format(method="StreamingService.ProcessFrameBatch"),
+        )
+
+    @_unary
+    def GetQueueMetrics(  # noqa: N802
+        self, request: streaming_pb2.GetQueueMetricsRequest, context: grpc.ServicerContext
+    ) -> streaming_pb2.QueueMetrics:
+        """Fill levels and counters of the shared-memory rings."""
+        return queue_metrics_message(self._backend.metrics())
+
+    @_unary
+    def RegisterStream(  # noqa: N802
+        self, request: streaming_pb2.RegisterStreamRequest, context: grpc.ServicerContext
+    ) -> streaming_pb2.RegisterStreamResponse:
+        """Validate the config, then hand it to the backend."""
+        if not request.HasField("config"):
+            raise ValueError("config is required")
+        registered = self._backend.register_stream(stream_from_config(request.config))
+        return streaming_pb2.RegisterStreamResponse(stream=stream_message(registered))
+
+    @_unary
+    def UnregisterStream(  # noqa: N802
+        self, request: streaming_pb2.UnregisterStreamRequest, context: grpc.ServicerContext
+    ) -> streaming_pb2.UnregisterStreamResponse:
+        """Remove a stream; NOT_FOUND for an unknown camera unless allow_missing."""
+        camera_id = request.camera_id
+        if not camera_id:
+            raise ValueError("camera_id is required")
+        try:
+            removed = self._backend.unregister_stream(camera_id)
+        except KeyError:
+            if not request.allow_missing:
+                raise
+            removed = False
+        if not removed and not request.allow_missing:
+            raise KeyError(f"camera {camera_id!r} is not registered")
+        return streaming_pb2.UnregisterStreamResponse(removed=removed)
+
+    @_unary
+    def ListStreams(  # noqa: N802
+        self, request: streaming_pb2.ListStreamsRequest, context: grpc.ServicerContext
+    ) -> streaming_pb2.ListStreamsResponse:
+        """Every registered stream, ordered by camera id."""
+        streams = sorted(self._backend.list_streams(), key=lambda s: s.camera_id)
+        return streaming_pb2.ListStreamsResponse(streams=[stream_message(s) for s in streams])
+
+
+class AnalyticsServicer:
+    """itsd.v1.AnalyticsService: live traffic and camera health; aggregates not served yet."""
+
+    def __init__(self, backend: ControlBackend) -> None:
+        self._backend = backend
+
+    @_unary
+    def GetTrafficMetrics(  # noqa: N802
+        self, request: analytics_pb2.GetTrafficMetricsRequest, context: grpc.ServicerContext
+    ) -> analytics_pb2.GetTrafficMetricsResponse:
+        """Traffic of one camera, or of every registered camera."""
+        if request.camera_id:
+            snaps = [self._backend.traffic_metrics(request.camera_id)]
+        else:
+            snaps = []
+            for stream in sorted(self._backend.list_streams(), key=lambda s: s.camera_id):
+                try:
+                    snaps.append(self._backend.traffic_metrics(stream.camera_id))
+                except KeyError:
+                    continue  # unregistered between the two calls
+        return analytics_pb2.GetTrafficMetricsResponse(cameras=[traffic_message(s) for s in snaps])
+
+    def GetAggregatedMetrics(  # noqa: N802
+        self, request: analytics_pb2.GetAggregatedMetricsRequest, context: grpc.ServicerContext
+    ) -> analytics_pb2.GetAggregatedMetricsResponse:
+        """Not served yet: UNIMPLEMENTED."""
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            _NOT_SERVED_AGGREGATES.format(method="AnalyticsService.GetAggregatedMetrics"),
+        )
+
+    @_unary
+    def GetCameraHealth(  # noqa: N802
+        self, request: analytics_pb2.GetCameraHealthRequest, context: grpc.ServicerContext
+    ) -> analytics_pb2.GetCameraHealthResponse:
+        """Source health of one camera, or of every camera."""
+        cameras = self._backend.camera_health(request.camera_id or None)
+        return analytics_pb2.GetCameraHealthResponse(
+            cameras=[camera_health_message(c) for c in sorted(cameras, key=lambda c: c.camera_id)]
+        )
+
+
+def is_serving(snap: BackendHealth) -> bool:
+    """True when the daemon counts as serving for gRPC health checking (degraded included)."""
+    return snap.status in (HealthStatus.SERVING.value, HealthStatus.DEGRADED.value)
+
+
+__all__ = [
+    "CAMERA_ID_RE",
+    "AnalyticsServicer",
+    "StreamingServicer",
+    "VisionCoreServicer",
+    "camera_health_message",
+    "health_message",
+    "is_serving",
+    "line_count_messages",
+    "metrics_message",
+    "queue_metrics_message",
+    "redact_url",
+    "status_for",
+    "stream_from_config",
+    "stream_message",
+    "timestamp",
+    "traffic_message",
+]

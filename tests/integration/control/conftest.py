@@ -1,0 +1,85 @@
+"""Fixtures of the control server integration tests: a small switchable backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from itsd.control.backend import (
+    CameraHealth,
+    HealthSnapshot,
+    MetricsSnapshot,
+    NotSupportedError,
+    StageHealth,
+    StreamInfo,
+    TrafficSnapshot,
+)
+from itsd.control.server import ControlServer, start_control_server
+
+
+class SwitchableBackend:
+    """A ControlBackend whose health status tests can flip; one camera, fixed streams."""
+
+    def __init__(self) -> None:
+        self.status = "serving"
+        self.fail_health = False
+
+    def health(self) -> HealthSnapshot:
+        if self.fail_health:
+            raise RuntimeError("control block unreadable")
+        return HealthSnapshot(
+            self.status,
+            "0.1.0",
+            3.0,
+            "onnxruntime-cpu",
+            "yolo11n.onnx",
+            [StageHealth("infer", 4242, "running", 1, 0.5)],
+        )
+
+    def metrics(self) -> MetricsSnapshot:
+        return MetricsSnapshot(
+            counters={"frames_decoded": 10, "frames_inferred": 9},
+            per_camera={"cam-1": {"frames_decoded": 10}},
+        )
+
+    def list_streams(self) -> list[StreamInfo]:
+        return [StreamInfo("cam-1", "rtsp://op:pw@cam-1/h264", 10.0, 0, "running")]
+
+    def camera_health(self, camera_id: str | None) -> list[CameraHealth]:
+        if camera_id not in (None, "cam-1"):
+            raise KeyError(f"unknown camera {camera_id!r}")
+        return [CameraHealth("cam-1", True, 10.0, 9.0, 0.1, 0)]
+
+    def traffic_metrics(self, camera_id: str) -> TrafficSnapshot:
+        if camera_id != "cam-1":
+            raise KeyError(f"unknown camera {camera_id!r}")
+        return TrafficSnapshot("cam-1", 0.0, 1.0)
+
+    def register_stream(self, stream: StreamInfo) -> StreamInfo:
+        raise NotSupportedError("streams come from the configuration file")
+
+    def unregister_stream(self, camera_id: str) -> bool:
+        raise NotSupportedError("streams come from the configuration file")
+
+
+@pytest.fixture
+def backend() -> SwitchableBackend:
+    """A fresh backend, serving."""
+    return SwitchableBackend()
+
+
+@pytest.fixture
+def server(backend: SwitchableBackend) -> Iterator[ControlServer]:
+    """A control server over ``backend`` on 127.0.0.1, on a free port, polling health often."""
+    srv = start_control_server(backend, "127.0.0.1", 0, max_workers=4, health_poll_s=0.05)
+    try:
+        yield srv
+    finally:
+        srv.stop(grace=0)
+
+
+@pytest.fixture
+def target(server: ControlServer) -> str:
+    """Client target of ``server``."""
+    return f"127.0.0.1:{server.port}"
