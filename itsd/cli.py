@@ -87,7 +87,9 @@ START_OVERRIDES = {
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file."
+)
 @click.option("--model", help="Model file or YOLO11 name (model.path).")
 @click.option("--gpus", help="Comma-separated GPU indices, e.g. 0,1 (gpus); 'cpu' for none.")
 @click.option("--port", type=int, help="gRPC port (server.grpc_port).")
@@ -100,7 +102,9 @@ START_OVERRIDES = {
 @click.option("--batch-size", type=int, help="Preferred batch size (performance.batch_size).")
 @click.option("--max-batch-size", type=int, help="Largest batch (performance.max_batch_size).")
 @click.option("--target-fps", type=float, help="Default frames per second per camera.")
-@click.option("--no-tensorrt", is_flag=True, default=False, help="Do not use TensorRT (model.tensorrt).")
+@click.option(
+    "--no-tensorrt", is_flag=True, default=False, help="Do not use TensorRT (model.tensorrt)."
+)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="model.precision")
 @click.option(
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
@@ -131,9 +135,14 @@ def start(
     if gpus is not None:
         gpus_s = gpus.strip().lower()
         try:
-            overrides["gpus"] = [] if gpus_s in ("", "cpu", "none") else [int(g) for g in gpus_s.split(",")]
+            overrides["gpus"] = (
+                [] if gpus_s in ("", "cpu", "none") else [int(g) for g in gpus_s.split(",")]
+            )
         except ValueError:
-            _fail(f"--gpus: expected comma-separated GPU indices such as 0,1 or 'cpu', got {gpus!r}", 2)
+            _fail(
+                f"--gpus: expected comma-separated GPU indices such as 0,1 or 'cpu', got {gpus!r}",
+                2,
+            )
     if no_tensorrt:
         overrides["model.tensorrt"] = False
     config = _load(config_path, overrides)
@@ -183,7 +192,9 @@ def _daemonize(config: Config) -> None:
 
 # --------------------------------------------------------------------------- stop
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
+)
 @click.option("--pid-file", type=click.Path(dir_okay=False), help="Pid file of the daemon.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
 def stop(config_path: str | None, pid_file: str | None, timeout: float) -> None:
@@ -209,7 +220,9 @@ def stop(config_path: str | None, pid_file: str | None, timeout: float) -> None:
 
 # --------------------------------------------------------------------------- status
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
+)
 @click.option("--target", help="gRPC address host:port (default from the config).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=float, default=3.0, show_default=True)
@@ -241,9 +254,7 @@ def status(config_path: str | None, target: str | None, as_json: bool, timeout: 
         click.echo(f"{'STAGE':<24} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'HEARTBEAT':>10}")
         for st in health.stages:
             state = vision_pb2.StageState.Name(st.state).removeprefix("STAGE_STATE_").lower()
-            age = (
-                f"{st.last_heartbeat_age_s:.1f} s" if st.HasField("last_heartbeat_age_s") else "-"
-            )
+            age = f"{st.last_heartbeat_age_s:.1f} s" if st.HasField("last_heartbeat_age_s") else "-"
             click.echo(f"{st.name:<24} {st.pid or '-':>8} {state:<10} {st.restarts:>8} {age:>10}")
     if not serving:
         sys.exit(EXIT_FAILURE)
@@ -330,11 +341,32 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """List the models itsd knows by name and whether they are cached."""
-    from itsd.engines.model_source import known_models
+    """List the models itsd knows by name and whether they are in the model cache."""
+    from itsd.engines.manifest import load_manifest
+    from itsd.engines.model_source import default_model_dir
 
-    for row in known_models():
-        click.echo(f"{row['name']:<12} input {row['input_size']:<5} {row['status']}")
+    cache = default_model_dir()
+    manifest = load_manifest()
+    click.echo(f"model cache: {cache}")
+    click.echo(f"{'NAME':<12} {'INPUT':<9} {'LICENCE':<10} CACHED")
+    for name, entry in manifest.models.items():
+        found = [p.name for p in (cache / f"{name}.onnx", cache / f"{name}.pt") if p.is_file()]
+        size = f"{entry.input_size[1]}x{entry.input_size[0]}"
+        click.echo(f"{name:<12} {size:<9} {entry.licence:<10} {', '.join(found) or 'no'}")
+
+
+@models.command("fetch")
+@click.argument("name")
+def models_fetch(name: str) -> None:
+    """Put model NAME (e.g. yolo11n) in the cache, downloading it when online."""
+    from itsd.engines.model_source import resolve_model
+
+    try:
+        path = resolve_model(name, allow_download=True)
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    click.echo(str(path))
 
 
 # --------------------------------------------------------------------------- config

@@ -51,7 +51,8 @@ class ModelConfig(_Model):
         "yolo11n",
         description=(
             "Model file (.onnx, .pt, .engine) or a YOLO11/YOLOv8 name such as 'yolo11n', looked up "
-            "in the model cache ($ITSD_MODEL_DIR or ~/.cache/itsd/models) and downloaded when online."
+            "in the model cache ($ITSD_MODEL_DIR or ~/.cache/itsd/models) and downloaded "
+            "when online."
         ),
     )
     backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
@@ -63,7 +64,8 @@ class ModelConfig(_Model):
     iou: float = Field(0.45, gt=0.0, lt=1.0, description="IoU threshold of the class-aware NMS.")
     max_detections: int = Field(300, ge=1, le=10000, description="Most detections kept per frame.")
     precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="Numeric precision on GPUs (TensorRT/PyTorch); the CPU runs the file as is."
+        "fp16",
+        description="Numeric precision on GPUs (TensorRT/PyTorch); the CPU runs the file as is.",
     )
     tensorrt: bool = Field(
         True, description="Build and use a TensorRT engine when a GPU and TensorRT are present."
@@ -240,7 +242,10 @@ class CameraConfig(_Model):
         1920, ge=16, le=8192, description="Largest frame width kept; larger frames are scaled down."
     )
     max_height: int = Field(
-        1080, ge=16, le=8192, description="Largest frame height kept; larger frames are scaled down."
+        1080,
+        ge=16,
+        le=8192,
+        description="Largest frame height kept; larger frames are scaled down.",
     )
     open_timeout_s: float = Field(
         10.0, gt=0.0, description="Timeout of opening and reading a network source."
@@ -376,7 +381,9 @@ def load_config(path: str | Path | None) -> Config:
     return parse_config(data, str(p))
 
 
-def apply_overrides(config: Config, overrides: dict[str, Any], source: str = "command line") -> Config:
+def apply_overrides(
+    config: Config, overrides: dict[str, Any], source: str = "command line"
+) -> Config:
     """Return a new Config with dotted-key overrides applied (``{"model.iou": 0.5}``).
 
     ``None`` values are skipped, so unset CLI flags never override the file.

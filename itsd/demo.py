@@ -86,7 +86,9 @@ def summarize(path: Path) -> str:
         f"  tracks: {len(tracks)}, most vehicles in one frame: {max_vehicles}",
     ]
     if crossings:
-        lines.append("  line crossings: " + ", ".join(f"{k}: {n}" for k, n in sorted(crossings.items())))
+        lines.append(
+            "  line crossings: " + ", ".join(f"{k}: {n}" for k, n in sorted(crossings.items()))
+        )
     else:
         lines.append("  line crossings: none")
     return "\n".join(lines)

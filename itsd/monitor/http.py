@@ -77,15 +77,23 @@ class _ItsdCollector(Collector):
             cam_fps.add_metric([cam, "out"], float(vals.get("fps_out", 0.0)))
         yield cam_frames
         yield cam_fps
-        q_used = GaugeMetricFamily("itsd_ring_used", "Ring occupancy (slots or bytes).", labels=["ring"])
-        q_cap = GaugeMetricFamily("itsd_ring_capacity", "Ring capacity (slots or bytes).", labels=["ring"])
+        q_used = GaugeMetricFamily(
+            "itsd_ring_used", "Ring occupancy (slots or bytes).", labels=["ring"]
+        )
+        q_cap = GaugeMetricFamily(
+            "itsd_ring_capacity", "Ring capacity (slots or bytes).", labels=["ring"]
+        )
         for q in metrics.queues:
             q_used.add_metric([q.name], float(q.used))
             q_cap.add_metric([q.name], float(q.capacity))
         yield q_used
         yield q_cap
-        stage_up = GaugeMetricFamily("itsd_stage_running", "1 while a stage runs.", labels=["stage"])
-        restarts = CounterMetricFamily("itsd_stage_restarts", "Restarts per stage.", labels=["stage"])
+        stage_up = GaugeMetricFamily(
+            "itsd_stage_running", "1 while a stage runs.", labels=["stage"]
+        )
+        restarts = CounterMetricFamily(
+            "itsd_stage_restarts", "Restarts per stage.", labels=["stage"]
+        )
         for st in health.stages:
             stage_up.add_metric([st.name], 1.0 if st.state == "running" else 0.0)
             restarts.add_metric([st.name], float(st.restarts))
@@ -127,7 +135,7 @@ class MonitorServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "itsd"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
@@ -138,17 +146,21 @@ class MonitorServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 try:
                     if path == "/health":
                         h = backend.health()
                         code = 503 if h.status == HealthStatus.NOT_SERVING else 200
-                        self._send(code, json.dumps(dataclasses.asdict(h)).encode(), "application/json")
+                        self._send(
+                            code, json.dumps(dataclasses.asdict(h)).encode(), "application/json"
+                        )
                     elif path == "/metrics":
                         self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
                     elif path == "/api/state":
-                        self._send(200, json.dumps(state_json(backend)).encode(), "application/json")
+                        self._send(
+                            200, json.dumps(state_json(backend)).encode(), "application/json"
+                        )
                     elif path in ("/", "/index.html"):
                         self._send(200, page, "text/html; charset=utf-8")
                     else:
@@ -160,10 +172,14 @@ class MonitorServer:
         try:
             self.httpd = ThreadingHTTPServer((bind, port), Handler)
         except OSError as err:
-            raise OSError(f"cannot bind the monitoring port on {bind}:{port}: {err.strerror}") from None
+            raise OSError(
+                f"cannot bind the monitoring port on {bind}:{port}: {err.strerror}"
+            ) from None
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="itsd-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="itsd-http", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

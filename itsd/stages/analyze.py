@@ -141,8 +141,12 @@ class CameraAnalytics:
                     "vehicle_count": vehicles,
                     "frame": {"width": rec.width, "height": rec.height},
                     "latency_ms": {
-                        "inference": round((rec.infer_end_mono_ns - rec.infer_start_mono_ns) / 1e6, 2),
-                        "capture_to_analytics": round((time.time_ns() - rec.capture_wall_ns) / 1e6, 2),
+                        "inference": round(
+                            (rec.infer_end_mono_ns - rec.infer_start_mono_ns) / 1e6, 2
+                        ),
+                        "capture_to_analytics": round(
+                            (time.time_ns() - rec.capture_wall_ns) / 1e6, 2
+                        ),
                     },
                     "batch_size": rec.batch_size,
                 },

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from itsd.engines import EngineOptions, create_engine
 from itsd.errors import EXIT_OK
@@ -63,7 +64,7 @@ def run(ctx: StageContext) -> int:
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
     )
     t_load = time.monotonic()
-    engine = create_engine(ctx.spec.model_path, config.model.backend, options)
+    engine = create_engine(Path(ctx.spec.model_path), config.model.backend, options)
     log.info(
         "model %s loaded on %s in %.2f s (input %dx%d, %d classes)",
         ctx.spec.model_path,

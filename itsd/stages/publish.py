@@ -16,6 +16,7 @@ This stage must never run analytics or touch frames.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -59,10 +60,8 @@ class JsonlSink:
 
     def _drop_handle(self) -> None:
         if self._fh is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._fh.close()
-            except OSError:
-                pass
             self._fh = None
 
     def sync(self) -> None:
@@ -123,7 +122,7 @@ def run(ctx: StageContext) -> int:
                 if now - last_error_log > 10.0:
                     last_error_log = now
                     log.error(
-                        "cannot write %d event(s) to %s: %s; holding them and retrying every %.0f s",
+                        "cannot write %d event(s) to %s: %s; holding them, retrying every %.0f s",
                         len(pending),
                         path,
                         err,

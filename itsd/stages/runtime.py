@@ -32,7 +32,13 @@ from itsd.config import Config, config_from_json
 from itsd.errors import EXIT_FAILURE, EXIT_OK, ItsdError
 from itsd.logutil import setup_logging
 from itsd.shm import ControlBlock, StageSlot
-from itsd.shm.control import STATE_DRAINING, STATE_FAILED, STATE_RUNNING, STATE_STARTING, STATE_STOPPED
+from itsd.shm.control import (
+    STATE_DRAINING,
+    STATE_FAILED,
+    STATE_RUNNING,
+    STATE_STARTING,
+    STATE_STOPPED,
+)
 
 log = logging.getLogger("itsd.stage")
 

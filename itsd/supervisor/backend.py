@@ -133,9 +133,8 @@ class SupervisorBackend:
             pid = h.process.pid if h.process is not None and h.alive() else None
             age = now - h.last_beat_change if h.alive() else None
             stages.append(StageHealth(h.name, pid, st, h.total_restarts, age, h.last_exit))
-        if self.sup.stopping:
-            status = HealthStatus.NOT_SERVING
-        elif any(st != StageState.RUNNING for h, st in states if h.spec.kind != "decode"):
+        core_down = any(st != StageState.RUNNING for h, st in states if h.spec.kind != "decode")
+        if self.sup.stopping or core_down:
             status = HealthStatus.NOT_SERVING
         elif any(st not in (StageState.RUNNING, StageState.STOPPED) for _, st in states):
             status = HealthStatus.DEGRADED
@@ -187,7 +186,7 @@ class SupervisorBackend:
             queues.append(
                 QueueStat(
                     name=rring.name,
-                    capacity=rring.capacity,
+                    capacity=rring.capacity_bytes,
                     used=rring.used_bytes(),
                     written=rst.put,
                     dropped=0,

@@ -25,6 +25,7 @@ stage module (stages are spawned by name through ``itsd.stages.runtime``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -224,8 +225,14 @@ class Supervisor:
             )
             self.handles.append(StageHandle(spec, GROUP_DECODE))
             slot += 1
-        for kind, group in (("infer", GROUP_INFER), ("analyze", GROUP_ANALYZE), ("publish", GROUP_PUBLISH)):
-            self.handles.append(StageHandle(StageSpec(name=kind, kind=kind, slot=slot, **common), group))
+        for kind, group in (
+            ("infer", GROUP_INFER),
+            ("analyze", GROUP_ANALYZE),
+            ("publish", GROUP_PUBLISH),
+        ):
+            self.handles.append(
+                StageHandle(StageSpec(name=kind, kind=kind, slot=slot, **common), group)
+            )
             slot += 1
         for h in self.handles:
             self.control.slot(h.spec.slot).set_name(h.name)
@@ -292,7 +299,11 @@ class Supervisor:
         h.last_exit = describe_exit(code)
         if self.stopping:
             return
-        if code == EXIT_OK and h.group == GROUP_DECODE and self.control.slot(h.spec.slot).get(C_EOF):
+        if (
+            code == EXIT_OK
+            and h.group == GROUP_DECODE
+            and self.control.slot(h.spec.slot).get(C_EOF)
+        ):
             h.finished = True
             log.info("%s finished: its source ended", h.name)
             return
@@ -343,7 +354,9 @@ class Supervisor:
                 h.last_beat = beat
                 h.last_beat_change = now
                 continue
-            limit = sup.startup_grace_s if slot.state() == STATE_STARTING else sup.heartbeat_timeout_s
+            limit = (
+                sup.startup_grace_s if slot.state() == STATE_STARTING else sup.heartbeat_timeout_s
+            )
             stalled = now - h.last_beat_change
             assert h.process is not None and h.process.pid is not None
             if h.abort_sent_at is None and stalled > limit:
@@ -357,14 +370,18 @@ class Supervisor:
                 h.abort_sent_at = now
                 _kill(h.process.pid, signal.SIGABRT)
             elif h.abort_sent_at is not None and now - h.abort_sent_at > ABORT_GRACE_S:
-                log.error("%s (pid %d) did not die on SIGABRT; sending SIGKILL", h.name, h.process.pid)
+                log.error(
+                    "%s (pid %d) did not die on SIGABRT; sending SIGKILL", h.name, h.process.pid
+                )
                 _kill(h.process.pid, signal.SIGKILL)
                 h.abort_sent_at = now
 
     def _all_running(self) -> bool:
         assert self.control is not None
         return all(
-            h.finished or h.given_up or (h.alive() and self.control.slot(h.spec.slot).state() >= STATE_RUNNING)
+            h.finished
+            or h.given_up
+            or (h.alive() and self.control.slot(h.spec.slot).state() >= STATE_RUNNING)
             for h in self.handles
         )
 
@@ -418,7 +435,9 @@ class Supervisor:
             signum = self._signals.popleft()
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                log.warning("SIGHUP: configuration reload is not supported; restart itsd to apply changes")
+                log.warning(
+                    "SIGHUP: configuration reload is not supported; restart itsd to apply changes"
+                )
                 continue
             if self.stopping:
                 log.warning("%s again while stopping: killing the stages now", name)
@@ -524,10 +543,8 @@ class Supervisor:
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def check_supported(config: Config) -> None:
@@ -541,9 +558,7 @@ def check_supported(config: Config) -> None:
         raise ConfigError("cameras: no camera is configured; add one under `cameras:`")
 
 
-def run_daemon(
-    config: Config, on_started: Callable[[Supervisor], None] | None = None
-) -> int:
+def run_daemon(config: Config, on_started: Callable[[Supervisor], None] | None = None) -> int:
     """Resolve the model, then supervise the pipeline until stopped; returns the exit code."""
     from itsd.engines import resolve_model  # model look-up only; no inference here
 

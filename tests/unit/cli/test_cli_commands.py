@@ -71,7 +71,7 @@ def test_stop_with_nothing_running(tmp_path: Path) -> None:
 def test_stop_with_stale_pid_file(tmp_path: Path) -> None:
     pid_file = tmp_path / "itsd.pid"
     pid_file.write_text("999999\n")
-    code, out = run("stop", "--pid-file", str(pid_file))
+    code, _ = run("stop", "--pid-file", str(pid_file))
     assert code == EXIT_NOT_RUNNING
 
 

@@ -85,7 +85,8 @@ def test_duplicate_camera_ids(tmp_path: Path) -> None:
 def test_line_points_are_normalised(tmp_path: Path) -> None:
     p = write(
         tmp_path,
-        "cameras:\n  - id: a\n    source: x\n    lines:\n      - {id: l, start: [0, 0], end: [2, 1]}\n",
+        "cameras:\n  - id: a\n    source: x\n    lines:\n"
+        "      - {id: l, start: [0, 0], end: [2, 1]}\n",
     )
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.lines\[0\]\.end"):
         load_config(p)
