@@ -24,7 +24,9 @@ Layout (little-endian; offsets in bytes)::
 ``head - tail`` bytes are in use. Only the writer stores ``head``, only the reader stores
 ``tail``. The writer copies the record in, then stores the new head with release; the
 reader loads head with acquire, copies the record out, then stores the new tail with
-release, which hands the bytes back to the writer.
+release, which hands the bytes back to the writer (it loads tail with acquire before it
+reuses them). Exactly one producer and one consumer process; an object is used by one
+thread.
 
 Back-pressure rule: the ring never drops or overwrites. ``try_put`` returns False when
 the record does not fit in the free space; ``put`` then waits (short sleeps, growing

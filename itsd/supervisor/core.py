@@ -133,6 +133,7 @@ class Supervisor:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._services: list[Callable[[], None]] = []
+        self._last_watchdog = 0.0
         self.pid_file: Path = config.resolved_pid_file()
 
     # -- set-up -----------------------------------------------------------------------
@@ -455,7 +456,6 @@ class Supervisor:
         self._drain_wakeups()
 
     def _loop(self) -> None:
-        last_watchdog = 0.0
         while not self.stopping:
             self._wait(LOOP_TICK_S)
             self._handle_signals()
@@ -473,10 +473,7 @@ class Supervisor:
                 self.ready_sent = True
                 log.info("all stages running")
                 self.notifier.ready(f"{len(self.config.cameras)} camera(s)")
-            wd = self.notifier.watchdog_interval_s
-            if wd is not None and now - last_watchdog >= wd:
-                last_watchdog = now
-                self.notifier.watchdog()
+            self._ping_watchdog(now)
             decoders = [h for h in self.handles if h.group == GROUP_DECODE]
             if (
                 self.config.supervisor.exit_when_sources_end
@@ -485,6 +482,12 @@ class Supervisor:
             ):
                 log.info("every source has ended")
                 self.begin_stop(EXIT_OK)
+
+    def _ping_watchdog(self, now: float) -> None:
+        wd = self.notifier.watchdog_interval_s
+        if wd is not None and now - self._last_watchdog >= wd:
+            self._last_watchdog = now
+            self.notifier.watchdog()
 
     def _shutdown(self) -> None:
         """Stop stages group by group, in flow order, against one deadline."""
@@ -511,8 +514,7 @@ class Supervisor:
                     break
                 self._wait(min(LOOP_TICK_S, deadline - now))
                 self._handle_signals()
-                if self.notifier.watchdog_interval_s is not None:
-                    self.notifier.watchdog()
+                self._ping_watchdog(time.monotonic())
             for h in members:
                 if h.process is not None:
                     code = h.process.exitcode

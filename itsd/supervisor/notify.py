@@ -2,7 +2,8 @@
 
 Sends READY=1, STOPPING=1, WATCHDOG=1 and STATUS= datagrams to ``$NOTIFY_SOCKET`` when
 the daemon runs under systemd with ``Type=notify``; does nothing otherwise. This module
-must never raise on a missing or broken socket: notification is best effort.
+must never raise on a missing or broken socket, and never block (the socket is
+non-blocking; a full listener queue drops the message): notification is best effort.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Notifier:
         if addr:
             try:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never block the supervisor's loop on a listener that does not read.
+                self._sock.setblocking(False)
             except OSError:
                 self._sock = None
         usec = os.environ.get("WATCHDOG_USEC", "")

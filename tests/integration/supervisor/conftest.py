@@ -114,7 +114,12 @@ def start_daemon(
 ) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def _start(clip: str = "street_overhead_dusk.mp4", **camera: Any) -> Daemon:
+    def _start(
+        clip: str = "street_overhead_dusk.mp4",
+        jsonl_path: str | None = None,
+        heartbeat_timeout_s: float = 10.0,
+        **camera: Any,
+    ) -> Daemon:
         workdir = tmp_path / f"d{len(started)}"
         workdir.mkdir()
         grpc_port, http_port = free_port(), free_port()
@@ -127,10 +132,13 @@ def start_daemon(
         cfg = {
             "model": {"path": str(model_path), "confidence": 0.3},
             "performance": {"target_fps": 15},
-            "outputs": {"jsonl_path": str(workdir / "events.jsonl")},
+            "outputs": {"jsonl_path": jsonl_path or str(workdir / "events.jsonl")},
             "server": {"grpc_port": grpc_port, "monitoring_port": http_port},
             "pid_file": str(workdir / "itsd.pid"),
-            "supervisor": {"heartbeat_timeout_s": 10, "backoff_initial_s": 0.2},
+            "supervisor": {
+                "heartbeat_timeout_s": heartbeat_timeout_s,
+                "backoff_initial_s": 0.2,
+            },
             "cameras": [cam],
         }
         config_path = workdir / "itsd.yaml"

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +99,82 @@ def test_clean_stop_loses_nothing_and_leaves_no_shm(start_daemon: Callable[..., 
     assert len(dets) == inferred, "every frame taken by inference must have its event"
     ids = [e["frame_id"] for e in dets]
     assert ids == sorted(set(ids))
+
+
+def test_systemd_notify_and_monitoring_port(
+    start_daemon: Callable[..., Daemon], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+    done = threading.Event()
+
+    def listen() -> None:  # what systemd does: read the socket all the time
+        while not done.is_set():
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    d = start_daemon(loop=True)
+    wait_until(lambda: any("READY=1" in m for m in messages), 60, "READY=1", d.log_path)
+    wait_until(lambda: any("WATCHDOG=1" in m for m in messages), 30, "WATCHDOG=1", d.log_path)
+    wait_until(lambda: len(d.detections()) >= 5, 60, "events", d.log_path)
+
+    base = f"http://127.0.0.1:{d.http_port}"
+    with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
+        health = json.loads(resp.read())
+    assert resp.status == 200 and health["status"] in ("serving", "degraded")
+    names = {st["name"] for st in health["stages"]}
+    assert names == {"decode:street", "infer", "analyze", "publish"}
+
+    def frames_metric() -> float:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("itsd_frames_inferred_total "):
+                return float(line.split()[1])
+        raise AssertionError("itsd_frames_inferred_total missing from /metrics")
+
+    first = frames_metric()
+    wait_until(lambda: frames_metric() > first, 30, "the frame counter to grow")
+    with urllib.request.urlopen(f"{base}/api/state", timeout=10) as resp:
+        state = json.loads(resp.read())
+    assert state["streams"][0]["camera_id"] == "street"
+    with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
+        assert b"<title>itsd</title>" in resp.read()
+
+    assert d.stop().returncode == 0
+    wait_until(lambda: any("STOPPING=1" in m for m in messages), 10, "STOPPING=1")
+    done.set()
+    listener.join(5)
+    sock.close()
+    ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    stopping = next(i for i, m in enumerate(messages) if "STOPPING=1" in m)
+    assert ready < stopping
+
+
+def test_stuck_stage_gets_sigabrt_with_traceback_and_is_restarted(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # A FIFO with no reader: opening it for writing blocks forever, as a hung NFS
+    # mount would. The publisher stops beating and the watchdog must act.
+    fifo = tmp_path / "stuck.jsonl"
+    os.mkfifo(fifo)
+    d = start_daemon(loop=True, jsonl_path=str(fifo), heartbeat_timeout_s=2.0)
+    d.wait_log(r"publish \(pid \d+\) is stuck: no heartbeat for", timeout=90)
+    d.wait_log(r"Fatal Python error: Aborted", timeout=30)
+    log = d.log()
+    assert "publish.py" in log, "faulthandler should print where the stage was stuck"
+    d.wait_log(r"publish died \(killed by SIGABRT\); restarting in", timeout=30)
+    d.wait_log(r"started publish \(pid", count=2, timeout=30)
+    d.kill()
 
 
 def test_killed_stages_are_restarted(start_daemon: Callable[..., Daemon]) -> None:
