@@ -283,7 +283,8 @@ class Config(_Model):
         default_factory=SupervisorConfig, description="Process supervision."
     )
     production: bool = Field(
-        False, description="Production mode: refuse insecure or demo-only settings."
+        False,
+        description="Production mode: refuse demo-only settings such as exit_when_sources_end.",
     )
     pid_file: Path | None = Field(
         None, description="Pid file; null uses /run/itsd/itsd.pid as root, else /tmp/itsd-UID.pid."
