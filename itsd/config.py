@@ -27,6 +27,15 @@ Point = tuple[
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+def _check_unique_ids(items: list[Any], what: str) -> list[Any]:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"duplicate {what} {item.id!r}")
+        seen.add(item.id)
+    return items
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
@@ -257,12 +266,7 @@ class CameraConfig(_Model):
     @field_validator("lines", "zones")
     @classmethod
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
-        seen: set[str] = set()
-        for item in items:
-            if item.id in seen:
-                raise ValueError(f"duplicate id {item.id!r}")
-            seen.add(item.id)
-        return items
+        return _check_unique_ids(items, "id")
 
 
 class Config(_Model):
@@ -294,12 +298,7 @@ class Config(_Model):
     @field_validator("cameras")
     @classmethod
     def _unique_camera_ids(cls, cams: list[CameraConfig]) -> list[CameraConfig]:
-        seen: set[str] = set()
-        for cam in cams:
-            if cam.id in seen:
-                raise ValueError(f"duplicate camera id {cam.id!r}")
-            seen.add(cam.id)
-        return cams
+        return _check_unique_ids(cams, "camera id")
 
     @field_validator("gpus")
     @classmethod

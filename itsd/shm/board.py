@@ -22,7 +22,7 @@ import struct
 import time
 
 from itsd.shm import atomics
-from itsd.shm.segments import Segment
+from itsd.shm.segments import Segment, SegmentBacked
 
 MAGIC = 0x31445242  # b"BRD1" little endian
 VERSION = 1
@@ -31,11 +31,12 @@ _OFF_SEQ = 8
 _OFF_LEN = 16
 
 
-class Board:
+class Board(SegmentBacked):
     """A seqlock-protected blob in a shared-memory segment."""
 
     def __init__(self, segment: Segment) -> None:
-        self.segment = segment
+        self._seg = segment
+        self._closed = False
         self.name = segment.name
         buf = segment.buf
         magic, version = struct.unpack_from("<II", buf, 0)
@@ -64,7 +65,7 @@ class Board:
         """Replace the blob (single writer). ValueError if it does not fit."""
         if len(blob) > self.capacity:
             raise ValueError(f"board {self.name}: blob of {len(blob)} bytes > {self.capacity}")
-        buf = self.segment.buf
+        buf = self._seg.buf
         seq = atomics.load_u64(buf, _OFF_SEQ)
         atomics.store_u64(buf, _OFF_SEQ, seq + 1)
         atomics.fence()
@@ -74,7 +75,7 @@ class Board:
 
     def read(self, timeout: float = 0.5) -> bytes | None:
         """A consistent copy of the blob; None if never published or the writer is stuck."""
-        buf = self.segment.buf
+        buf = self._seg.buf
         deadline = time.monotonic() + timeout
         while True:
             seq = atomics.load_u64(buf, _OFF_SEQ)
@@ -89,11 +90,3 @@ class Board:
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.0005)
-
-    def close(self) -> None:
-        """Unmap."""
-        self.segment.close()
-
-    def unlink(self) -> None:
-        """Remove the segment (creator only)."""
-        self.segment.unlink()

@@ -43,7 +43,7 @@ from itsd.shm.atomics import (
     store_u32,
     store_u64,
 )
-from itsd.shm.segments import Segment
+from itsd.shm.segments import Segment, SegmentBacked
 
 __all__ = [
     "FLAG_DRAIN",
@@ -218,7 +218,7 @@ class StageSlot:
         )
 
 
-class ControlBlock:
+class ControlBlock(SegmentBacked):
     """The control block segment: ``n_slots`` stage slots and a global flags word."""
 
     def __init__(self, segment: Segment) -> None:
@@ -298,28 +298,6 @@ class ControlBlock:
     def clear_flags(self, mask: int) -> int:
         """Clear the bits of ``mask`` (atomic); return the previous flags."""
         return clear_bits_u32(self._seg.buf, _H_FLAGS, mask)
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close``."""
-        return self._closed
-
-    def close(self) -> None:
-        """Unmap. Idempotent; safe at exit."""
-        if self._closed:
-            return
-        self._closed = True
-        self._seg.close()
-
-    def unlink(self) -> None:
-        """Remove the segment name (creator process only; idempotent)."""
-        self._seg.unlink()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ControlBlock({self.name!r}, n_slots={self.n_slots})"

@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Final, Self
 import numpy as np
 
 from itsd.shm.atomics import cas_u32, fetch_add_u64, load_u32, load_u64, store_u32, store_u64
-from itsd.shm.segments import Segment
+from itsd.shm.segments import Segment, SegmentBacked
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -329,7 +329,7 @@ class FrameSlot:
         )
 
 
-class FrameRing:
+class FrameRing(SegmentBacked):
     """A single-writer single-reader ring of frame slots in a shared-memory segment."""
 
     def __init__(self, segment: Segment) -> None:
@@ -807,35 +807,16 @@ class FrameRing:
 
     # ------------------------------------------------------------------ lifetime
 
-    @property
-    def closed(self) -> bool:
-        """True after ``close``."""
-        return self._closed
-
-    def close(self) -> None:
-        """Release held slots, abort open writes, unmap. Idempotent; safe at exit."""
-        if self._closed:
-            return
+    def _on_close(self) -> None:
+        """Release held slots and abort open writes before unmapping."""
         for slot in list(self._held.values()):
             slot.release()
         for ws in list(self._writing.values()):
             ws.abort()
-        self._closed = True
         self._slot_arr = []
         self._wviews = []
         self._rviews = []
         del self._all
-        self._seg.close()
-
-    def unlink(self) -> None:
-        """Remove the segment name (creator process only; idempotent)."""
-        self._seg.unlink()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Final, Self
 
 from itsd.shm.atomics import fetch_add_u64, load_u64, store_u64
-from itsd.shm.segments import Segment
+from itsd.shm.segments import Segment, SegmentBacked
 
 __all__ = ["RecordRing", "RecordRingStats"]
 
@@ -94,7 +94,7 @@ class RecordRingStats:
     capacity_bytes: int
 
 
-class RecordRing:
+class RecordRing(SegmentBacked):
     """SPSC lossless ring of length-prefixed byte records in a shared-memory segment."""
 
     def __init__(self, segment: Segment) -> None:
@@ -366,28 +366,6 @@ class RecordRing:
         )
 
     # ------------------------------------------------------------------ lifetime
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close``."""
-        return self._closed
-
-    def close(self) -> None:
-        """Unmap. Idempotent; safe at exit."""
-        if self._closed:
-            return
-        self._closed = True
-        self._seg.close()
-
-    def unlink(self) -> None:
-        """Remove the segment name (creator process only; idempotent)."""
-        self._seg.unlink()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RecordRing({self.name!r}, capacity={self.capacity_bytes})"

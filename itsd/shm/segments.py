@@ -388,3 +388,40 @@ class Segment:
         role = "creator" if self.is_creator else "attached"
         state = "closed" if self._closed else "open"
         return f"Segment({self.name!r}, size={self.size}, {role}, {state})"
+
+
+class SegmentBacked:
+    """Lifetime shared by the objects that live in one segment (rings, control block, board).
+
+    Subclasses set ``_seg`` and ``_closed = False`` and may override ``_on_close`` to let
+    go of what they hold (slots, views) before the segment is unmapped.
+    """
+
+    _seg: Segment
+    _closed: bool
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close``."""
+        return self._closed
+
+    def _on_close(self) -> None:
+        """Hook run once, before unmapping."""
+
+    def close(self) -> None:
+        """Unmap. Idempotent; safe at exit."""
+        if self._closed:
+            return
+        self._on_close()
+        self._closed = True
+        self._seg.close()
+
+    def unlink(self) -> None:
+        """Remove the segment name (creator process only; idempotent)."""
+        self._seg.unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

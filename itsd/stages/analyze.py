@@ -207,10 +207,8 @@ def run(ctx: StageContext) -> int:
             for data in batch:
                 events = _handle(ctx, cams, data)
                 for ev in events:
-                    while not evt_ring.put(ev.pack(), timeout=0.5, should_abort=ctx.parent_gone):
-                        slot.beat()
-                        if ctx.parent_gone():
-                            return EXIT_OK
+                    if not ctx.put(evt_ring, ev.pack()):
+                        return EXIT_OK
                     slot.add(C_OUT)
             slot.set(C_TRACKS, sum(c.in_view for c in cams))
             slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)

@@ -39,18 +39,6 @@ log = logging.getLogger("itsd.infer")
 IDLE_SLEEP_S = 0.002
 
 
-def put_lossless(ctx: StageContext, ring: RecordRing, payload: bytes) -> bool:
-    """Put a record, waiting (and beating) while the ring is full.
-
-    Gives up only when the supervisor is gone (nothing downstream would read it).
-    """
-    while not ring.put(payload, timeout=0.5, should_abort=ctx.parent_gone):
-        ctx.beat()
-        if ctx.parent_gone():
-            return False
-    return True
-
-
 def run(ctx: StageContext) -> int:
     """Run batches until stopped and drained."""
     config = ctx.config
@@ -59,7 +47,8 @@ def run(ctx: StageContext) -> int:
         confidence=config.model.confidence,
         iou=config.model.iou,
         max_detections=config.model.max_detections,
-        precision=config.model.precision,
+        # The precision setting is for GPU backends; on the CPU the file runs as exported.
+        precision=config.model.precision if config.gpus else "fp32",
         intra_op_threads=config.performance.cpu_threads,
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
     )
@@ -81,7 +70,7 @@ def run(ctx: StageContext) -> int:
             log.info("recovered %d slot(s) of ring %s left by a previous run", n, ring.name)
     det_ring = RecordRing.attach(ctx.spec.detection_ring)
     info = ModelInfoRecord(tuple(engine.class_names), engine.name, ctx.spec.model_path)
-    put_lossless(ctx, det_ring, info.pack())
+    ctx.put(det_ring, info.pack())
 
     # Visit order: priority first (9 = first), then a rotating start for fairness.
     order = sorted(range(len(rings)), key=lambda i: -cams[rings[i].camera_index].priority)
@@ -142,7 +131,7 @@ def run(ctx: StageContext) -> int:
             slot.add(C_BATCHES)
             slot.add(C_BUSY_US, (t1 - t0) // 1000)
             for payload in records:
-                if not put_lossless(ctx, det_ring, payload):
+                if not ctx.put(det_ring, payload):
                     return EXIT_OK
                 slot.add(C_OUT)
             slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)

@@ -31,7 +31,7 @@ from types import FrameType
 from itsd.config import Config, config_from_json
 from itsd.errors import EXIT_FAILURE, EXIT_OK, ItsdError
 from itsd.logutil import setup_logging
-from itsd.shm import ControlBlock, StageSlot
+from itsd.shm import ControlBlock, RecordRing, StageSlot
 from itsd.shm.control import (
     STATE_DRAINING,
     STATE_FAILED,
@@ -116,6 +116,17 @@ class StageContext:
     def set_draining(self) -> None:
         """Mark the stage as draining its input before it exits."""
         self.slot.set_state(STATE_DRAINING)
+
+    def put(self, ring: RecordRing, payload: bytes) -> bool:
+        """Put a record on a lossless ring, waiting (and beating) while it is full.
+
+        Gives up only when the supervisor is gone (nothing downstream would read it).
+        """
+        while not ring.put(payload, timeout=0.5, should_abort=self.parent_gone):
+            self.beat()
+            if self.parent_gone():
+                return False
+        return True
 
     def sleep(self, seconds: float, step: float = 0.25) -> bool:
         """Sleep up to ``seconds`` while beating; return False if a stop came first."""

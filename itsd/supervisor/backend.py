@@ -110,6 +110,13 @@ class SupervisorBackend:
             return StageState.STOPPING
         return StageState.RUNNING if state == STATE_RUNNING else StageState.STOPPED
 
+    def _backend_name(self) -> str:
+        backend = self.sup.config.model.backend
+        if backend != "auto":
+            return backend
+        suffix = self.sup.model_path.rsplit(".", 1)[-1]
+        return {"onnx": "onnxruntime", "pt": "torch", "engine": "tensorrt"}.get(suffix, backend)
+
     def _board(self) -> dict[str, Any]:
         board = self.sup.board
         blob = board.read() if board is not None else None
@@ -145,7 +152,7 @@ class SupervisorBackend:
             status=status,
             version=__version__,
             uptime_s=self.sup.uptime_s(),
-            backend=self.sup.config.model.backend,
+            backend=self._backend_name(),
             model=model,
             stages=stages,
         )
