@@ -244,7 +244,12 @@ def status(config_path: str | None, target: str | None, as_json: bool, timeout: 
         vision_pb2.SERVING_STATUS_DEGRADED,
     )
     if as_json:
-        click.echo(json.dumps(MessageToDict(health, preserving_proto_field_name=True), indent=2))
+        as_dict = MessageToDict(
+            health,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        click.echo(json.dumps(as_dict, indent=2))
     else:
         status_name = vision_pb2.ServingStatus.Name(health.status).removeprefix("SERVING_STATUS_")
         click.echo(

@@ -118,6 +118,7 @@ def start_daemon(
         clip: str = "street_overhead_dusk.mp4",
         jsonl_path: str | None = None,
         heartbeat_timeout_s: float = 10.0,
+        max_restarts: int = 5,
         **camera: Any,
     ) -> Daemon:
         workdir = tmp_path / f"d{len(started)}"
@@ -138,6 +139,7 @@ def start_daemon(
             "supervisor": {
                 "heartbeat_timeout_s": heartbeat_timeout_s,
                 "backoff_initial_s": 0.2,
+                "max_restarts": max_restarts,
             },
             "cameras": [cam],
         }
