@@ -322,22 +322,37 @@ class RecordRing(SegmentBacked):
             return None
         return self._read_at(tail, head)[0]
 
-    def advance(self) -> bool:
-        """Drop the oldest record (after ``peek`` and handling it); False if empty."""
+    def peek_many(self, max_records: int) -> list[bytes]:
+        """Up to ``max_records`` oldest records without taking them (see ``advance``)."""
         buf = self._buf
         head = load_u64(buf, _H_HEAD)
         tail = load_u64(buf, _H_TAIL)
-        if head == tail:
-            return False
-        n, check = _PREFIX.unpack_from(buf, HEADER_SIZE + tail % self.capacity_bytes)
-        end = tail + PREFIX_SIZE + _round8(n)
-        if check != n ^ 0xFFFF_FFFF or end > head:
-            raise RuntimeError(
-                f"record ring {self.name!r}: corrupt record prefix at byte {tail}; ring damaged"
-            )
-        store_u64(buf, _H_TAIL, end)
-        fetch_add_u64(buf, _H_GOT, 1)
-        return True
+        out: list[bytes] = []
+        while tail != head and len(out) < max_records:
+            data, tail = self._read_at(tail, head)
+            out.append(data)
+        return out
+
+    def advance(self, count: int = 1) -> int:
+        """Drop the ``count`` oldest records (after ``peek``/``peek_many`` and handling
+        them); returns how many were dropped (fewer if the ring held fewer)."""
+        buf = self._buf
+        head = load_u64(buf, _H_HEAD)
+        tail = start = load_u64(buf, _H_TAIL)
+        done = 0
+        while done < count and tail != head:
+            n, check = _PREFIX.unpack_from(buf, HEADER_SIZE + tail % self.capacity_bytes)
+            end = tail + PREFIX_SIZE + _round8(n)
+            if check != n ^ 0xFFFF_FFFF or end > head:
+                raise RuntimeError(
+                    f"record ring {self.name!r}: corrupt record prefix at byte {tail}; ring damaged"
+                )
+            tail = end
+            done += 1
+        if tail != start:
+            store_u64(buf, _H_TAIL, tail)  # release: hands the bytes back to the writer
+            fetch_add_u64(buf, _H_GOT, done)
+        return done
 
     # ------------------------------------------------------------------ inspection
 

@@ -8,8 +8,10 @@ counting lines per camera, and writes events to the event ring:
 * ``line_crossing`` (topic analytics_events): a track crossed a counting line, with
   the line's running totals.
 
-The event ring is lossless: when the publisher falls behind this stage waits. On a stop
-request (sent only after inference has exited) it drains the detection ring, then exits.
+The event ring is lossless: when the publisher falls behind this stage waits. Detection
+records leave their ring only after their events are queued, so a crash re-analyses
+them instead of losing them (at least once). On a stop request (sent only after
+inference has exited) it drains the detection ring, then exits.
 
 This stage must never import an engine or a GPU library, and never draw on images.
 """
@@ -197,7 +199,9 @@ def run(ctx: StageContext) -> int:
             if not draining and ctx.should_stop():
                 draining = True
                 ctx.set_draining()
-            batch = det_ring.get_many(BATCH_RECORDS)
+            # Records are dropped from the ring only after their events are queued, so a
+            # crash here means those frames are analysed again (at least once).
+            batch = det_ring.peek_many(BATCH_RECORDS)
             if not batch:
                 if draining:
                     break
@@ -210,6 +214,7 @@ def run(ctx: StageContext) -> int:
                     if not ctx.put(evt_ring, ev.pack()):
                         return EXIT_OK
                     slot.add(C_OUT)
+            det_ring.advance(len(batch))
             slot.set(C_TRACKS, sum(c.in_view for c in cams))
             slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)
             slot.beat()

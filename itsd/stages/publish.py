@@ -5,11 +5,13 @@ fsynced on stop). Kafka publishing with an on-disk spool is configured by ``kafk
 and is not available in this version; the supervisor refuses to start with it enabled
 rather than drop events silently.
 
-Nothing is lost on a failed write (a full disk, a read-only mount): the batch stays in
-memory and is retried every second with an error in the log, and meanwhile this stage
-stops reading the event ring, so back-pressure reaches analytics and inference and, in
-the end, the frame rings (which drop the oldest frames, counted). On a stop request
-(sent only after analytics has exited) the stage drains the ring, writes and fsyncs.
+Nothing is lost on a failed write (a full disk, a read-only mount): events leave the
+event ring only after they are written, so a failed batch stays in the ring and is
+retried every second with an error in the log. Meanwhile the ring fills, back-pressure
+reaches analytics and inference and, in the end, the frame rings (which drop the oldest
+frames, counted). A crash between a write and taking the batch off the ring writes that
+batch twice on restart (at least once, never lost). On a stop request (sent only after
+analytics has exited) the stage drains the ring, writes and fsyncs.
 
 This stage must never run analytics or touch frames.
 """
@@ -90,7 +92,6 @@ def run(ctx: StageContext) -> int:
     else:
         log.info("writing events to %s", path)
     slot = ctx.slot
-    pending: list[bytes] = []
     draining = False
     last_error_log = 0.0
     ctx.set_running()
@@ -99,19 +100,19 @@ def run(ctx: StageContext) -> int:
             if not draining and ctx.should_stop():
                 draining = True
                 ctx.set_draining()
-            if not pending:
-                raw = ring.get_many(BATCH_RECORDS)
-                if not raw:
-                    if draining:
-                        break
-                    slot.beat()
-                    time.sleep(IDLE_SLEEP_S)
-                    continue
-                pending = [EventRecord.unpack(r).payload for r in raw]
-                slot.add(C_IN, len(pending))
+            # Events leave the ring only once written: a failed write or a crash
+            # means they are written again later (at least once), never lost.
+            raw = ring.peek_many(BATCH_RECORDS)
+            if not raw:
+                if draining:
+                    break
+                slot.beat()
+                time.sleep(IDLE_SLEEP_S)
+                continue
+            pending = [EventRecord.unpack(r).payload for r in raw]
             if sink is None:
+                ring.advance(len(raw))
                 slot.add(C_OUT, len(pending))
-                pending = []
                 continue
             t0 = time.monotonic_ns()
             try:
@@ -134,10 +135,11 @@ def run(ctx: StageContext) -> int:
                 slot.beat()
                 time.sleep(RETRY_S)
                 continue
+            ring.advance(len(raw))
+            slot.add(C_IN, len(pending))
             slot.add(C_BUSY_US, (time.monotonic_ns() - t0) // 1000)
             slot.add(C_OUT, len(pending))
             slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)
-            pending = []
             slot.beat()
     finally:
         if sink is not None:

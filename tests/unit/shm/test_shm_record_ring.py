@@ -168,13 +168,26 @@ def test_get_many_limits_and_order(ring: RecordRing) -> None:
 
 def test_peek_and_advance_give_at_least_once(ring: RecordRing) -> None:
     assert ring.peek() is None
-    assert ring.advance() is False
+    assert ring.advance() == 0
     ring.try_put(b"one")
     ring.try_put(b"two")
     assert ring.peek() == b"one"
     assert ring.peek() == b"one"  # a crashed reader would see it again
-    assert ring.advance() is True
+    assert ring.advance() == 1
     assert ring.get() == b"two"
+
+
+def test_peek_many_then_advance_part(ring: RecordRing) -> None:
+    for i in range(3):
+        assert ring.try_put(bytes([i]) * 3)
+    assert ring.peek_many(0) == []
+    assert ring.peek_many(10) == [b"\0\0\0", b"\1\1\1", b"\2\2\2"]
+    assert ring.peek_many(2) == [b"\0\0\0", b"\1\1\1"]  # nothing taken yet
+    assert ring.advance(2) == 2
+    assert ring.stats().got == 2
+    assert ring.peek_many(10) == [b"\2\2\2"]
+    assert ring.advance(5) == 1
+    assert ring.is_empty()
 
 
 def test_writer_crash_mid_record_publishes_nothing(ring: RecordRing) -> None:
