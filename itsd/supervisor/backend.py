@@ -33,7 +33,6 @@ from itsd.control.backend import (
 from itsd.shm.control import STATE_DRAINING, STATE_RUNNING, STATE_STARTING
 from itsd.stages.runtime import (
     C_BATCHES,
-    C_DROPPED,
     C_EOF,
     C_IN,
     C_LAST_WALL_MS,
@@ -295,14 +294,3 @@ class SupervisorBackend:
             "streams come from the configuration file in this version; remove the camera "
             "from `cameras:` and restart itsd"
         )
-
-    def counters_by_stage(self) -> dict[str, dict[str, int]]:
-        """Raw per-stage counters (for the Prometheus exporter)."""
-        out: dict[str, dict[str, int]] = {}
-        for h in self.sup.handles:
-            out[h.name] = {
-                "in": self._counter(h, C_IN),
-                "out": self._counter(h, C_OUT),
-                "dropped": self._counter(h, C_DROPPED),
-            }
-        return out

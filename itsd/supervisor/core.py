@@ -40,7 +40,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from itsd import __version__
 from itsd.config import Config, config_to_json
 from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ItsdError, ResourceError
 from itsd.shm import (
@@ -537,11 +536,6 @@ class Supervisor:
     def uptime_s(self) -> float:
         """Seconds since the supervisor started."""
         return time.monotonic() - self.started_mono
-
-    @property
-    def version(self) -> str:
-        """The itsd version."""
-        return __version__
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
