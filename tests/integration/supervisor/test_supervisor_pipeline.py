@@ -270,3 +270,20 @@ def test_unreachable_camera_is_retried_and_others_keep_running(
     time.sleep(0.5)
     assert d.proc.poll() is None, "a dead camera must not stop the daemon"
     assert d.stop().returncode == 0
+
+
+def test_daemon_mode_detaches_and_stops(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(loop=True)  # a foreground daemon gives us a config; stop it first
+    d.wait_log("all stages running")
+    assert d.stop().returncode == 0
+    log = d.workdir / "daemon.log"
+    res = d.cli("start", "--daemon", "--config", str(d.config_path), "--log-file", str(log))
+    assert res.returncode == 0, res.stderr
+    assert f"itsd started (pid {int(d.pid_file.read_text())}); log: {log}" in res.stdout
+    pid = int(d.pid_file.read_text())
+    wait_until(lambda: "all stages running" in log.read_text(), 60, "daemon ready", log)
+    assert d.status_json()["status"] == "SERVING_STATUS_SERVING"
+    res = d.stop()
+    assert res.returncode == 0, res.stderr
+    assert pid_gone(pid)
+    assert not d.pid_file.exists()
