@@ -114,49 +114,38 @@ def run(ctx: StageContext) -> int:
     ctx.set_running()
     try:
         while not ctx.should_stop():
+            # One connection: open, decode until the source ends or fails.
+            problem = ""
+            frames_before = slot.get(C_IN)
             try:
                 container = _open(camera)
             except SourceError as err:
-                slot.add(C_RECONNECTS)
-                log.warning("%s; retrying in %.1f s", err, backoff)
-                if not ctx.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            log.info("camera %s: opened %s", camera.id, camera.source)
-            try:
-                ended = _decode_loop(ctx, container, camera, ring, period, live)
-            except (av.error.FFmpegError, OSError) as err:
-                slot.add(C_ERRORS)
-                slot.add(C_RECONNECTS)
-                log.warning(
-                    "camera %s: stream %s failed: %s; reconnecting in %.1f s",
-                    camera.id,
-                    camera.source,
-                    err,
-                    backoff,
-                )
-                ended = False
-                if not ctx.sleep(backoff):
-                    break
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                problem = str(err)
             else:
-                backoff = BACKOFF_START_S
-            finally:
-                container.close()
-            if ended:
-                if live:
-                    log.warning("camera %s: stream ended; reconnecting", camera.id)
-                    slot.add(C_RECONNECTS)
-                    if not ctx.sleep(backoff):
+                log.info("camera %s: opened %s", camera.id, camera.source)
+                try:
+                    if not _decode_loop(ctx, container, camera, ring, period, live):
+                        break  # stop requested
+                    if not live:
+                        if camera.loop:
+                            continue
+                        log.info("camera %s: end of %s", camera.id, camera.source)
+                        slot.set(C_EOF, 1)
                         break
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                elif camera.loop:
-                    continue
-                else:
-                    log.info("camera %s: end of %s", camera.id, camera.source)
-                    slot.set(C_EOF, 1)
-                    break
+                    problem = f"camera {camera.id}: stream {camera.source} ended"
+                except (av.error.FFmpegError, OSError) as err:
+                    slot.add(C_ERRORS)
+                    problem = f"camera {camera.id}: stream {camera.source} failed: {err}"
+                finally:
+                    container.close()
+            # Back off; a connection that delivered frames starts the backoff afresh.
+            if slot.get(C_IN) > frames_before:
+                backoff = BACKOFF_START_S
+            slot.add(C_RECONNECTS)
+            log.warning("%s; retrying in %.1f s", problem, backoff)
+            if not ctx.sleep(backoff):
+                break
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
     finally:
         ring.close()
     return EXIT_OK

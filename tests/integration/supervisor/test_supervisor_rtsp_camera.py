@@ -1,0 +1,101 @@
+"""The daemon with a real RTSP camera (GStreamer's RTSP server): frames, drop, reconnect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[3]
+DEBIAN_PY = "/usr/bin/python3"
+
+
+def _gst_available() -> bool:
+    if not os.path.exists(DEBIAN_PY):
+        return False
+    probe = subprocess.run(
+        [
+            DEBIAN_PY,
+            "-c",
+            "import gi; gi.require_version('GstRtspServer', '1.0');"
+            "from gi.repository import GstRtspServer",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def rtsp_server() -> Iterator[Callable[[Path, int], subprocess.Popen[str]]]:
+    if not _gst_available():
+        msg = "GStreamer RTSP server not installed (run `make system-deps`)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    procs: list[subprocess.Popen[str]] = []
+
+    def _start(clip: Path, port: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [
+                DEBIAN_PY,
+                str(REPO / "tools" / "rtsp_server.py"),
+                "--file",
+                str(clip),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), line
+        return proc
+
+    yield _start
+    for p in procs:
+        p.kill()
+        p.wait(10)
+
+
+def test_rtsp_camera_is_processed_and_reconnected_after_a_drop(
+    start_daemon: Callable[..., Daemon],
+    rtsp_server: Callable[[Path, int], subprocess.Popen[str]],
+    media_dir: Path,
+) -> None:
+    clip = media_dir / "street_overhead_dusk.mp4"
+    port = free_port()
+    server = rtsp_server(clip, port)
+    url = f"rtsp://127.0.0.1:{port}/stream"
+    d = start_daemon(source=url, open_timeout_s=3.0)
+    d.wait_log(rf"camera street: opened {url}", timeout=60)
+    wait_until(lambda: len(d.detections()) >= 30, 60, "30 frames from the camera", d.log_path)
+    cars = [x for e in d.detections() for x in e["data"]["detections"] if x["class_name"] == "car"]
+    assert cars, "the RTSP frames are the real clip: cars must be seen"
+
+    server.kill()  # the camera drops off the network
+    server.wait(10)
+    d.wait_log(r"camera street: (stream .* (failed|ended)|cannot open)", timeout=60)
+    before = max(e["frame_id"] for e in d.detections())
+    assert d.proc.poll() is None
+
+    rtsp_server(clip, port)  # the camera comes back
+    d.wait_log(rf"camera street: opened {url}", count=2, timeout=90)
+    wait_until(
+        lambda: max(e["frame_id"] for e in d.detections()) > before + 20,
+        60,
+        "frames after the reconnect",
+        d.log_path,
+    )
+    ids = [e["frame_id"] for e in d.detections()]
+    assert ids == sorted(set(ids)), "frame ids keep increasing across the reconnect"
+    assert d.stop().returncode == 0
