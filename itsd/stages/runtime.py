@@ -59,6 +59,7 @@ C_LINE_CROSSINGS = 12  # analyze: line crossings counted
 C_TRACKS = 13  # analyze: confirmed tracks now in view, summed over cameras
 
 PR_SET_PDEATHSIG = 1
+ORPHAN_GRACE_S = 5  # seconds a stage may take to exit once the supervisor is gone
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,12 @@ def stage_main(spec: StageSpec) -> None:
 
     def _on_term(signum: int, frame: FrameType | None) -> None:
         ctx.request_stop()
+        if ctx.parent_gone():
+            # The supervisor died (PR_SET_PDEATHSIG). Wind down, but never outlive it
+            # for long: a stage stuck in a blocking call would otherwise stay forever.
+            # SIGALRM's default action ends the process wherever it is.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(ORPHAN_GRACE_S)
 
     signal.signal(signal.SIGTERM, _on_term)
     slot = ctx.slot

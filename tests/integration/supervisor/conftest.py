@@ -176,3 +176,20 @@ def start_daemon(
             except subprocess.TimeoutExpired:
                 d.kill()
         d._log_fh.close()
+    # Tests that SIGKILL a supervisor leave its segments behind (as a crash would); the
+    # next itsd start would sweep them, and so does this, once the children are gone.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and sweep_leftovers(started):
+        time.sleep(0.2)
+
+
+def sweep_leftovers(daemons: list[Daemon]) -> bool:
+    """Sweep dead runs' segments; True while some of these daemons' segments remain."""
+    from itsd.shm import sweep_stale
+
+    sweep_stale()
+    return any(
+        next(SHM.glob(f"itsd-{m.group(1)}-*"), None) is not None
+        for d in daemons
+        if (m := re.search(r"shared memory ready: run (\S+),", d.log()))
+    )

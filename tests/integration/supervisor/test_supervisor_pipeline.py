@@ -174,7 +174,10 @@ def test_stuck_stage_gets_sigabrt_with_traceback_and_is_restarted(
     assert "publish.py" in log, "faulthandler should print where the stage was stuck"
     d.wait_log(r"publish died \(killed by SIGABRT\); restarting in", timeout=30)
     d.wait_log(r"started publish \(pid", count=2, timeout=30)
+    pids = [int(s["pid"]) for s in d.status_json()["stages"] if s.get("pid")]
     d.kill()
+    # Even a stage stuck in a blocking call must not outlive its supervisor for long.
+    wait_until(lambda: all(pid_gone(p) for p in pids), 20, "orphaned stages to exit")
 
 
 def test_killed_stages_are_restarted(start_daemon: Callable[..., Daemon]) -> None:
@@ -279,11 +282,15 @@ def test_daemon_mode_detaches_and_stops(start_daemon: Callable[..., Daemon]) -> 
     log = d.workdir / "daemon.log"
     res = d.cli("start", "--daemon", "--config", str(d.config_path), "--log-file", str(log))
     assert res.returncode == 0, res.stderr
-    assert f"itsd started (pid {int(d.pid_file.read_text())}); log: {log}" in res.stdout
     pid = int(d.pid_file.read_text())
-    wait_until(lambda: "all stages running" in log.read_text(), 60, "daemon ready", log)
-    assert d.status_json()["status"] == "SERVING_STATUS_SERVING"
-    res = d.stop()
-    assert res.returncode == 0, res.stderr
-    assert pid_gone(pid)
-    assert not d.pid_file.exists()
+    try:
+        assert f"itsd started (pid {pid}); log: {log}" in res.stdout
+        wait_until(lambda: "all stages running" in log.read_text(), 60, "daemon ready", log)
+        assert d.status_json()["status"] == "SERVING_STATUS_SERVING"
+        res = d.stop()
+        assert res.returncode == 0, res.stderr
+        assert pid_gone(pid)
+        assert not d.pid_file.exists()
+    finally:
+        if not pid_gone(pid):  # never leave a detached daemon behind
+            os.kill(pid, signal.SIGKILL)
