@@ -190,7 +190,10 @@ def _decode_loop(
             pixels: np.ndarray = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
         else:
             pixels = frame.to_ndarray(format="rgb24")
+        # Claim the id before the frame is published: a crash in between leaves a gap,
+        # never a frame id used twice.
         frame_id = slot.get(C_NEXT_FRAME_ID)
+        slot.set(C_NEXT_FRAME_ID, frame_id + 1)
         wall_ns = time.time_ns()
         ok = ring.write(
             pixels,
@@ -199,7 +202,6 @@ def _decode_loop(
             pts=int(frame.pts or 0),
             pixel_format=PIXEL_FORMAT_RGB24,
         )
-        slot.set(C_NEXT_FRAME_ID, frame_id + 1)
         slot.set(C_LAST_WALL_MS, wall_ns // 1_000_000)
         if ok:
             slot.add(C_OUT)
