@@ -78,6 +78,8 @@ class EngineOptions:
     intra_op_threads: threads one inference call may use (1 is best on small CPUs: run
         one single-threaded engine per core instead of one engine with many threads).
     classes: keep only these class ids (None keeps all).
+    gpu: CUDA device index to run on; None runs on the CPU. A backend that cannot reach
+        the GPU here falls back to the CPU with a warning.
     """
 
     confidence: float = 0.25
@@ -86,6 +88,7 @@ class EngineOptions:
     precision: str = "fp32"
     intra_op_threads: int = 1
     classes: tuple[int, ...] | None = None
+    gpu: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:
@@ -105,6 +108,8 @@ class EngineOptions:
             raise ConfigError(
                 f"EngineOptions.intra_op_threads must be at least 1, got {self.intra_op_threads}"
             )
+        if self.gpu is not None and self.gpu < 0:
+            raise ConfigError(f"EngineOptions.gpu must be a device index >= 0, got {self.gpu}")
         if self.classes is not None and any(c < 0 for c in self.classes):
             raise ConfigError(f"EngineOptions.classes must be class ids >= 0, got {self.classes}")
 

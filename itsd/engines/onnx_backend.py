@@ -67,6 +67,22 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def providers_for(gpu: int | None, where: str) -> list[Any]:
+    """Providers for ``EngineOptions.gpu``: the CPU for None; CUDA on that device when
+    onnxruntime-gpu and a GPU are here, else the CPU with a warning."""
+    if gpu is None:
+        return ["CPUExecutionProvider"]
+    if default_providers()[0] == "CUDAExecutionProvider":
+        return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    log.warning(
+        "%s: GPU %d was asked for, but this onnxruntime has no usable CUDA provider "
+        "(install onnxruntime-gpu and the CUDA libraries); running on the CPU",
+        where,
+        gpu,
+    )
+    return ["CPUExecutionProvider"]
+
+
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     """Session options of every engine: `intra_op_threads` threads, no inter-op pool,
     sequential execution, all graph optimisations."""
@@ -156,8 +172,9 @@ class OnnxEngine:
             raise ModelError(f"{where} does not exist (or is not a file)")
 
         available = ort.get_available_providers()
+        wanted: list[Any]
         if providers is None:
-            wanted = default_providers()
+            wanted = providers_for(options.gpu, where)
         else:
             missing = [p for p in providers if p not in available]
             if missing or not providers:
@@ -180,9 +197,10 @@ class OnnxEngine:
 
         used = session.get_providers()
         self.provider: str = used[0]
-        if wanted[0] not in used:
+        first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+        if first not in used:
             message = (
-                f"{where}: {wanted[0]} was asked for but the session runs on "
+                f"{where}: {first} was asked for but the session runs on "
                 f"{', '.join(used)}; check the GPU driver and onnxruntime-gpu's CUDA libraries"
             )
             if providers is not None:

@@ -51,7 +51,14 @@ def run(ctx: StageContext) -> int:
         precision=config.model.precision if config.gpus else "fp32",
         intra_op_threads=config.performance.cpu_threads,
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
+        gpu=config.gpus[0] if config.gpus else None,
     )
+    if len(config.gpus) > 1:
+        log.warning(
+            "gpus: %s configured; this version runs one inference process, on GPU %d",
+            config.gpus,
+            config.gpus[0],
+        )
     t_load = time.monotonic()
     engine = create_engine(Path(ctx.spec.model_path), config.model.backend, options)
     log.info(

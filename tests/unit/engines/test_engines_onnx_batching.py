@@ -215,3 +215,19 @@ def test_parse_class_names() -> None:
         parse_class_names("{0: person", 1, "m")
     with pytest.raises(ModelError, match=r"keys must be 0\.\.n-1"):
         parse_class_names("{0: 'a', 2: 'b'}", 2, "m")
+
+
+def test_providers_follow_the_gpu_option(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert onnx_backend.providers_for(None, "m") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnx_backend, "gpu_present", lambda: True)
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert onnx_backend.providers_for(None, "m") == ["CPUExecutionProvider"]  # CPU asked
+    assert onnx_backend.providers_for(1, "m")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    monkeypatch.setattr(onnx_backend, "gpu_present", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert onnx_backend.providers_for(0, "m") == ["CPUExecutionProvider"]
+    assert "GPU 0 was asked for" in caplog.text
