@@ -18,6 +18,7 @@ This module must never import anything from itsd outside ``itsd.shm``.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import time
 
@@ -52,14 +53,11 @@ class Board(SegmentBacked):
     @classmethod
     def create(cls, name: str, capacity: int) -> Board:
         """Create the segment and an empty board (creator only)."""
-        seg = Segment.create(name, cls.required_size(capacity))
-        struct.pack_into("<IIQII", seg.buf, 0, MAGIC, VERSION, 0, 0, capacity)
-        return cls(seg)
 
-    @classmethod
-    def attach(cls, name: str) -> Board:
-        """Open an existing board."""
-        return cls(Segment.attach(name))
+        def init(buf: mmap.mmap) -> None:
+            struct.pack_into("<IIQII", buf, 0, MAGIC, VERSION, 0, 0, capacity)
+
+        return cls._create_initialised(name, cls.required_size(capacity), init)
 
     def publish(self, blob: bytes) -> None:
         """Replace the blob (single writer). ValueError if it does not fit."""

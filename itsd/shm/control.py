@@ -28,6 +28,7 @@ interpret counters.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import Final, Self
@@ -259,25 +260,12 @@ class ControlBlock(SegmentBacked):
     @classmethod
     def create(cls, name: str, n_slots: int) -> Self:
         """Create the block (zeroed: every slot EMPTY); this process is the only unlinker."""
-        seg = Segment.create(name, cls.required_size(n_slots))
-        try:
-            _H_LAYOUT.pack_into(seg.buf, 8, VERSION, HEADER_SIZE, n_slots, SLOT_SIZE, os.getpid())
-            store_u64(seg.buf, _H_MAGIC, MAGIC)
-            return cls(seg)
-        except BaseException:
-            seg.close()
-            seg.unlink()
-            raise
 
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Map an existing block; ``FileNotFoundError`` if missing, ``ValueError`` if not one."""
-        return cls(Segment.attach(name))
+        def init(buf: mmap.mmap) -> None:
+            _H_LAYOUT.pack_into(buf, 8, VERSION, HEADER_SIZE, n_slots, SLOT_SIZE, os.getpid())
+            store_u64(buf, _H_MAGIC, MAGIC)
 
-    @property
-    def segment(self) -> Segment:
-        """The underlying segment."""
-        return self._seg
+        return cls._create_initialised(name, cls.required_size(n_slots), init)
 
     def slot(self, index: int) -> StageSlot:
         """Stage slot ``index`` (0 <= index < n_slots)."""

@@ -72,6 +72,7 @@ import anything else from ``itsd`` (only ``itsd.shm``).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -439,10 +440,10 @@ class FrameRing(SegmentBacked):
             raise ValueError(f"frame ring {name!r}: camera_index must be >= 0, got {camera_index}")
         size = cls.required_size(slot_count, max_width, max_height, channels)
         stride = (size - HEADER_SIZE) // slot_count
-        seg = Segment.create(name, size, populate=populate)
-        try:
+
+        def init(buf: mmap.mmap) -> None:
             _H_LAYOUT.pack_into(
-                seg.buf,
+                buf,
                 8,
                 VERSION,
                 HEADER_SIZE,
@@ -456,22 +457,14 @@ class FrameRing(SegmentBacked):
                 camera_index,
                 os.getpid(),
             )
-            store_u64(seg.buf, _H_MAGIC, MAGIC)  # release: publishes the header
-            return cls(seg)
-        except BaseException:
-            seg.close()
-            seg.unlink()
-            raise
+            store_u64(buf, _H_MAGIC, MAGIC)  # release: publishes the header
+
+        return cls._create_initialised(name, size, init, populate=populate)
 
     @classmethod
     def attach(cls, name: str, *, populate: bool = True) -> Self:
-        """Map an existing ring; ``FileNotFoundError`` if missing, ``ValueError`` if not a ring."""
-        return cls(Segment.attach(name, populate=populate))
-
-    @property
-    def segment(self) -> Segment:
-        """The underlying segment."""
-        return self._seg
+        """Map an existing ring (pre-faulted by default); see ``SegmentBacked.attach``."""
+        return super().attach(name, populate=populate)
 
     # ------------------------------------------------------------------ writer
 

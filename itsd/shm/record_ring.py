@@ -45,18 +45,20 @@ import anything else from ``itsd`` (only ``itsd.shm``).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 from itsd.shm.atomics import fetch_add_u64, load_u64, store_u64
 from itsd.shm.segments import Segment, SegmentBacked
 
 __all__ = ["RecordRing", "RecordRingStats"]
 
+_T = TypeVar("_T")
 MAGIC: Final = int.from_bytes(b"ITSDREC1", "little")
 VERSION: Final = 1
 HEADER_SIZE: Final = 4096
@@ -77,6 +79,31 @@ _WAIT_MIN_S = 50e-6
 _WAIT_MAX_S = 1e-3
 
 Payload = bytes | bytearray | memoryview
+
+
+def _retry(
+    attempt: Callable[[], _T | None],
+    timeout: float | None,
+    should_abort: Callable[[], bool] | None,
+) -> _T | None:
+    """Call ``attempt`` after growing sleeps (50 us to 1 ms) until it gives a value;
+    None when ``timeout`` passes or ``should_abort()`` says so."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = _WAIT_MIN_S
+    while True:
+        if should_abort is not None and should_abort():
+            return None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+        else:
+            time.sleep(delay)
+        delay = min(delay * 2, _WAIT_MAX_S)
+        value = attempt()
+        if value is not None:
+            return value
 
 
 def _round8(n: int) -> int:
@@ -147,26 +174,13 @@ class RecordRing(SegmentBacked):
         """Create the ring's segment (this process becomes its creator, the only unlinker)."""
         size = cls.required_size(capacity_bytes)
         capacity = size - HEADER_SIZE
-        seg = Segment.create(name, size)
-        try:
-            max_record = min(capacity - PREFIX_SIZE, _MAX_LEN)
-            _H_LAYOUT.pack_into(seg.buf, 8, VERSION, HEADER_SIZE, capacity, max_record, os.getpid())
-            store_u64(seg.buf, _H_MAGIC, MAGIC)
-            return cls(seg)
-        except BaseException:
-            seg.close()
-            seg.unlink()
-            raise
+        max_record = min(capacity - PREFIX_SIZE, _MAX_LEN)
 
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Map an existing ring; ``FileNotFoundError`` if missing, ``ValueError`` if not a ring."""
-        return cls(Segment.attach(name))
+        def init(buf: mmap.mmap) -> None:
+            _H_LAYOUT.pack_into(buf, 8, VERSION, HEADER_SIZE, capacity, max_record, os.getpid())
+            store_u64(buf, _H_MAGIC, MAGIC)
 
-    @property
-    def segment(self) -> Segment:
-        """The underlying segment."""
-        return self._seg
+        return cls._create_initialised(name, size, init)
 
     # ------------------------------------------------------------------ writer
 
@@ -221,21 +235,7 @@ class RecordRing(SegmentBacked):
         if self.try_put(payload):
             return True
         fetch_add_u64(self._buf, _H_WAITS, 1)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = _WAIT_MIN_S
-        while True:
-            if should_abort is not None and should_abort():
-                return False
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                time.sleep(min(delay, left))
-            else:
-                time.sleep(delay)
-            delay = min(delay * 2, _WAIT_MAX_S)
-            if self.try_put(payload):
-                return True
+        return _retry(lambda: self.try_put(payload) or None, timeout, should_abort) is not None
 
     # ------------------------------------------------------------------ reader
 
@@ -296,22 +296,7 @@ class RecordRing(SegmentBacked):
         data = self.get()
         if data is not None:
             return data
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = _WAIT_MIN_S
-        while True:
-            if should_abort is not None and should_abort():
-                return None
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                time.sleep(min(delay, left))
-            else:
-                time.sleep(delay)
-            delay = min(delay * 2, _WAIT_MAX_S)
-            data = self.get()
-            if data is not None:
-                return data
+        return _retry(self.get, timeout, should_abort)
 
     def peek(self) -> bytes | None:
         """The oldest record without taking it (see ``advance``), or None if empty."""

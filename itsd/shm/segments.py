@@ -32,6 +32,7 @@ import mmap
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
@@ -397,8 +398,37 @@ class SegmentBacked:
     go of what they hold (slots, views) before the segment is unmapped.
     """
 
-    _seg: Segment
-    _closed: bool
+    def __init__(self, segment: Segment) -> None:
+        self._seg = segment
+        self._closed = False
+
+    @classmethod
+    def _create_initialised(
+        cls, name: str, size: int, init: Callable[[mmap.mmap], None], *, populate: bool = False
+    ) -> Self:
+        """Create the segment, write its header with ``init``, then open it as ``cls``.
+
+        If any step fails the segment is unmapped and unlinked: nothing half-made is left.
+        """
+        seg = Segment.create(name, size, populate=populate)
+        try:
+            init(seg.buf)
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            seg.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str, *, populate: bool = False) -> Self:
+        """Map an existing segment as ``cls``; ``FileNotFoundError`` if missing,
+        ``ValueError`` if it is not one."""
+        return cls(Segment.attach(name, populate=populate))
+
+    @property
+    def segment(self) -> Segment:
+        """The underlying segment."""
+        return self._seg
 
     @property
     def closed(self) -> bool:

@@ -61,7 +61,6 @@ from itsd.stages.runtime import (
 
 log = logging.getLogger("itsd.analyze")
 
-IDLE_SLEEP_S = 0.002
 BATCH_RECORDS = 64
 BOARD_PERIOD_S = 0.5
 #: What a counting line counts when its config names no classes.
@@ -192,22 +191,11 @@ def run(ctx: StageContext) -> int:
     board = Board.attach(board_name) if board_name else None
     last_board = 0.0
     slot = ctx.slot
-    draining = False
     ctx.set_running()
     try:
-        while True:
-            if not draining and ctx.should_stop():
-                draining = True
-                ctx.set_draining()
-            # Records are dropped from the ring only after their events are queued, so a
-            # crash here means those frames are analysed again (at least once).
-            batch = det_ring.peek_many(BATCH_RECORDS)
-            if not batch:
-                if draining:
-                    break
-                slot.beat()
-                time.sleep(IDLE_SLEEP_S)
-                continue
+        # Records are dropped from the ring only after their events are queued, so a
+        # crash here means those frames are analysed again (at least once).
+        while (batch := ctx.next_records(det_ring, BATCH_RECORDS)) is not None:
             for data in batch:
                 events = _handle(ctx, cams, data)
                 for ev in events:

@@ -31,12 +31,11 @@ from itsd.stages.runtime import (
     C_IN,
     C_LAST_WALL_MS,
     C_OUT,
+    IDLE_SLEEP_S,
     StageContext,
 )
 
 log = logging.getLogger("itsd.infer")
-
-IDLE_SLEEP_S = 0.002
 
 
 def run(ctx: StageContext) -> int:
@@ -85,13 +84,9 @@ def run(ctx: StageContext) -> int:
     slot = ctx.slot
     start = 0
     ctx.set_running()
-    draining = False
     try:
         while True:
-            if not draining and ctx.should_stop():
-                draining = True
-                ctx.set_draining()
-                log.info("draining frame rings")
+            draining = ctx.check_drain()
             taken: list[FrameSlot] = []
             n = len(order)
             for k in range(n):

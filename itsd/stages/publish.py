@@ -32,7 +32,6 @@ from itsd.stages.runtime import C_BUSY_US, C_ERRORS, C_IN, C_LAST_WALL_MS, C_OUT
 
 log = logging.getLogger("itsd.publish")
 
-IDLE_SLEEP_S = 0.005
 BATCH_RECORDS = 512
 RETRY_S = 1.0
 
@@ -92,31 +91,17 @@ def run(ctx: StageContext) -> int:
     else:
         log.info("writing events to %s", path)
     slot = ctx.slot
-    draining = False
     last_error_log = 0.0
     ctx.set_running()
     try:
-        while True:
-            if not draining and ctx.should_stop():
-                draining = True
-                ctx.set_draining()
-            # Events leave the ring only once written: a failed write or a crash
-            # means they are written again later (at least once), never lost.
-            raw = ring.peek_many(BATCH_RECORDS)
-            if not raw:
-                if draining:
-                    break
-                slot.beat()
-                time.sleep(IDLE_SLEEP_S)
-                continue
+        # Events leave the ring only once written: a failed write or a crash means
+        # they are written again later (at least once), never lost.
+        while (raw := ctx.next_records(ring, BATCH_RECORDS)) is not None:
             pending = [EventRecord.unpack(r).payload for r in raw]
-            if sink is None:
-                ring.advance(len(raw))
-                slot.add(C_OUT, len(pending))
-                continue
             t0 = time.monotonic_ns()
             try:
-                sink.write(pending)
+                if sink is not None:
+                    sink.write(pending)
             except OSError as err:
                 slot.add(C_ERRORS)
                 now = time.monotonic()
@@ -129,7 +114,7 @@ def run(ctx: StageContext) -> int:
                         err,
                         RETRY_S,
                     )
-                if ctx.parent_gone() and draining:
+                if ctx.parent_gone() and ctx.draining:
                     log.error("supervisor gone; %d event(s) could not be written", len(pending))
                     break
                 slot.beat()

@@ -59,6 +59,7 @@ C_LINE_CROSSINGS = 12  # analyze: line crossings counted
 C_TRACKS = 13  # analyze: confirmed tracks now in view, summed over cameras
 
 PR_SET_PDEATHSIG = 1
+IDLE_SLEEP_S = 0.002  # poll period of a stage whose input is empty
 ORPHAN_GRACE_S = 5  # seconds a stage may take to exit once the supervisor is gone
 
 
@@ -89,6 +90,7 @@ class StageContext:
         self.control = control
         self.slot: StageSlot = control.slot(spec.slot)
         self._stop = False
+        self.draining = False
         self.log = logging.getLogger(f"itsd.{spec.kind}")
 
     # -- stop signal ------------------------------------------------------------------
@@ -114,9 +116,33 @@ class StageContext:
         self.slot.set_state(STATE_RUNNING)
         self.beat()
 
-    def set_draining(self) -> None:
-        """Mark the stage as draining its input before it exits."""
-        self.slot.set_state(STATE_DRAINING)
+    def check_drain(self) -> bool:
+        """Enter the draining state once a stop is requested; True while draining.
+
+        Stages are stopped in flow order, so when a stop arrives nothing new will come
+        in: a draining stage finishes what is in its input ring, then exits.
+        """
+        if not self.draining and self.should_stop():
+            self.draining = True
+            self.slot.set_state(STATE_DRAINING)
+            self.log.info("draining")
+        return self.draining
+
+    def next_records(self, ring: RecordRing, max_records: int) -> list[bytes] | None:
+        """The oldest records of ``ring``, peeked (take them with ``ring.advance``).
+
+        Waits (beating) while the ring is empty; None once the stage is draining and the
+        ring is empty: time to exit.
+        """
+        while True:
+            draining = self.check_drain()
+            batch = ring.peek_many(max_records)
+            if batch:
+                return batch
+            if draining:
+                return None
+            self.beat()
+            time.sleep(IDLE_SLEEP_S)
 
     def put(self, ring: RecordRing, payload: bytes) -> bool:
         """Put a record on a lossless ring, waiting (and beating) while it is full.
