@@ -3,7 +3,9 @@
 Every field carries a description (the README's configuration table is generated from
 them by ``tools/config_table.py``). Unknown keys are rejected (``extra="forbid"``) so a
 typo never silently falls back to a default, and every error names the file, the key
-path and what was expected.
+path and what was expected. Keys whose feature this version does not have yet are listed
+in ``NOT_YET_AVAILABLE`` and refused when set, so a file never promises what the daemon
+does not do.
 
 This module must never import a stage, an engine or anything that touches a GPU: the
 supervisor, the CLI and every stage import it.
@@ -12,6 +14,7 @@ supervisor, the CLI and every stage import it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +27,37 @@ Point = tuple[
     Annotated[float, Field(ge=0.0, le=1.0)],
     Annotated[float, Field(ge=0.0, le=1.0)],
 ]
+#: A point on the ground plane, in metres.
+GroundPoint = tuple[float, float]
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+#: Largest configuration file read; anything bigger is not a configuration.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+#: Keys whose feature this version does not have yet, with the reason shown to the user.
+#: Setting one to anything but its default is refused by :func:`parse_config` (and so by
+#: ``load_config``, ``apply_overrides``, ``itsd config check`` and ``itsd start``). When a
+#: feature lands, delete its entry here; nothing else needs to change.
+#:
+#: Key syntax: a dotted path; ``name[]`` steps into every item of a list (messages show the
+#: item's index, ``cameras[2].zones``); ``*`` stands for every key of a section, down to
+#: its leaves, except the keys in ``_WILDCARD_EXEMPT``.
+NOT_YET_AVAILABLE: dict[str, str] = {
+    "performance.batch_size": (
+        "batches are formed from the newest frame of each ready camera, up to "
+        "performance.max_batch_size"
+    ),
+    "model.tensorrt": "TensorRT engines are not built yet",
+    "model.precision": "a model runs in the precision it was exported in",
+    "outputs.spool_dir": "the on-disk spool comes with Kafka publishing",
+    "kafka.*": "Kafka publishing is not built yet; events go to outputs.jsonl_path",
+    "cameras[].calibration": "ground-plane calibration and speeds are not built yet",
+    "cameras[].zones": "zone analytics are not built yet",
+}
+
+#: Keys a wildcard in NOT_YET_AVAILABLE does not cover. ``kafka.enabled: true`` is refused
+#: when the daemon starts, with its own message; ``false`` is the default and harmless.
+_WILDCARD_EXEMPT = frozenset({"kafka.enabled"})
 
 
 def _check_unique_ids(items: list[Any], what: str) -> list[Any]:
@@ -181,6 +214,9 @@ class SupervisorConfig(_Model):
     exit_when_sources_end: bool = Field(
         False, description="Stop the daemon once every camera source has ended (files, demos)."
     )
+    max_cameras: int = Field(
+        256, ge=1, le=4096, description="Most cameras one daemon runs (sizes the control block)."
+    )
 
 
 class LineConfig(_Model):
@@ -268,6 +304,13 @@ class CameraConfig(_Model):
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
         return _check_unique_ids(items, "id")
 
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, source: str) -> str:
+        if not source.strip():
+            raise ValueError("must not be blank")
+        return source
+
 
 class Config(_Model):
     """The whole configuration of one itsd daemon."""
@@ -293,6 +336,13 @@ class Config(_Model):
     pid_file: Path | None = Field(
         None, description="Pid file; null uses /run/itsd/itsd.pid as root, else /tmp/itsd-UID.pid."
     )
+    state_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory for the daemon's state (cameras registered at run time, persisted "
+            "totals); null: /var/lib/itsd as root, else beside the pid file."
+        ),
+    )
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras.")
 
     @field_validator("cameras")
@@ -313,11 +363,30 @@ class Config(_Model):
             raise ValueError("supervisor.exit_when_sources_end is for demos, not production")
         return self
 
+    @model_validator(mode="after")
+    def _cameras_fit(self) -> Config:
+        if len(self.cameras) > self.supervisor.max_cameras:
+            raise ValueError(
+                f"{len(self.cameras)} cameras configured but supervisor.max_cameras is "
+                f"{self.supervisor.max_cameras}"
+            )
+        return self
+
     def resolved_pid_file(self) -> Path:
         """The pid file path in effect."""
         if self.pid_file is not None:
             return self.pid_file
         return default_pid_file()
+
+    def resolved_state_dir(self) -> Path:
+        """The state directory in effect: state_dir, else /var/lib/itsd as root, else
+        ``<pid file without suffix>.state`` beside the pid file (``/tmp/itsd-1000.state``)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if os.geteuid() == 0:
+            return Path("/var/lib/itsd")
+        pid_file = self.resolved_pid_file()
+        return pid_file.parent / f"{pid_file.stem}.state"
 
     def camera_fps(self, camera: CameraConfig) -> float:
         """Frames per second taken from ``camera``."""
@@ -348,16 +417,99 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _default(model: BaseModel, name: str) -> Any:
+    return type(model).model_fields[name].get_default(call_default_factory=True)
+
+
+def _set_keys(node: BaseModel, parts: list[str], prefix: str) -> Iterator[str]:
+    """Paths under ``node`` matching ``parts`` (see NOT_YET_AVAILABLE) that differ from
+    their field's default."""
+    head, rest = parts[0], parts[1:]
+    fields = type(node).model_fields
+    names = list(fields) if head == "*" else [head.removesuffix("[]")]
+    for name in names:
+        path = f"{prefix}{name}"
+        value = getattr(node, name)
+        if head.endswith("[]"):
+            for i, item in enumerate(value):
+                yield from _set_keys(item, rest, f"{path}[{i}].")
+        elif head == "*" and isinstance(value, BaseModel):
+            yield from _set_keys(value, ["*"], f"{path}.")
+        elif rest:
+            yield from _set_keys(value, rest, f"{path}.")
+        elif path not in _WILDCARD_EXEMPT and value != _default(node, name):
+            yield path
+
+
+def unavailable_keys(config: Config) -> list[tuple[str, str]]:
+    """``(key path, reason)`` for every key of NOT_YET_AVAILABLE set to a non-default value."""
+    return [
+        (path, reason)
+        for pattern, reason in NOT_YET_AVAILABLE.items()
+        for path in _set_keys(config, pattern.split("."), "")
+    ]
+
+
+def check_available(config: Config, source: str) -> Config:
+    """Refuse keys whose feature this version does not have; one line per key."""
+    found = unavailable_keys(config)
+    if found:
+        raise ConfigError(
+            "\n".join(
+                f"{source}: {path}: not available in this version ({reason}); remove the key"
+                for path, reason in found
+            )
+        )
+    return config
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+    return check_available(config, source)
+
+
 def parse_config(data: Any, source: str = "<config>") -> Config:
-    """Validate ``data`` (parsed YAML) into a Config; ConfigError names source and key path."""
+    """Validate ``data`` (parsed YAML) into a Config; ConfigError names source and key path.
+
+    Keys whose feature is not available yet (NOT_YET_AVAILABLE) are refused after validation.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    return _validate(data, source)
+
+
+def _decode(raw: bytes, source: Path) -> str:
+    """The text of a configuration file; ConfigError if it is not UTF-8 text."""
     try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"invalid UTF-8 at byte {err.start}"
+        raise ConfigError(f"{source}: not a text file ({where})") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"{source}: not a text file (NUL byte at byte {nul})")
+    return text
+
+
+def _yaml_error(err: yaml.YAMLError, text: str) -> str:
+    """``line L, column C: problem`` for a PyYAML error."""
+    if isinstance(err, yaml.reader.ReaderError):
+        # Raised for characters YAML does not allow (control characters); it carries an
+        # offset into the text, not a line mark.
+        before = text[: err.position]
+        line = before.count("\n") + 1
+        column = err.position - (before.rfind("\n") + 1) + 1
+        char = err.character if isinstance(err.character, int) else ord(err.character)
+        return f"line {line}, column {column}: character #x{char:04x} is not allowed ({err.reason})"
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(err, "problem", None) or str(err)
+    return f"{where}{problem}"
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -366,18 +518,21 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{p}: configuration file not found") from None
     except OSError as err:
         raise ConfigError(f"{p}: cannot read configuration: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{p}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a configuration file"
+        )
+    text = _decode(raw, p)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{p}: invalid YAML: {where}{problem}") from None
+        raise ConfigError(f"{p}: invalid YAML: {_yaml_error(err, text)}") from None
     return parse_config(data, str(p))
 
 
@@ -386,7 +541,8 @@ def apply_overrides(
 ) -> Config:
     """Return a new Config with dotted-key overrides applied (``{"model.iou": 0.5}``).
 
-    ``None`` values are skipped, so unset CLI flags never override the file.
+    ``None`` values are skipped, so unset CLI flags never override the file. The result is
+    checked like :func:`parse_config`'s, keys not available yet included.
     """
     data = config.model_dump(mode="python")
     for dotted, value in overrides.items():
@@ -397,10 +553,7 @@ def apply_overrides(
         for key in keys[:-1]:
             node = node[key]
         node[keys[-1]] = value
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+    return _validate(data, source)
 
 
 def config_to_json(config: Config) -> str:

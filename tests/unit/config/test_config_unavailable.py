@@ -1,0 +1,147 @@
+"""Keys whose feature this version does not have are refused, one line per key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from itsd.config import (
+    NOT_YET_AVAILABLE,
+    Config,
+    apply_overrides,
+    load_config,
+    parse_config,
+    unavailable_keys,
+)
+from itsd.errors import EXIT_CONFIG, ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+CAMERA = {"id": "a", "source": "x.mp4"}
+ZONE = {"id": "z", "polygon": [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]}
+CALIBRATION = {
+    "image_points": [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]],
+    "world_points": [[0, 0], [7, 0], [7, 30], [0, 30]],
+}
+
+
+def refused(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data, "f.yaml")
+    assert ei.value.exit_code == EXIT_CONFIG
+    return str(ei.value).splitlines()
+
+
+def line(key: str) -> str:
+    """The expected message line for ``key`` (``cameras[2].zones`` -> ``cameras[].zones``)."""
+    generic = re.sub(r"\[\d+\]", "[]", key)
+    pattern = generic if generic in NOT_YET_AVAILABLE else generic.split(".")[0] + ".*"
+    reason = NOT_YET_AVAILABLE[pattern]
+    return f"f.yaml: {key}: not available in this version ({reason}); remove the key"
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"performance": {"batch_size": 4}}, "performance.batch_size"),
+        ({"model": {"tensorrt": False}}, "model.tensorrt"),
+        ({"model": {"precision": "int8"}}, "model.precision"),
+        ({"outputs": {"spool_dir": "/var/spool/itsd"}}, "outputs.spool_dir"),
+        ({"kafka": {"bootstrap_servers": "k:9092"}}, "kafka.bootstrap_servers"),
+        ({"kafka": {"topic_prefix": "city."}}, "kafka.topic_prefix"),
+        ({"kafka": {"producer": {"linger.ms": 5}}}, "kafka.producer"),
+        ({"kafka": {"topics": {"alert_events": "alerts"}}}, "kafka.topics.alert_events"),
+    ],
+)
+def test_each_key_is_refused_with_its_reason(data: dict[str, object], key: str) -> None:
+    assert refused(data) == [line(key)]
+
+
+def test_camera_keys_name_the_camera_index() -> None:
+    cams = [
+        {**CAMERA, "id": "a"},
+        {**CAMERA, "id": "b", "calibration": CALIBRATION},
+        {**CAMERA, "id": "c", "zones": [ZONE]},
+    ]
+    assert refused({"cameras": cams}) == [line("cameras[1].calibration"), line("cameras[2].zones")]
+
+
+def test_every_offending_key_gets_a_line() -> None:
+    lines = refused({"performance": {"batch_size": 4}, "model": {"precision": "fp32"}})
+    assert lines == [line("performance.batch_size"), line("model.precision")]
+
+
+def test_default_values_are_accepted() -> None:
+    data = {
+        "performance": {"batch_size": 8},
+        "model": {"tensorrt": True, "precision": "fp16"},
+        "outputs": {"spool_dir": "itsd-spool"},
+        "kafka": {"enabled": False, "bootstrap_servers": "localhost:9092", "producer": {}},
+        "cameras": [{**CAMERA, "zones": [], "calibration": None}],
+    }
+    assert parse_config(data, "f.yaml").cameras[0].id == "a"
+
+
+def test_kafka_enabled_is_left_to_the_supervisor() -> None:
+    # kafka.enabled: true is refused when the daemon starts, with its own message.
+    assert parse_config({"kafka": {"enabled": True}}).kafka.enabled is True
+
+
+def test_validation_errors_come_first() -> None:
+    assert refused({"performance": {"batch_size": -1}})[0].startswith(
+        "f.yaml: performance.batch_size: Input should be greater than or equal to 1"
+    )
+
+
+def test_load_config_refuses(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "cameras:\n  - id: a\n    source: x.mp4\n    zones:\n" + "      - id: z\n"
+        "        polygon: [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]\n"
+    )
+    with pytest.raises(ConfigError, match=rf"^{p}: cameras\[0\]\.zones: not available"):
+        load_config(p)
+
+
+def test_overrides_refuse() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: model\.tensorrt: not available"):
+        apply_overrides(Config(), {"model.tensorrt": False})
+    with pytest.raises(ConfigError, match=r"^command line: performance\.batch_size: not avail"):
+        apply_overrides(Config(), {"performance.batch_size": 2})
+    assert apply_overrides(Config(), {"performance.batch_size": None}).performance.batch_size == 8
+
+
+def test_direct_construction_still_works() -> None:
+    c = Config(model={"precision": "int8"})  # type: ignore[arg-type]
+    assert c.model.precision == "int8"
+    assert unavailable_keys(c) == [("model.precision", NOT_YET_AVAILABLE["model.precision"])]
+    assert unavailable_keys(Config()) == []
+
+
+def test_every_pattern_names_real_keys() -> None:
+    """Each entry matches a key of the model, so a renamed key cannot slip through."""
+    from pydantic import BaseModel
+
+    def resolve(model: type[BaseModel], parts: list[str]) -> None:
+        head, rest = parts[0], parts[1:]
+        if head == "*":
+            assert not rest
+            return
+        name = head.removesuffix("[]")
+        assert name in model.model_fields, f"{model.__name__} has no key {name!r}"
+        if rest:
+            ann = model.model_fields[name].annotation
+            inner = ann.__args__[0] if head.endswith("[]") else ann  # type: ignore[union-attr]
+            resolve(inner, rest)
+
+    for pattern, reason in NOT_YET_AVAILABLE.items():
+        assert reason and not reason.endswith(".")
+        resolve(Config, pattern.split("."))
+
+
+@pytest.mark.parametrize(
+    "path", ["config/production.example.yaml", "config/demo.yaml", "itsd/demo.yaml"]
+)
+def test_shipped_files_use_no_unavailable_key(path: str) -> None:
+    assert unavailable_keys(load_config(REPO / path)) == []
