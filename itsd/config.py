@@ -450,6 +450,19 @@ def unavailable_keys(config: Config) -> list[tuple[str, str]]:
     ]
 
 
+def not_yet_available_reason(key: str) -> str | None:
+    """The reason ``key`` is refused, for a key path with list steps written ``[]``
+    (``cameras[].zones``); None when the key is available."""
+    if key in NOT_YET_AVAILABLE:
+        return NOT_YET_AVAILABLE[key]
+    if key in _WILDCARD_EXEMPT:
+        return None
+    for pattern, reason in NOT_YET_AVAILABLE.items():
+        if pattern.endswith(".*") and key.startswith(pattern[:-1]):
+            return reason
+    return None
+
+
 def check_available(config: Config, source: str) -> Config:
     """Refuse keys whose feature this version does not have; one line per key."""
     found = unavailable_keys(config)

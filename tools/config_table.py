@@ -18,25 +18,57 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from itsd.config import Config
+from itsd.config import Config, GroundPoint, Point, not_yet_available_reason
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- config-table:start -->"
 END = "<!-- config-table:end -->"
 
 
+#: Types shown by what one writes in YAML rather than by their Python spelling.
+_KNOWN: list[tuple[Any, str]] = [
+    (Point, "[x, y]"),
+    (GroundPoint, "[x, y] in metres"),
+]
+_SCALARS: dict[Any, str] = {
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    Path: "path",
+    type(None): "null",
+}
+
+
 def _type_name(ann: Any) -> str:
+    """The YAML shape of a field type: ``[x, y]``, ``[int, ...]``, ``path | null``, ``{str: int}``.
+
+    Raises TypeError for a type it has no words for, so the table never shows a Python repr.
+    """
+    for known, text in _KNOWN:
+        if ann == known:
+            return text
+    if ann in _SCALARS:
+        return _SCALARS[ann]
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann.__name__
     origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(ann))
+        return " | ".join(_type_name(a) for a in args)
     if origin is typing.Literal:
-        return " / ".join(str(a) for a in typing.get_args(ann))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(ann))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if ann is type(None):
-        return "null"
-    return getattr(ann, "__name__", str(ann)).replace("Annotated", "")
+        return " / ".join(str(a) for a in args)
+    if origin is list:
+        return f"[{_type_name(args[0])}, ...]"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"[{_type_name(args[0])}, ...]"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is dict:
+        return f"{{{_type_name(args[0])}: {_type_name(args[1])}}}"
+    raise TypeError(f"tools/config_table.py: no YAML rendering for type {ann!r}; add one")
 
 
 def _default(field: Any) -> str:
@@ -79,8 +111,12 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if nested is not None and nested[1] == "" and field.default is PydanticUndefined:
             out.extend(rows(nested[0], f"{key}."))  # a section that always exists
             continue
-        desc = (field.description or "").replace("|", "\\|")
-        kind = _type_name(ann).replace("|", "or")
+        desc = field.description or ""
+        reason = not_yet_available_reason(key)
+        if reason is not None:
+            desc = f"{desc} *Not available in this version ({reason}); refused when set.*"
+        desc = desc.replace("|", "\\|")
+        kind = _type_name(ann).replace("|", "\\|")
         out.append(f"| `{key}` | {kind} | {_default(field)} | {desc} |")
         if nested is not None:
             out.extend(rows(nested[0], f"{key}{nested[1]}."))
