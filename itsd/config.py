@@ -450,6 +450,18 @@ def unavailable_keys(config: Config) -> list[tuple[str, str]]:
     ]
 
 
+def unavailable_camera_keys(camera: CameraConfig, source: str = "config") -> list[str]:
+    """One message per ``cameras[].*`` key of NOT_YET_AVAILABLE that ``camera`` sets, for a
+    camera registered at run time: ``config: zones: not available in this version (...)``."""
+    prefix = "cameras[]."
+    return [
+        f"{source}: {path}: not available in this version ({reason}); remove the key"
+        for pattern, reason in NOT_YET_AVAILABLE.items()
+        if pattern.startswith(prefix)
+        for path in _set_keys(camera, pattern.removeprefix(prefix).split("."), "")
+    ]
+
+
 def not_yet_available_reason(key: str) -> str | None:
     """The reason ``key`` is refused, for a key path with list steps written ``[]``
     (``cameras[].zones``); None when the key is available."""

@@ -145,3 +145,15 @@ def test_every_pattern_names_real_keys() -> None:
 )
 def test_shipped_files_use_no_unavailable_key(path: str) -> None:
     assert unavailable_keys(load_config(REPO / path)) == []
+
+
+def test_a_camera_registered_at_run_time_is_checked_alone() -> None:
+    from itsd.config import CameraConfig, unavailable_camera_keys
+
+    cam = CameraConfig.model_validate({**CAMERA, "zones": [ZONE], "calibration": CALIBRATION})
+    reasons = (NOT_YET_AVAILABLE["cameras[].calibration"], NOT_YET_AVAILABLE["cameras[].zones"])
+    assert unavailable_camera_keys(cam) == [
+        f"config: calibration: not available in this version ({reasons[0]}); remove the key",
+        f"config: zones: not available in this version ({reasons[1]}); remove the key",
+    ]
+    assert unavailable_camera_keys(CameraConfig.model_validate(CAMERA)) == []
