@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from itsd.config import (
     NOT_YET_AVAILABLE,
     Config,
+    ModelConfig,
     apply_overrides,
     load_config,
     parse_config,
@@ -113,7 +115,7 @@ def test_overrides_refuse() -> None:
 
 
 def test_direct_construction_still_works() -> None:
-    c = Config(model={"precision": "int8"})  # type: ignore[arg-type]
+    c = Config(model=ModelConfig(precision="int8"))
     assert c.model.precision == "int8"
     assert unavailable_keys(c) == [("model.precision", NOT_YET_AVAILABLE["model.precision"])]
     assert unavailable_keys(Config()) == []
@@ -132,7 +134,8 @@ def test_every_pattern_names_real_keys() -> None:
         assert name in model.model_fields, f"{model.__name__} has no key {name!r}"
         if rest:
             ann = model.model_fields[name].annotation
-            inner = ann.__args__[0] if head.endswith("[]") else ann  # type: ignore[union-attr]
+            inner = typing.get_args(ann)[0] if head.endswith("[]") else ann
+            assert isinstance(inner, type) and issubclass(inner, BaseModel), pattern
             resolve(inner, rest)
 
     for pattern, reason in NOT_YET_AVAILABLE.items():
