@@ -108,7 +108,7 @@ def run_ring(width: int, height: int, seconds: float, slots: int) -> tuple[float
     ctx = mp.get_context("spawn")
     ring = FrameRing.create(
         segment_name(new_run_id(), "frame", "bench"),
-        camera_index=0,
+        camera_key=0,
         slot_count=slots,
         max_width=width,
         max_height=height,

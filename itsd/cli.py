@@ -25,7 +25,7 @@ import click
 
 from itsd import __version__
 from itsd.config import Config, apply_overrides, default_pid_file, load_config
-from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, ItsdError
+from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_NO_INPUT, ConfigError, ItsdError
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running (status / stop)
 
@@ -151,7 +151,7 @@ def start(
         return
     from itsd.supervisor.service import serve  # heavy imports only when starting
 
-    sys.exit(serve(config))
+    sys.exit(serve(config, config_path, overrides))
 
 
 def _daemonize(config: Config) -> None:
@@ -261,6 +261,8 @@ def status(config_path: str | None, target: str | None, as_json: bool, timeout: 
             state = vision_pb2.StageState.Name(st.state).removeprefix("STAGE_STATE_").lower()
             age = f"{st.last_heartbeat_age_s:.1f} s" if st.HasField("last_heartbeat_age_s") else "-"
             click.echo(f"{st.name:<24} {st.pid or '-':>8} {state:<10} {st.restarts:>8} {age:>10}")
+        for reason in health.reasons:
+            click.echo(f"  ! {reason}")
     if not serving:
         sys.exit(EXIT_FAILURE)
 
@@ -307,6 +309,8 @@ def demo(
     code = serve(config)
     if out.exists():
         click.echo(summarize(out))
+    if code == EXIT_NO_INPUT:
+        _fail(f"{source or 'the sample clip'} could not be opened; see the log above", code)
     sys.exit(code)
 
 
@@ -336,6 +340,133 @@ def streams_list(config_path: str | None, target: str | None, timeout: float) ->
         state = streaming_pb2.StreamState.Name(r.state).removeprefix("STREAM_STATE_").lower()
         cfg = r.config
         click.echo(f"{cfg.camera_id:<20} {state:<13} {cfg.target_fps:>6.1f}  {cfg.source_url}")
+
+
+def _parse_line(spec: str) -> dict[str, Any]:
+    """``ID:X1,Y1,X2,Y2`` (normalised) as a line entry; click.BadParameter otherwise."""
+    try:
+        line_id, coords = spec.split(":", 1)
+        x1, y1, x2, y2 = (float(v) for v in coords.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{spec!r}: expected ID:X1,Y1,X2,Y2 with normalised coordinates, e.g. north:0,0.6,1,0.6"
+        ) from None
+    return {"id": line_id, "start": [x1, y1], "end": [x2, y2]}
+
+
+@streams.command("add")
+@click.argument("camera_id")
+@click.argument("source")
+@click.option("--fps", type=float, default=0.0, help="Frames per second (0: the default).")
+@click.option("--priority", type=int, default=0, help="Batching priority 0..9 (0: default).")
+@click.option("--line", "lines", multiple=True, help="Counting line ID:X1,Y1,X2,Y2 (repeat).")
+@click.option("--loop", is_flag=True, help="Restart a file source at its end.")
+@click.option(
+    "--options",
+    "options_json",
+    help="More keys of a camera entry as JSON, e.g. '{\"max_width\": 1280}'.",
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--target", help="gRPC address host:port.")
+@click.option("--timeout", type=float, default=90.0, show_default=True)
+def streams_add(
+    camera_id: str,
+    source: str,
+    fps: float,
+    priority: int,
+    lines: tuple[str, ...],
+    loop: bool,
+    options_json: str | None,
+    config_path: str | None,
+    target: str | None,
+    timeout: float,
+) -> None:
+    """Add camera CAMERA_ID reading SOURCE to a running daemon (kept across restarts)."""
+    from itsd.control.client import ControlClientError, ControlUnavailable, register_stream
+
+    options: dict[str, Any] = {}
+    if options_json:
+        try:
+            parsed = json.loads(options_json)
+        except ValueError as err:
+            raise click.BadParameter(f"not valid JSON: {err}", param_hint="--options") from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--options")
+        options.update(parsed)
+    if lines:
+        options["lines"] = [_parse_line(spec) for spec in lines]
+    if loop:
+        options["loop"] = True
+    addr = _grpc_target(config_path, target)
+    try:
+        info = register_stream(addr, timeout, camera_id, source, fps, priority, options)
+    except ControlUnavailable as err:
+        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        return
+    except ControlClientError as err:
+        _fail(f"camera {camera_id} not added ({err.code}): {err.details}")
+        return
+    click.echo(f"camera {info.config.camera_id} added ({info.config.source_url})")
+
+
+@streams.command("remove")
+@click.argument("camera_id")
+@click.option("--missing-ok", is_flag=True, help="Succeed when the camera is not registered.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--target", help="gRPC address host:port.")
+@click.option("--timeout", type=float, default=90.0, show_default=True)
+def streams_remove(
+    camera_id: str, missing_ok: bool, config_path: str | None, target: str | None, timeout: float
+) -> None:
+    """Stop and remove camera CAMERA_ID from a running daemon (kept across restarts)."""
+    from itsd.control.client import ControlClientError, ControlUnavailable, unregister_stream
+
+    addr = _grpc_target(config_path, target)
+    try:
+        removed = unregister_stream(addr, timeout, camera_id, allow_missing=missing_ok)
+    except ControlUnavailable as err:
+        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        return
+    except ControlClientError as err:
+        _fail(f"camera {camera_id} not removed ({err.code}): {err.details}")
+        return
+    click.echo(
+        f"camera {camera_id} removed" if removed else f"camera {camera_id} was not registered"
+    )
+
+
+# --------------------------------------------------------------------------- reload
+@main.command()
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
+)
+@click.option("--target", help="gRPC address host:port (default from the config).")
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+def reload(config_path: str | None, target: str | None, timeout: float) -> None:
+    """Make a running daemon re-read its configuration file and apply the camera changes.
+
+    The file is checked here first; a file that does not validate is refused with its
+    errors and the daemon keeps its running configuration. (``kill -HUP`` does the same
+    without an answer.)
+    """
+    from itsd.control.client import ControlClientError, ControlUnavailable, reload_config
+
+    if config_path:
+        _load(config_path, {})
+    addr = _grpc_target(config_path, target)
+    try:
+        result = reload_config(addr, timeout)
+    except ControlUnavailable as err:
+        _fail(f"cannot reach itsd at {addr}: {err}", EXIT_NOT_RUNNING)
+        return
+    except ControlClientError as err:
+        code = EXIT_CONFIG if err.code == "INVALID_ARGUMENT" else EXIT_FAILURE
+        _fail(f"reload refused ({err.code}):\n{err.details}", code)
+        return
+    click.echo(
+        f"reloaded: added {', '.join(result.added) or 'none'}; "
+        f"removed {', '.join(result.removed) or 'none'}; {len(result.kept)} kept"
+    )
 
 
 # --------------------------------------------------------------------------- models

@@ -14,6 +14,8 @@ EXIT_FAILURE = 1
 #: Bad configuration or a missing/unusable model: a restart cannot help, so the
 #: supervisor stops the daemon instead of restart-looping (sysexits EX_CONFIG).
 EXIT_CONFIG = 78
+# A source that cannot be opened in a run that ends with its sources (sysexits EX_NOINPUT).
+EXIT_NO_INPUT = 66
 #: The daemon could not get a resource it needs (shared memory, a port): EX_UNAVAILABLE.
 EXIT_UNAVAILABLE = 69
 

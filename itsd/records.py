@@ -7,9 +7,12 @@ Two records cross process boundaries:
   Layout (little endian): a fixed header ``HEADER`` followed by ``n`` boxes (float32 x4),
   ``n`` scores (float32) and ``n`` class ids (int32)::
 
-      u32 magic 'DET1' | u32 camera_index | u64 frame_id | i64 pts
+      u32 magic 'DET1' | u32 camera_key | u64 frame_id | i64 pts
       u64 capture_wall_ns | u64 acquire_mono_ns | u64 infer_start_mono_ns
       u64 infer_end_mono_ns | u32 width | u32 height | u32 n | u32 batch_size
+
+* ``CommandRecord`` (supervisor -> inference -> analytics -> publisher): a change of the
+  camera table, carried in flow order with the data (``u32 magic 'CMD1'`` then JSON).
 
 * ``EventRecord`` (analytics -> publisher): an already-serialised JSON event with the
   topic it belongs to and its Kafka key (the camera id)::
@@ -27,6 +30,7 @@ import json
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +56,7 @@ class Topic(enum.IntEnum):
 class DetectionRecord:
     """Detections of one frame of one camera, in that frame's pixel coordinates."""
 
-    camera_index: int
+    camera_key: int
     frame_id: int
     pts: int
     capture_wall_ns: int
@@ -76,7 +80,7 @@ class DetectionRecord:
             )
         header = _DET_HEADER.pack(
             DET_MAGIC,
-            self.camera_index,
+            self.camera_key,
             self.frame_id,
             self.pts,
             self.capture_wall_ns,
@@ -190,3 +194,80 @@ def record_magic(data: bytes) -> int:
     if len(data) < 4:
         return 0
     return int(struct.unpack_from("<I", data)[0])
+
+
+CMD_MAGIC = 0x31444D43  # b"CMD1" little endian
+
+
+@dataclass(slots=True, frozen=True)
+class CameraBinding:
+    """A camera as the stages know it: its stable key, id, frame ring and settings.
+
+    ``key`` is the number frame rings and detection records carry for the camera; it is
+    given once by the supervisor and never reused within a run. ``config`` is the
+    camera's configuration entry as plain JSON data (the keys of a ``cameras:`` item).
+    """
+
+    key: int
+    camera_id: str
+    ring: str
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for a command."""
+        return {"key": self.key, "id": self.camera_id, "ring": self.ring, "config": self.config}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> CameraBinding:
+        """Inverse of :meth:`to_json`; KeyError/TypeError/ValueError on bad data."""
+        return cls(int(obj["key"]), str(obj["id"]), str(obj["ring"]), dict(obj["config"]))
+
+
+class CommandOp(enum.StrEnum):
+    """What a command asks of the stages."""
+
+    #: The whole camera table (a stage that restarted tells the next stages its state).
+    SYNC = "sync"
+    #: Start serving a camera (its ring exists; decode starts after the acknowledgement).
+    ATTACH = "attach"
+    #: Stop serving a camera (its decoder has already exited).
+    DETACH = "detach"
+    #: New settings (lines, zones, priority) for a camera already attached.
+    UPDATE = "update"
+
+
+@dataclass(slots=True, frozen=True)
+class CommandRecord:
+    """A change of the camera table, travelling in flow order with the data.
+
+    The supervisor puts it on the inference stage's command ring; each stage applies it,
+    records ``seq`` as applied, and forwards it on its output ring ahead of any record
+    that depends on it. Layout: ``u32 magic 'CMD1'`` then JSON.
+    """
+
+    seq: int
+    op: CommandOp
+    cameras: tuple[CameraBinding, ...] = ()
+
+    def pack(self) -> bytes:
+        """Serialise for a record ring."""
+        body = json.dumps(
+            {"seq": self.seq, "op": str(self.op), "cameras": [c.to_json() for c in self.cameras]},
+            separators=(",", ":"),
+        ).encode()
+        return struct.pack("<I", CMD_MAGIC) + body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> CommandRecord:
+        """Parse bytes made by :meth:`pack`; ValueError on anything else."""
+        if record_magic(data) != CMD_MAGIC:
+            raise ValueError("not a command record")
+        try:
+            obj = json.loads(bytes(data[4:]))
+            return cls(
+                int(obj["seq"]),
+                CommandOp(obj["op"]),
+                tuple(CameraBinding.from_json(c) for c in obj["cameras"]),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"malformed command record: {err}") from None

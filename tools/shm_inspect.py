@@ -52,7 +52,7 @@ def describe(info: SegmentInfo) -> dict[str, Any]:
     try:
         if out["type"] == "frame_ring":
             with FrameRing.attach(info.name, populate=False) as ring:
-                out["camera_index"] = ring.camera_index
+                out["camera_key"] = ring.camera_key
                 out["slots"] = ring.slot_count
                 out["max_size"] = f"{ring.max_width}x{ring.max_height}x{ring.channels}"
                 out["counters"] = asdict(ring.stats())
@@ -105,7 +105,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if r["type"] == "frame_ring" and "counters" in r:
             c = r["counters"]
             print(
-                f"    camera {r['camera_index']}, {r['slots']} slots of {r['max_size']}; "
+                f"    camera {r['camera_key']}, {r['slots']} slots of {r['max_size']}; "
                 f"written={c['written']} dropped={c['dropped']} skipped={c['skipped']} "
                 f"read={c['read']} rejected={c['rejected']}; slots: {' '.join(r['slot_states'])}"
             )

@@ -18,7 +18,9 @@ Errors a backend method may raise, and what the client sees:
 * ``KeyError(message)``: the camera named is unknown -> NOT_FOUND;
 * ``ValueError(message)``: the request is invalid -> INVALID_ARGUMENT
   (``StreamExistsError``, a ``ValueError``, -> ALREADY_EXISTS);
-* ``NotSupportedError(message)``: valid, but this daemon cannot do it -> FAILED_PRECONDITION.
+* ``NotSupportedError(message)``: valid, but this daemon cannot do it -> FAILED_PRECONDITION;
+* ``UnavailableError(message)``: valid, but the daemon cannot do it now (stopping, a
+  stage restarting) -> UNAVAILABLE (retry later).
 
 The message should name the camera or field concerned; it is shown to the client as is.
 
@@ -32,7 +34,7 @@ import enum
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class NotSupportedError(Exception):
@@ -41,6 +43,10 @@ class NotSupportedError(Exception):
     For example: streams come from the configuration file and the running daemon cannot
     add or remove streams at run time.
     """
+
+
+class UnavailableError(Exception):
+    """The request is valid but cannot be carried out now (UNAVAILABLE; retry later)."""
 
 
 class StreamExistsError(ValueError):
@@ -150,6 +156,8 @@ class HealthSnapshot:
     stages: Sequence[StageHealth] = ()
     #: When the snapshot was taken (Unix time).
     taken_at: float = field(default_factory=time.time)
+    #: Why the status is not "serving", one line each; empty while serving.
+    reasons: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +200,8 @@ class StreamInfo:
     priority: int = 0
     #: A ``StreamState`` value; empty in a registration request.
     state: str = ""
+    #: Further keys of the camera's configuration entry (loop, realtime, lines, ...).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,5 +281,13 @@ class ControlBackend(Protocol):
 
         May raise KeyError instead of returning False; NotSupportedError if streams
         cannot be removed at run time.
+        """
+        ...
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file and apply the difference in cameras.
+
+        Returns {"added": [...], "removed": [...], "kept": [...]}; ValueError with the
+        file's errors when it does not validate (nothing changes then).
         """
         ...

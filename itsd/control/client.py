@@ -189,6 +189,7 @@ def health_dict(msg: vision_pb2.EngineHealth) -> dict[str, Any]:
             }
             for st in msg.stages
         ],
+        "reasons": list(msg.reasons),
     }
 
 
@@ -211,3 +212,67 @@ def get_health_dict(target: str, timeout: float) -> dict[str, Any]:
 def list_streams_dicts(target: str, timeout: float) -> list[dict[str, Any]]:
     """``list_streams`` as dicts (see ``stream_dict``)."""
     return [stream_dict(s) for s in list_streams(target, timeout)]
+
+
+def register_stream(
+    target: str,
+    timeout: float,
+    camera_id: str,
+    source_url: str,
+    target_fps: float = 0.0,
+    priority: int = 0,
+    options: dict[str, Any] | None = None,
+) -> streaming_pb2.StreamInfo:
+    """StreamingService.RegisterStream: add a camera; returns it as registered."""
+    import json
+
+    config = streaming_pb2.StreamConfig(
+        camera_id=camera_id,
+        source_url=source_url,
+        target_fps=target_fps,
+        priority=priority,
+        options_json=json.dumps(options) if options else "",
+    )
+    return _call(
+        target,
+        "RegisterStream",
+        lambda ch: _expect(
+            streaming_pb2.RegisterStreamResponse,
+            streaming_pb2_grpc.StreamingServiceStub(ch).RegisterStream(
+                streaming_pb2.RegisterStreamRequest(config=config), timeout=timeout
+            ),
+        ),
+    ).stream
+
+
+def unregister_stream(
+    target: str, timeout: float, camera_id: str, allow_missing: bool = False
+) -> bool:
+    """StreamingService.UnregisterStream: remove a camera; True if one was removed."""
+    return _call(
+        target,
+        "UnregisterStream",
+        lambda ch: _expect(
+            streaming_pb2.UnregisterStreamResponse,
+            streaming_pb2_grpc.StreamingServiceStub(ch).UnregisterStream(
+                streaming_pb2.UnregisterStreamRequest(
+                    camera_id=camera_id, allow_missing=allow_missing
+                ),
+                timeout=timeout,
+            ),
+        ),
+    ).removed
+
+
+def reload_config(target: str, timeout: float) -> streaming_pb2.ReloadConfigResponse:
+    """StreamingService.ReloadConfig: re-read the daemon's configuration file."""
+    return _call(
+        target,
+        "ReloadConfig",
+        lambda ch: _expect(
+            streaming_pb2.ReloadConfigResponse,
+            streaming_pb2_grpc.StreamingServiceStub(ch).ReloadConfig(
+                streaming_pb2.ReloadConfigRequest(), timeout=timeout
+            ),
+        ),
+    )

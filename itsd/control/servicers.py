@@ -22,12 +22,12 @@ pixels: frames do not pass through the control API's process loop.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -49,11 +49,13 @@ from itsd.control.backend import (
     StreamExistsError,
     StreamInfo,
     StreamState,
+    UnavailableError,
 )
 from itsd.control.backend import CameraHealth as BackendCameraHealth
 from itsd.control.backend import HealthSnapshot as BackendHealth
 from itsd.control.backend import MetricsSnapshot as BackendMetrics
 from itsd.control.backend import TrafficSnapshot as BackendTraffic
+from itsd.redact import redact_url
 
 _log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message a backend exception maps to."""
     if isinstance(exc, NotSupportedError):
         return grpc.StatusCode.FAILED_PRECONDITION, _message(exc)
+    if isinstance(exc, UnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, _message(exc)
     if isinstance(exc, KeyError):
         return grpc.StatusCode.NOT_FOUND, _message(exc)
     if isinstance(exc, StreamExistsError):
@@ -176,20 +180,6 @@ def _known(value: float | None) -> float | None:
     return float(value)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
 def health_message(snap: BackendHealth) -> vision_pb2.EngineHealth:
     """EngineHealth of a backend health snapshot."""
     msg = vision_pb2.EngineHealth(
@@ -199,6 +189,7 @@ def health_message(snap: BackendHealth) -> vision_pb2.EngineHealth:
         backend=snap.backend,
         model=snap.model,
         observed_at=timestamp(snap.taken_at),
+        reasons=[str(r) for r in getattr(snap, "reasons", ())],
     )
     for stage in snap.stages:
         state = _STAGE_STATE.get(stage.state, vision_pb2.STAGE_STATE_UNSPECIFIED)
@@ -292,6 +283,7 @@ def stream_message(info: StreamInfo) -> streaming_pb2.StreamInfo:
             source_url=redact_url(info.source_url),
             target_fps=_rate(info.target_fps),
             priority=info.priority,
+            options_json=json.dumps(dict(info.options), default=str) if info.options else "",
         ),
         state=_STREAM_STATE.get(info.state, streaming_pb2.STREAM_STATE_UNSPECIFIED),
     )
@@ -310,11 +302,21 @@ def stream_from_config(config: streaming_pb2.StreamConfig) -> StreamInfo:
         raise ValueError("config.source_url is required")
     if not math.isfinite(config.target_fps) or config.target_fps < 0:
         raise ValueError(f"config.target_fps must be >= 0, got {config.target_fps}")
+    options: dict[str, Any] = {}
+    if config.options_json.strip():
+        try:
+            parsed = json.loads(config.options_json)
+        except ValueError as err:
+            raise ValueError(f"config.options_json is not valid JSON: {err}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("config.options_json must be a JSON object")
+        options = parsed
     return StreamInfo(
         camera_id=config.camera_id,
         source_url=config.source_url,
         target_fps=float(config.target_fps),
         priority=int(config.priority),
+        options=options,
     )
 
 
@@ -476,6 +478,18 @@ class StreamingServicer:
         if not removed and not request.allow_missing:
             raise KeyError(f"camera {camera_id!r} is not registered")
         return streaming_pb2.UnregisterStreamResponse(removed=removed)
+
+    @_unary
+    def ReloadConfig(  # noqa: N802
+        self, request: streaming_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> streaming_pb2.ReloadConfigResponse:
+        """Re-read the configuration file; INVALID_ARGUMENT with its errors when it fails."""
+        result = self._backend.reload()
+        return streaming_pb2.ReloadConfigResponse(
+            added=list(result.get("added", [])),
+            removed=list(result.get("removed", [])),
+            kept=list(result.get("kept", [])),
+        )
 
     @_unary
     def ListStreams(  # noqa: N802

@@ -4,12 +4,14 @@ Routes:
 
 * ``GET /health``: JSON health; 200 while serving or degraded, 503 otherwise (for load
   balancers and ``curl -f``).
-* ``GET /metrics``: Prometheus text format (``itsd_*`` metrics).
+* ``GET /metrics``: Prometheus text format: every exported metric of the registry
+  (``itsd.runtime.metrics``), by name and help text, with the daemon's samples.
 * ``GET /api/state``: JSON of health, metrics, streams and traffic, used by the page.
 * ``GET /``: the dashboard, a static page that polls ``/api/state`` once a second.
 
-Everything comes from a ``ControlBackend`` (shared-memory counters); this module must
-never import a stage or the supervisor, and never serve frame pixels.
+Everything comes from a ``ControlBackend`` and the samples of the supervisor's state
+snapshot; this module must never import a stage or the supervisor, and never serve
+frame pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -28,89 +30,34 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from itsd.control.backend import ControlBackend, HealthStatus
+from itsd.runtime.metrics import REGISTRY, Kind, Sample
 
 log = logging.getLogger("itsd.monitor")
 
-_COUNTERS = {
-    "frames_decoded": "Frames decoded and written to the frame rings.",
-    "frames_inferred": "Frames that went through the detector.",
-    "frames_dropped": "Frames dropped because inference was busy (newest frame wins).",
-    "events_published": "Events written to the outputs.",
-    "stage_restarts": "Stage processes restarted by the supervisor.",
-}
-_GAUGES = {
-    "decode_fps": "Frames per second decoded, all cameras.",
-    "inference_fps": "Frames per second inferred, all cameras.",
-    "batch_size_mean": "Mean inference batch size since start.",
-    "pipeline_latency_mean_ms": "Mean time from capture to analytics, ms.",
-}
-
 
 class _ItsdCollector(Collector):
-    def __init__(self, backend: ControlBackend) -> None:
-        self.backend = backend
+    """Every exported metric of the registry, with the samples the daemon has now."""
+
+    def __init__(self, samples: Callable[[], Sequence[Sample]]) -> None:
+        self.samples = samples
 
     def collect(self) -> Iterator[Any]:
-        health = self.backend.health()
-        metrics = self.backend.metrics()
-        up = GaugeMetricFamily("itsd_up", "1 while the pipeline serves.")
-        up.add_metric([], 1.0 if health.status != HealthStatus.NOT_SERVING else 0.0)
-        yield up
-        for key, doc in _COUNTERS.items():
-            c = CounterMetricFamily(f"itsd_{key}", doc)
-            c.add_metric([], float(metrics.counters.get(key, 0.0)))
-            yield c
-        for key, doc in _GAUGES.items():
-            g = GaugeMetricFamily(f"itsd_{key}", doc)
-            g.add_metric([], float(metrics.counters.get(key, 0.0)))
-            yield g
-        cam_frames = CounterMetricFamily(
-            "itsd_camera_frames", "Frames per camera and step.", labels=["camera", "step"]
-        )
-        cam_fps = GaugeMetricFamily(
-            "itsd_camera_fps", "Frames per second per camera.", labels=["camera", "direction"]
-        )
-        for cam, vals in metrics.per_camera.items():
-            for step in ("decoded", "inferred", "dropped"):
-                cam_frames.add_metric([cam, step], float(vals.get(f"frames_{step}", 0.0)))
-            cam_fps.add_metric([cam, "in"], float(vals.get("fps_in", 0.0)))
-            cam_fps.add_metric([cam, "out"], float(vals.get("fps_out", 0.0)))
-        yield cam_frames
-        yield cam_fps
-        q_used = GaugeMetricFamily(
-            "itsd_ring_used", "Ring occupancy (slots or bytes).", labels=["ring"]
-        )
-        q_cap = GaugeMetricFamily(
-            "itsd_ring_capacity", "Ring capacity (slots or bytes).", labels=["ring"]
-        )
-        for q in metrics.queues:
-            q_used.add_metric([q.name], float(q.used))
-            q_cap.add_metric([q.name], float(q.capacity))
-        yield q_used
-        yield q_cap
-        stage_up = GaugeMetricFamily(
-            "itsd_stage_running", "1 while a stage runs.", labels=["stage"]
-        )
-        restarts = CounterMetricFamily(
-            "itsd_stage_restarts", "Restarts per stage.", labels=["stage"]
-        )
-        for st in health.stages:
-            stage_up.add_metric([st.name], 1.0 if st.state == "running" else 0.0)
-            restarts.add_metric([st.name], float(st.restarts))
-        yield stage_up
-        yield restarts
-        counts = CounterMetricFamily(
-            "itsd_line_crossings",
-            "Line crossings per camera, line, direction and class.",
-            labels=["camera", "line", "direction", "class"],
-        )
-        for stream in self.backend.list_streams():
-            traffic = self.backend.traffic_metrics(stream.camera_id)
-            for line, dirs in traffic.line_counts.items():
-                for direction, classes in dirs.items():
-                    for cls, n in classes.items():
-                        counts.add_metric([stream.camera_id, line, direction, cls], float(n))
-        yield counts
+        by_name: dict[str, list[Sample]] = {}
+        for s in self.samples():
+            by_name.setdefault(s.defn.name, []).append(s)
+        for name in sorted(REGISTRY):
+            defn = REGISTRY[name]
+            if not defn.exported:
+                continue
+            labels = list(defn.labels)
+            fam: CounterMetricFamily | GaugeMetricFamily
+            if defn.kind is Kind.COUNTER:
+                fam = CounterMetricFamily(name, defn.help, labels=labels)
+            else:
+                fam = GaugeMetricFamily(name, defn.help, labels=labels)
+            for s in by_name.get(name, ()):
+                fam.add_metric([str(s.labels.get(k, "")) for k in labels], float(s.value))
+            yield fam
 
 
 def state_json(backend: ControlBackend) -> dict[str, Any]:
@@ -127,9 +74,15 @@ def state_json(backend: ControlBackend) -> dict[str, Any]:
 class MonitorServer:
     """The HTTP server, run in a daemon thread."""
 
-    def __init__(self, backend: ControlBackend, bind: str, port: int) -> None:
+    def __init__(
+        self,
+        backend: ControlBackend,
+        bind: str,
+        port: int,
+        samples: Callable[[], Sequence[Sample]] = tuple,
+    ) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ItsdCollector(backend))
+        registry.register(_ItsdCollector(samples))
         page = resources.files("itsd.monitor").joinpath("dashboard.html").read_bytes()
 
         class Handler(BaseHTTPRequestHandler):

@@ -263,7 +263,7 @@ class FrameSlot:
         "_ring",
         "_word",
         "address",
-        "camera_index",
+        "camera_key",
         "capture_ts_ns",
         "frame_id",
         "height",
@@ -291,7 +291,7 @@ class FrameSlot:
         self._released = False
         self.index = index
         (
-            self.camera_index,
+            self.camera_key,
             self.seq,
             self.frame_id,
             self.capture_ts_ns,
@@ -326,7 +326,7 @@ class FrameSlot:
     def __repr__(self) -> str:
         return (
             f"FrameSlot(ring={self._ring.name!r}, index={self.index}, seq={self.seq}, "
-            f"camera={self.camera_index}, frame_id={self.frame_id}, {self.width}x{self.height})"
+            f"camera={self.camera_key}, frame_id={self.frame_id}, {self.width}x{self.height})"
         )
 
 
@@ -356,7 +356,7 @@ class FrameRing(SegmentBacked):
             stride,
             pix_off,
             capacity,
-            camera_index,
+            camera_key,
             creator_pid,
         ) = _H_LAYOUT.unpack_from(self._buf, 8)
         if version != VERSION or header_size != HEADER_SIZE:
@@ -381,7 +381,7 @@ class FrameRing(SegmentBacked):
         self.channels: int = channels
         self.max_width: int = max_width
         self.max_height: int = max_height
-        self.camera_index: int = camera_index
+        self.camera_key: int = camera_key
         self.creator_pid: int = creator_pid
         self.slot_stride: int = stride
         self.slot_capacity: int = capacity
@@ -428,7 +428,7 @@ class FrameRing(SegmentBacked):
         cls,
         name: str,
         *,
-        camera_index: int,
+        camera_key: int,
         slot_count: int,
         max_width: int,
         max_height: int,
@@ -436,8 +436,8 @@ class FrameRing(SegmentBacked):
         populate: bool = True,
     ) -> Self:
         """Create the ring's segment (this process becomes its creator, the only unlinker)."""
-        if not 0 <= camera_index <= 0xFFFF_FFFF:
-            raise ValueError(f"frame ring {name!r}: camera_index must be >= 0, got {camera_index}")
+        if not 0 <= camera_key <= 0xFFFF_FFFF:
+            raise ValueError(f"frame ring {name!r}: camera_key must be >= 0, got {camera_key}")
         size = cls.required_size(slot_count, max_width, max_height, channels)
         stride = (size - HEADER_SIZE) // slot_count
 
@@ -454,7 +454,7 @@ class FrameRing(SegmentBacked):
                 stride,
                 SLOT_PIXELS_OFFSET,
                 max_width * max_height * channels,
-                camera_index,
+                camera_key,
                 os.getpid(),
             )
             store_u64(buf, _H_MAGIC, MAGIC)  # release: publishes the header
@@ -497,7 +497,7 @@ class FrameRing(SegmentBacked):
     def _check_size(self, width: int, height: int) -> None:
         if not (0 < width <= self.max_width and 0 < height <= self.max_height):
             raise ValueError(
-                f"frame ring {self.name!r} (camera {self.camera_index}): frame {width}x{height} "
+                f"frame ring {self.name!r} (camera {self.camera_key}): frame {width}x{height} "
                 f"does not fit its slots (max {self.max_width}x{self.max_height}, min 1x1)"
             )
 
@@ -568,7 +568,7 @@ class FrameRing(SegmentBacked):
             _S_FIELDS.pack_into(
                 buf,
                 self._field_off[index],
-                self.camera_index,
+                self.camera_key,
                 seq,
                 frame_id,
                 ts,
@@ -643,7 +643,7 @@ class FrameRing(SegmentBacked):
                 shape = pixels.shape
             else:
                 raise ValueError(
-                    f"frame ring {self.name!r} (camera {self.camera_index}): pixels must have "
+                    f"frame ring {self.name!r} (camera {self.camera_key}): pixels must have "
                     f"shape (H, W, {self.channels}), got {shape}"
                 )
         if pixel_format not in self._formats:
@@ -813,6 +813,6 @@ class FrameRing(SegmentBacked):
 
     def __repr__(self) -> str:
         return (
-            f"FrameRing({self.name!r}, camera={self.camera_index}, slots={self.slot_count}, "
+            f"FrameRing({self.name!r}, camera={self.camera_key}, slots={self.slot_count}, "
             f"max={self.max_width}x{self.max_height}x{self.channels})"
         )

@@ -1,12 +1,19 @@
 """Analytics stage: tracks vehicles per camera and turns tracks into traffic events.
 
 Reads ``DetectionRecord``s from the detection ring, runs one tracker and one set of
-counting lines per camera, and writes events to the event ring:
+counting lines per camera (keyed by the camera's key, named by its id), and writes
+events to the event ring:
 
 * ``detection`` (topic detection_events): the frame's detections with their track ids
   and the number of vehicles in view, one per processed frame;
 * ``line_crossing`` (topic analytics_events): a track crossed a counting line, with
   the line's running totals.
+
+Camera changes arrive as ``CommandRecord``s on the detection ring, in flow order with
+the detections: ``sync`` (the whole table, after inference restarted), ``attach``,
+``detach`` (after the camera's last detections) and ``update`` (new lines: the camera's
+tracks continue, its line totals start again for the new geometry). Each is applied,
+recorded as applied and forwarded to the publisher. Other cameras are never touched.
 
 The event ring is lossless: when the publisher falls behind this stage waits. Detection
 records leave their ring only after their events are queued, so a crash re-analyses
@@ -22,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from itsd.analytics import (
@@ -36,8 +44,12 @@ from itsd.analytics import (
 from itsd.config import CameraConfig
 from itsd.errors import EXIT_OK
 from itsd.records import (
+    CMD_MAGIC,
     DET_MAGIC,
     MODEL_MAGIC,
+    CameraBinding,
+    CommandOp,
+    CommandRecord,
     DetectionRecord,
     EventRecord,
     ModelInfoRecord,
@@ -45,19 +57,11 @@ from itsd.records import (
     record_magic,
     rfc3339_from_ns,
 )
+from itsd.runtime import metrics as m
+from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import RecordRing
 from itsd.shm.board import Board
-from itsd.stages.runtime import (
-    C_ERRORS,
-    C_IN,
-    C_LAST_WALL_MS,
-    C_LATENCY_N,
-    C_LATENCY_US_SUM,
-    C_LINE_CROSSINGS,
-    C_OUT,
-    C_TRACKS,
-    StageContext,
-)
+from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.analyze")
 
@@ -77,7 +81,14 @@ class CameraAnalytics:
     def __init__(self, camera: CameraConfig, class_names: Sequence[str]) -> None:
         self.camera = camera
         self.tracker = Tracker(TrackerConfig())
-        self.lines = [
+        self.lines = self._lines(camera)
+        self.counter = LineCounter(self.lines, class_names)
+        self.class_names = list(class_names)
+        self.in_view = 0
+
+    @staticmethod
+    def _lines(camera: CameraConfig) -> list[CountingLine]:
+        return [
             CountingLine(
                 line_id=ln.id,
                 start=ln.start,
@@ -87,9 +98,15 @@ class CameraAnalytics:
             )
             for ln in camera.lines
         ]
-        self.counter = LineCounter(self.lines, class_names)
-        self.class_names = list(class_names)
-        self.in_view = 0
+
+    def reconfigure(self, camera: CameraConfig) -> None:
+        """Adopt new settings; tracks continue, line totals restart if the lines changed."""
+        old = self.camera
+        self.camera = camera
+        if camera.lines != old.lines:
+            self.lines = self._lines(camera)
+            self.counter = LineCounter(self.lines, self.class_names)
+            log.info("camera %s: %d counting line(s) now in effect", camera.id, len(self.lines))
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         """Adopt the running model's class names (counts restart only if they change)."""
@@ -174,19 +191,77 @@ class CameraAnalytics:
         return events
 
 
+@dataclass
+class _Cam:
+    """One camera's analytics and its cells."""
+
+    a: CameraAnalytics
+    frames: Cell
+    events: Cell
+    crossings: Cell
+    tracks: Cell
+
+
+class _State:
+    """The cameras this stage analyses, keyed by camera key, with their cells."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        assert ctx.metrics is not None
+        self.ctx = ctx
+        self.metrics: MetricWriter = ctx.metrics
+        self.cams: dict[int, _Cam] = {}
+        self.class_names: Sequence[str] = COCO_NAMES
+        self.bad = self.metrics.cell(m.ANALYZE_ERRORS)
+        self.latency = self.metrics.cell(m.ANALYZE_LATENCY_SUM)
+        self.base_seq = ctx.spec.cmd_seq
+
+    def add(self, b: CameraBinding) -> None:
+        camera = CameraConfig.model_validate(b.config)
+        cur = self.cams.get(b.key)
+        if cur is not None:
+            cur.a.reconfigure(camera)
+            return
+        w, cid = self.metrics, camera.id
+        self.cams[b.key] = _Cam(
+            CameraAnalytics(camera, self.class_names),
+            w.cell(m.ANALYZE_RECORDS, camera=cid),
+            w.cell(m.ANALYZE_EVENTS, camera=cid),
+            w.cell(m.ANALYZE_CROSSINGS, camera=cid),
+            w.cell(m.ANALYZE_TRACKS, camera=cid),
+        )
+        log.info("camera %s attached (%d line(s))", camera.id, len(camera.lines))
+
+    def remove(self, key: int) -> None:
+        cam = self.cams.pop(key, None)
+        if cam is not None:
+            self.metrics.retire_label("camera", cam.a.camera.id)
+            log.info("camera %s detached", cam.a.camera.id)
+
+    def apply(self, cmd: CommandRecord) -> None:
+        if cmd.seq <= self.base_seq and cmd.op is not CommandOp.SYNC:
+            return  # already part of the table this process was spawned with
+        if cmd.op is CommandOp.SYNC:
+            keep = {b.key for b in cmd.cameras}
+            for key in [k for k in self.cams if k not in keep]:
+                self.remove(key)
+            for b in cmd.cameras:
+                self.add(b)
+        elif cmd.op in (CommandOp.ATTACH, CommandOp.UPDATE):
+            for b in cmd.cameras:
+                self.add(b)
+        elif cmd.op is CommandOp.DETACH:
+            for b in cmd.cameras:
+                self.remove(b.key)
+
+
 def run(ctx: StageContext) -> int:
     """Analyse detection records until stopped and drained."""
-    config = ctx.config
     det_ring = RecordRing.attach(ctx.spec.detection_ring)
     evt_ring = RecordRing.attach(ctx.spec.event_ring)
-    cams = [CameraAnalytics(cam, COCO_NAMES) for cam in config.cameras]
-    for cam in config.cameras:
-        if cam.zones:
-            log.warning(
-                "camera %s: %d zone(s) configured; zone analytics are not evaluated yet",
-                cam.id,
-                len(cam.zones),
-            )
+    state = _State(ctx)
+    for b in ctx.spec.cameras:
+        state.add(b)
+    ctx.ack(ctx.spec.cmd_seq)
     board_name = ctx.spec.extra.get("board", "")
     board = Board.attach(board_name) if board_name else None
     last_board = 0.0
@@ -197,30 +272,48 @@ def run(ctx: StageContext) -> int:
         # crash here means those frames are analysed again (at least once).
         while (batch := ctx.next_records(det_ring, BATCH_RECORDS)) is not None:
             for data in batch:
-                events = _handle(ctx, cams, data)
-                for ev in events:
+                if record_magic(data) == CMD_MAGIC:
+                    if not _command(ctx, state, evt_ring, data):
+                        return EXIT_OK
+                    if board is not None:
+                        _publish_board(board, state)
+                    continue
+                for ev in _handle(ctx, state, data):
                     if not ctx.put(evt_ring, ev.pack()):
                         return EXIT_OK
-                    slot.add(C_OUT)
             det_ring.advance(len(batch))
-            slot.set(C_TRACKS, sum(c.in_view for c in cams))
-            slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)
             slot.beat()
             now = time.monotonic()
             if board is not None and now - last_board >= BOARD_PERIOD_S:
                 last_board = now
-                _publish_board(board, cams)
+                _publish_board(board, state)
     finally:
         if board is not None:
-            _publish_board(board, cams)
+            _publish_board(board, state)
             board.close()
         det_ring.close()
         evt_ring.close()
     return EXIT_OK
 
 
-def _publish_board(board: Board, cams: list[CameraAnalytics]) -> None:
-    state = {
+def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes) -> bool:
+    """Apply a command, forward it to the publisher, record it; False if the parent is gone."""
+    try:
+        cmd = CommandRecord.unpack(data)
+    except ValueError as err:
+        state.bad.inc()
+        log.error("skipping a malformed command record: %s", err)
+        return True
+    state.apply(cmd)
+    if not ctx.put(evt_ring, data):
+        return False
+    ctx.ack(cmd.seq)
+    return True
+
+
+def _publish_board(board: Board, state: _State) -> None:
+    cams = [c.a for c in state.cams.values()]
+    blob = {
         "cameras": {
             c.camera.id: {"line_counts": c.counter.totals(), "vehicles_in_view": c.in_view}
             for c in cams
@@ -228,36 +321,40 @@ def _publish_board(board: Board, cams: list[CameraAnalytics]) -> None:
         "updated_at": time.time(),
     }
     try:
-        board.publish(_dumps(state))
+        board.publish(_dumps(blob))
     except ValueError as err:
         log.warning("live state not published: %s", err)
 
 
-def _handle(ctx: StageContext, cams: list[CameraAnalytics], data: bytes) -> list[EventRecord]:
-    slot = ctx.slot
+def _handle(ctx: StageContext, state: _State, data: bytes) -> list[EventRecord]:
     magic = record_magic(data)
     try:
         if magic == MODEL_MAGIC:
             info = ModelInfoRecord.unpack(data)
             log.info("model %s on %s: %d classes", info.model, info.backend, len(info.class_names))
-            for cam in cams:
-                cam.set_class_names(info.class_names)
+            state.class_names = info.class_names
+            for c in state.cams.values():
+                c.a.set_class_names(info.class_names)
             return []
         if magic != DET_MAGIC:
             raise ValueError(f"unknown record magic {magic:#x}")
         rec = DetectionRecord.unpack(data)
-        if not 0 <= rec.camera_index < len(cams):
-            raise ValueError(f"record for unknown camera index {rec.camera_index}")
     except (ValueError, KeyError) as err:
-        slot.add(C_ERRORS)
+        state.bad.inc()
         log.error("skipping a malformed detection record (%d bytes): %s", len(data), err)
         return []
-    slot.add(C_IN)
-    events = cams[rec.camera_index].process(rec, ctx.config.outputs.detection_events)
-    latency_us = max(0, (time.time_ns() - rec.capture_wall_ns) // 1000)
-    slot.add(C_LATENCY_US_SUM, latency_us)
-    slot.add(C_LATENCY_N)
+    cam = state.cams.get(rec.camera_key)
+    if cam is None:
+        # Only possible around a stage restart while a camera was being removed.
+        state.bad.inc()
+        log.debug("detections of camera key %d, which is not attached: skipped", rec.camera_key)
+        return []
+    events = cam.a.process(rec, ctx.config.outputs.detection_events)
+    cam.frames.inc()
+    cam.events.inc(len(events))
+    cam.tracks.set(cam.a.in_view)
+    state.latency.inc(max(0, (time.time_ns() - rec.capture_wall_ns) // 1000))
     crossings = sum(1 for e in events if e.topic == Topic.ANALYTICS)
     if crossings:
-        slot.add(C_LINE_CROSSINGS, crossings)
+        cam.crossings.inc(crossings)
     return events

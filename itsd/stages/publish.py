@@ -13,6 +13,13 @@ frames, counted). A crash between a write and taking the batch off the ring writ
 batch twice on restart (at least once, never lost). On a stop request (sent only after
 analytics has exited) the stage drains the ring, writes and fsyncs.
 
+Camera changes arrive as ``CommandRecord``s on the event ring behind the events of the
+camera they concern; the publisher is the last stage to record them as applied, so a
+caller that waits for the change knows every event before it has been written.
+
+While an output refuses events the stage says so on its info board (health turns
+degraded with the reason) and in the log.
+
 This stage must never run analytics or touch frames.
 """
 
@@ -26,9 +33,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from itsd.errors import EXIT_OK
-from itsd.records import EventRecord
+from itsd.records import CMD_MAGIC, CommandRecord, EventRecord, record_magic
+from itsd.runtime import metrics as m
 from itsd.shm import RecordRing
-from itsd.stages.runtime import C_BUSY_US, C_ERRORS, C_IN, C_LAST_WALL_MS, C_OUT, StageContext
+from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.publish")
 
@@ -90,21 +98,44 @@ def run(ctx: StageContext) -> int:
         log.warning("no output is configured (outputs.jsonl_path is null): events are discarded")
     else:
         log.info("writing events to %s", path)
+    assert ctx.metrics is not None
+    written = ctx.metrics.cell(m.PUBLISH_EVENTS, sink="jsonl")
+    errors = ctx.metrics.cell(m.PUBLISH_ERRORS, sink="jsonl")
+    busy = ctx.metrics.cell(m.PUBLISH_SECONDS, sink="jsonl")
+    held = ctx.metrics.cell(m.PUBLISH_HELD, sink="jsonl")
+    ctx.ack(ctx.spec.cmd_seq)
+    ctx.describe(outputs={"jsonl": str(path) if path is not None else None}, error="")
     slot = ctx.slot
     last_error_log = 0.0
+    failing = False
     ctx.set_running()
     try:
         # Events leave the ring only once written: a failed write or a crash means
         # they are written again later (at least once), never lost.
         while (raw := ctx.next_records(ring, BATCH_RECORDS)) is not None:
-            pending = [EventRecord.unpack(r).payload for r in raw]
+            pending: list[bytes] = []
+            acks: list[int] = []
+            for r in raw:
+                if record_magic(r) == CMD_MAGIC:
+                    try:
+                        acks.append(CommandRecord.unpack(r).seq)
+                    except ValueError as err:
+                        log.error("skipping a malformed command record: %s", err)
+                    continue
+                pending.append(EventRecord.unpack(r).payload)
             t0 = time.monotonic_ns()
             try:
-                if sink is not None:
+                if sink is not None and pending:
                     sink.write(pending)
             except OSError as err:
-                slot.add(C_ERRORS)
+                errors.inc()
+                held.set(len(pending))
                 now = time.monotonic()
+                if not failing:
+                    failing = True
+                    ctx.describe(
+                        error=f"cannot write events to {path}: {err}", error_at=time.time()
+                    )
                 if now - last_error_log > 10.0:
                     last_error_log = now
                     log.error(
@@ -121,10 +152,15 @@ def run(ctx: StageContext) -> int:
                 time.sleep(RETRY_S)
                 continue
             ring.advance(len(raw))
-            slot.add(C_IN, len(pending))
-            slot.add(C_BUSY_US, (time.monotonic_ns() - t0) // 1000)
-            slot.add(C_OUT, len(pending))
-            slot.set(C_LAST_WALL_MS, time.time_ns() // 1_000_000)
+            if failing:
+                failing = False
+                held.set(0)
+                ctx.describe(error="")
+                log.info("writing to %s works again", path)
+            for seq in acks:
+                ctx.ack(seq)
+            busy.inc((time.monotonic_ns() - t0) // 1000)
+            written.inc(len(pending))
             slot.beat()
     finally:
         if sink is not None:

@@ -8,8 +8,9 @@ group; the supervisor alone decides the order of a stop), turns SIGTERM into a s
 request, attaches the stage's slot of the control block and runs the stage's ``run``.
 Exceptions become exit codes the supervisor understands (see ``itsd.errors``).
 
-Counter indices of a stage slot are defined here, in one place, for the stages, the
-supervisor and the monitoring code.
+A stage's counters live in its own shared-memory cell table, by name (see
+``itsd.runtime.metrics``); its self-description (backend, model, versions, last error)
+goes as a JSON record onto its info board, which the supervisor reads.
 
 This module must never import a stage module statically (it loads the one it runs by
 name), nor ``control``, ``monitor`` or ``cli``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import importlib
+import json
 import logging
 import os
 import signal
@@ -27,11 +29,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from itsd.config import Config, config_from_json
 from itsd.errors import EXIT_FAILURE, EXIT_OK, ItsdError
 from itsd.logutil import setup_logging
+from itsd.records import CameraBinding
+from itsd.runtime.metrics import STAGE_COMMAND_SEQ, MetricWriter
 from itsd.shm import ControlBlock, RecordRing, StageSlot
+from itsd.shm.board import Board
+from itsd.shm.cells import CellTable
 from itsd.shm.control import (
     STATE_DRAINING,
     STATE_FAILED,
@@ -41,22 +48,6 @@ from itsd.shm.control import (
 )
 
 log = logging.getLogger("itsd.stage")
-
-# Counter indices of a stage slot (ControlBlock.slot(i).add/get).
-C_IN = 0  # items taken from the input (frames decoded / frames inferred / records read)
-C_OUT = 1  # items handed to the output (frames written / records written / events written)
-C_DROPPED = 2  # items lost on purpose (frames overwritten, frames too large)
-C_ERRORS = 3  # recoverable errors (corrupt packets, failed writes)
-C_BATCHES = 4  # inference batches run
-C_BUSY_US = 5  # microseconds spent working (inference time, write time)
-C_EOF = 6  # 1 once a non-looping source has ended
-C_RECONNECTS = 7  # source (re)connect attempts after a failure
-C_LAST_WALL_MS = 8  # wall clock (ms) of the last item handled
-C_LATENCY_US_SUM = 9  # sum of capture-to-output latencies (us)
-C_LATENCY_N = 10  # number of latencies summed
-C_NEXT_FRAME_ID = 11  # decode: the next frame id (survives a restart of the stage)
-C_LINE_CROSSINGS = 12  # analyze: line crossings counted
-C_TRACKS = 13  # analyze: confirmed tracks now in view, summed over cameras
 
 PR_SET_PDEATHSIG = 1
 IDLE_SLEEP_S = 0.002  # poll period of a stage whose input is empty
@@ -73,8 +64,11 @@ class StageSpec:
     control_name: str
     parent_pid: int
     config_json: str
-    camera_index: int = -1
-    frame_rings: tuple[str, ...] = ()
+    cells: str = ""  # the stage's cell table (named counters)
+    info_board: str = ""  # where the stage describes itself (JSON)
+    cameras: tuple[CameraBinding, ...] = ()  # decode: its camera; others: the table
+    cmd_seq: int = 0  # the last command whose effect ``cameras`` includes
+    command_ring: str = ""  # inference: commands from the supervisor
     detection_ring: str = ""
     event_ring: str = ""
     model_path: str = ""
@@ -92,6 +86,46 @@ class StageContext:
         self._stop = False
         self.draining = False
         self.log = logging.getLogger(f"itsd.{spec.kind}")
+        self.cells = CellTable.attach(spec.cells) if spec.cells else None
+        self.metrics = MetricWriter(self.cells) if self.cells is not None else None
+        self.info = Board.attach(spec.info_board) if spec.info_board else None
+        self._about: dict[str, Any] = {}
+
+    # -- self-description and commands -----------------------------------------------
+    def describe(self, **fields: Any) -> None:
+        """Merge ``fields`` into the stage's self-description and publish it.
+
+        The supervisor shows it in health answers (backend, model, versions, the last
+        error of a source). Values must be JSON-serialisable.
+        """
+        self._about.update(fields)
+        if self.info is None:
+            return
+        blob = json.dumps(self._about, separators=(",", ":"), default=str).encode()
+        try:
+            self.info.publish(blob[: self.info.capacity])
+        except ValueError as err:
+            self.log.warning("self-description not published: %s", err)
+
+    def command_seq(self) -> int:
+        """The sequence number of the last command this stage applied."""
+        if self.metrics is None:
+            return 0
+        return self.metrics.cell(STAGE_COMMAND_SEQ).get_int()
+
+    def ack(self, seq: int) -> None:
+        """Record command ``seq`` as applied (never moves backwards)."""
+        if self.metrics is not None:
+            cell = self.metrics.cell(STAGE_COMMAND_SEQ)
+            if seq > cell.get_int():
+                cell.set(seq)
+
+    def close(self) -> None:
+        """Unmap the stage's cell table and info board."""
+        if self.cells is not None:
+            self.cells.close()
+        if self.info is not None:
+            self.info.close()
 
     # -- stop signal ------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -215,6 +249,7 @@ def stage_main(spec: StageSpec) -> None:
         code = EXIT_FAILURE
     finally:
         slot.set_state(STATE_STOPPED if code == EXIT_OK else STATE_FAILED)
+        ctx.close()
         control.close()
         logging.shutdown()
     sys.exit(code)

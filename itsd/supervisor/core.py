@@ -1,14 +1,16 @@
-"""The supervisor: creates shared memory, spawns the stages, keeps them alive, stops them.
+"""The supervisor: creates shared memory, spawns the stages, keeps them alive, changes cameras.
 
 Process model (see ARCHITECTURE.md):
 
 * Signal handlers only enqueue the signal number (and wake the loop through
   ``signal.set_wakeup_fd``); one loop waits on that wake-up socket and on every child's
   sentinel with ``multiprocessing.connection.wait`` and does all the work.
-* Every child exit is classified: a clean stop, a source that ended, a configuration or
-  model error (``EXIT_CONFIG``: the daemon stops instead of restart-looping), or a crash
-  (restart with exponential backoff, at most ``max_restarts`` per window; past the cap a
-  camera is given up and a core stage stops the daemon).
+* Every child exit is classified: a clean stop, a source that ended, a source that
+  cannot be opened in a run that ends with its sources (``EXIT_NO_INPUT``), a
+  configuration or model error (``EXIT_CONFIG``: the daemon stops instead of
+  restart-looping), or a crash (restart with exponential backoff, at most
+  ``max_restarts`` per window; past the cap a camera is given up and a core stage stops
+  the daemon).
 * Each stage bumps a heartbeat counter in the control block. A stage whose heartbeat
   stops is stuck: it gets SIGABRT (faulthandler prints its threads' tracebacks into the
   log), then SIGKILL, then a restart.
@@ -16,10 +18,21 @@ Process model (see ARCHITECTURE.md):
   drains the frame rings, analytics drains the detection ring, the publisher drains the
   event ring and syncs; whatever is still running at the deadline is killed.
 * Only the supervisor creates and unlinks shared memory. At start it sweeps segments
-  left by dead runs and checks /dev/shm has room for everything before creating anything.
+  left by dead runs and checks /dev/shm has room before creating anything.
 
-The supervisor's own loop never touches frame pixels. This module must never import a
-stage module (stages are spawned by name through ``itsd.stages.runtime``).
+Cameras are live objects keyed by id (and by a numeric key in rings and records, never
+reused within a run). Changes (add, remove, update, reload) come from other threads
+(gRPC) or signals (SIGHUP) as operations on a queue; the loop runs one at a time as a
+small state machine, never blocking: it creates the camera's shared memory, puts a
+``CommandRecord`` on the inference stage's command ring, waits until every core stage
+has recorded it as applied (the command travels in flow order with the data), and only
+then starts the camera's decoder; a removal stops the decoder first and frees the
+memory last. The caller's ``Future`` resolves when the change has taken effect.
+
+The loop publishes an immutable ``DaemonState`` each tick; other threads read only
+that (``state``) and submit operations (``submit``). The supervisor's own loop never
+touches frame pixels. This module must never import a stage module (stages are spawned
+by name through ``itsd.stages.runtime``).
 """
 
 from __future__ import annotations
@@ -30,18 +43,37 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from itsd.config import Config, config_to_json
-from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ItsdError, ResourceError
+from itsd.config import (
+    CameraConfig,
+    Config,
+    apply_overrides,
+    config_to_json,
+    load_config,
+)
+from itsd.control.backend import StreamExistsError
+from itsd.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_NO_INPUT,
+    EXIT_OK,
+    ConfigError,
+    ItsdError,
+    ResourceError,
+)
+from itsd.records import CameraBinding, CommandOp, CommandRecord
+from itsd.runtime import metrics as m
 from itsd.shm import (
     ControlBlock,
     FrameRing,
@@ -53,27 +85,52 @@ from itsd.shm import (
     sweep_stale,
 )
 from itsd.shm.board import Board
+from itsd.shm.cells import CellTable
 from itsd.shm.control import STATE_RUNNING, STATE_STARTING
-from itsd.stages.runtime import C_EOF, StageSpec, stage_main
+from itsd.stages.runtime import StageSpec, stage_main
 from itsd.supervisor import pidfile
 from itsd.supervisor.notify import Notifier
+from itsd.supervisor.registry import Registrations, RegistryStore, merge
+from itsd.supervisor.state import DaemonState
 
 log = logging.getLogger("itsd.supervisor")
 
 ABORT_GRACE_S = 3.0
 BOARD_BYTES = 1 << 20  # analytics' live state (line counts) for the control API
+INFO_BYTES = 16 << 10  # a stage's self-description
+COMMAND_RING_BYTES = 1 << 20
 LOOP_TICK_S = 0.5
+OP_TICK_S = 0.005  # loop period while a camera change is in progress
+ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
+DECODER_STOP_S = 10.0  # a decoder that does not exit on SIGTERM by then is killed
+CORE_SLOTS = 3
 
 # Flow order: what a graceful stop stops first.
 GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH = 0, 1, 2, 3
+CORE_KINDS = (("infer", GROUP_INFER), ("analyze", GROUP_ANALYZE), ("publish", GROUP_PUBLISH))
+
+#: Camera settings that only the decoder uses: a change restarts that decoder alone.
+DECODER_KEYS = frozenset({"source", "target_fps", "loop", "realtime", "open_timeout_s"})
+#: Camera settings that size the camera's ring: a change replaces the camera.
+RING_KEYS = frozenset({"max_width", "max_height"})
+
+
+class ChangeTimeoutError(Exception):
+    """The stages did not apply a change in time (it applies when they are back)."""
 
 
 @dataclass
 class StageHandle:
     """The supervisor's view of one stage process."""
 
-    spec: StageSpec
+    name: str
+    kind: str
     group: int
+    slot: int
+    cells: CellTable
+    info: Board
+    make_spec: Callable[[], StageSpec]
+    camera_id: str = ""
     process: BaseProcess | None = None
     started_at: float = 0.0
     restarts: collections.deque[float] = field(default_factory=collections.deque)
@@ -83,17 +140,33 @@ class StageHandle:
     last_beat_change: float = 0.0
     abort_sent_at: float | None = None
     finished: bool = False  # a source that ended (no restart)
-    given_up: bool = False  # restart cap reached
+    given_up: bool = False  # restart cap reached, or a source that cannot be opened
+    no_input: bool = False  # gave up because the source cannot be opened
+    retired: bool = False  # being removed: an exit is expected, never restarted
     last_exit: str = ""
-
-    @property
-    def name(self) -> str:
-        """Stage name, e.g. ``decode:cam1``."""
-        return self.spec.name
+    ack_index: int = -1  # entry of the stage's applied-command cell
 
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process is not None and self.process.is_alive()
+
+
+@dataclass
+class CameraEntry:
+    """A camera the daemon runs."""
+
+    config: CameraConfig
+    key: int
+    origin: str  # "file" or "registered"
+    ring: FrameRing
+    handle: StageHandle
+    removing: bool = False
+
+    def binding(self) -> CameraBinding:
+        """The camera as the stages know it."""
+        return CameraBinding(
+            self.key, self.config.id, self.ring.name, self.config.model_dump(mode="json")
+        )
 
 
 def describe_exit(code: int | None) -> str:
@@ -107,47 +180,78 @@ def describe_exit(code: int | None) -> str:
             return f"killed by signal {-code}"
     if code == EXIT_CONFIG:
         return f"exit code {code} (configuration or model error)"
+    if code == EXIT_NO_INPUT:
+        return f"exit code {code} (source cannot be opened)"
     return f"exit code {code}"
+
+
+Op = Generator[None, None, Any]
 
 
 class Supervisor:
     """Runs one itsd daemon until it is told to stop (or cannot go on)."""
 
-    def __init__(self, config: Config, model_path: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        model_path: str,
+        config_path: str | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.model_path = model_path
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
         self.run_id = new_run_id()
         self.ctx = multiprocessing.get_context("spawn")
-        self.handles: list[StageHandle] = []
+        self.core: list[StageHandle] = []
+        self.cameras: dict[str, CameraEntry] = {}
         self.control: ControlBlock | None = None
-        self.frame_rings: list[FrameRing] = []
         self.record_rings: list[RecordRing] = []
+        self.command_ring: RecordRing | None = None
         self.board: Board | None = None
         self.notifier = Notifier()
         self.started_mono = time.monotonic()
+        self.started_wall = time.time()
         self.stopping = False
         self.exit_code = EXIT_OK
         self.ready_sent = False
+        self.decoders_started = False
+        self.generation = 1
+        self.state = DaemonState()
+        self.store = RegistryStore(config.resolved_state_dir())
+        self.registrations = Registrations()
         self._signals: collections.deque[int] = collections.deque()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._services: list[Callable[[], None]] = []
         self._last_watchdog = 0.0
+        self._last_snapshot = 0.0
+        self._snapshotter: Callable[[Supervisor], DaemonState] | None = None
+        self._ops: queue.Queue[tuple[Callable[[], Op], Future[Any]]] = queue.Queue()
+        self._op: tuple[Op, Future[Any]] | None = None
+        self._seq = 0
+        self._next_key = 1
+        self._free_slots: list[int] = []
+        self.op_counts: collections.Counter[str] = collections.Counter()
         self.pid_file: Path = config.resolved_pid_file()
 
-    # -- set-up -----------------------------------------------------------------------
+    # -- shared memory ------------------------------------------------------------------
+    def _stage_config_json(self) -> str:
+        # Stages never read cameras from the configuration: they get camera bindings.
+        return config_to_json(self.config.model_copy(update={"cameras": []}))
+
     def _create_shared_memory(self) -> None:
         cfg = self.config
         removed = sweep_stale()
         for name in removed:
             log.info("removed shared memory left by a dead run: %s", name)
-        slots = cfg.performance.frame_ring_slots
         ring_bytes = cfg.performance.record_ring_mib * 1024 * 1024
-        n_stages = len(cfg.cameras) + 3
-        needed = ControlBlock.required_size(n_stages) + 2 * RecordRing.required_size(ring_bytes)
-        needed += Board.required_size(BOARD_BYTES)
-        needed += sum(
-            FrameRing.required_size(slots, cam.max_width, cam.max_height) for cam in cfg.cameras
+        n_slots = cfg.supervisor.max_cameras + CORE_SLOTS
+        needed = ControlBlock.required_size(n_slots) + 2 * RecordRing.required_size(ring_bytes)
+        needed += RecordRing.required_size(COMMAND_RING_BYTES) + Board.required_size(BOARD_BYTES)
+        needed += CORE_SLOTS * (
+            CellTable.required_size(self._core_cells()) + Board.required_size(INFO_BYTES)
         )
         try:
             check_free_space(needed)
@@ -155,93 +259,168 @@ class Supervisor:
             raise ResourceError(str(err)) from None
         rid = self.run_id
         try:
-            self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_stages)
-            for i, cam in enumerate(cfg.cameras):
-                self.frame_rings.append(
-                    FrameRing.create(
-                        segment_name(rid, "frames", cam.id),
-                        camera_index=i,
-                        slot_count=slots,
-                        max_width=cam.max_width,
-                        max_height=cam.max_height,
-                    )
+            self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_slots)
+            self._free_slots = list(range(n_slots - 1, CORE_SLOTS - 1, -1))
+            for name in ("detections", "events"):
+                self.record_rings.append(
+                    RecordRing.create(segment_name(rid, "records", name), ring_bytes)
                 )
-            self.record_rings.append(
-                RecordRing.create(segment_name(rid, "records", "detections"), ring_bytes)
-            )
-            self.record_rings.append(
-                RecordRing.create(segment_name(rid, "records", "events"), ring_bytes)
+            self.command_ring = RecordRing.create(
+                segment_name(rid, "records", "commands"), COMMAND_RING_BYTES
             )
             self.board = Board.create(segment_name(rid, "board", "analytics"), BOARD_BYTES)
         except ShmSpaceError as err:
             self._destroy_shared_memory()
             raise ResourceError(str(err)) from None
-        log.info(
-            "shared memory ready: run %s, %d frame ring(s), %.1f MiB in all",
-            rid,
-            len(self.frame_rings),
-            needed / 2**20,
-        )
+        log.info("shared memory ready: run %s, %.1f MiB for the core", rid, needed / 2**20)
+
+    def _core_cells(self) -> int:
+        return 8 * self.config.supervisor.max_cameras + 64
 
     def _destroy_shared_memory(self) -> None:
-        for ring in self.frame_rings:
-            ring.close()
-            ring.unlink()
+        for entry in list(self.cameras.values()):
+            self._free_camera(entry)
+        for h in self.core:
+            _close_unlink(h.cells)
+            _close_unlink(h.info)
         for rring in self.record_rings:
-            rring.close()
-            rring.unlink()
-        if self.board is not None:
-            self.board.close()
-            self.board.unlink()
-            self.board = None
-        if self.control is not None:
-            self.control.close()
-            self.control.unlink()
-        self.frame_rings.clear()
+            _close_unlink(rring)
         self.record_rings.clear()
-        self.control = None
+        for obj in (self.command_ring, self.board, self.control):
+            if obj is not None:
+                _close_unlink(obj)
+        self.command_ring = self.board = self.control = None
 
-    def _build_stages(self) -> None:
-        cfg = self.config
-        assert self.control is not None
-        common: dict[str, Any] = {
-            "control_name": self.control_name,
+    def _stage_memory(self, kind: str, key: str, cells: int) -> tuple[CellTable, Board]:
+        rid = self.run_id
+        table = CellTable.create(segment_name(rid, "cells", f"{kind}{key}"), cells)
+        try:
+            info = Board.create(segment_name(rid, "info", f"{kind}{key}"), INFO_BYTES)
+        except BaseException:
+            _close_unlink(table)
+            raise
+        return table, info
+
+    # -- stages ---------------------------------------------------------------------------
+    def _common_spec(self) -> dict[str, Any]:
+        assert self.control is not None and self.board is not None
+        return {
+            "control_name": self.control.name,
             "parent_pid": os.getpid(),
-            "config_json": config_to_json(cfg),
-            "frame_rings": tuple(r.name for r in self.frame_rings),
+            "config_json": self._stage_config_json(),
             "detection_ring": self.record_rings[0].name,
             "event_ring": self.record_rings[1].name,
             "model_path": self.model_path,
-            "extra": {"board": self.board.name if self.board is not None else ""},
+            "extra": {"board": self.board.name},
         }
-        slot = 0
-        for i, cam in enumerate(cfg.cameras):
-            spec = StageSpec(
-                name=f"decode:{cam.id}",
+
+    def _table(self) -> tuple[CameraBinding, ...]:
+        return tuple(e.binding() for e in self.cameras.values() if not e.removing)
+
+    def _build_core(self) -> None:
+        assert self.control is not None and self.command_ring is not None
+        for slot, (kind, group) in enumerate(CORE_KINDS):
+            cells, info = self._stage_memory(kind, "", self._core_cells())
+            ack = cells.cell(m.series_key(m.STAGE_COMMAND_SEQ, {}))
+
+            def make(
+                kind: str = kind, slot: int = slot, cells: CellTable = cells, info: Board = info
+            ) -> StageSpec:
+                return StageSpec(
+                    name=kind,
+                    kind=kind,
+                    slot=slot,
+                    cells=cells.name,
+                    info_board=info.name,
+                    cameras=self._table(),
+                    cmd_seq=self._seq,
+                    command_ring=self.command_ring.name
+                    if (kind == "infer" and self.command_ring is not None)
+                    else "",
+                    **self._common_spec(),
+                )
+
+            h = StageHandle(kind, kind, group, slot, cells, info, make, ack_index=ack)
+            self.control.slot(slot).set_name(kind)
+            self.core.append(h)
+
+    def _new_camera(self, cfg: CameraConfig, origin: str) -> CameraEntry:
+        """Create a camera's shared memory and handle (its decoder is not started)."""
+        assert self.control is not None
+        if not self._free_slots:
+            raise ResourceError(
+                f"camera {cfg.id}: this daemon already runs {len(self.cameras)} cameras "
+                f"(supervisor.max_cameras is {self.config.supervisor.max_cameras})"
+            )
+        slots = self.config.performance.frame_ring_slots
+        cells_n = 64
+        needed = FrameRing.required_size(slots, cfg.max_width, cfg.max_height)
+        needed += CellTable.required_size(cells_n) + Board.required_size(INFO_BYTES)
+        try:
+            check_free_space(needed)
+        except ShmSpaceError as err:
+            raise ResourceError(f"camera {cfg.id}: {err}") from None
+        key = self._next_key
+        tag = f"k{key}_{cfg.id}"
+        ring = FrameRing.create(
+            segment_name(self.run_id, "frames", tag),
+            camera_key=key,
+            slot_count=slots,
+            max_width=cfg.max_width,
+            max_height=cfg.max_height,
+        )
+        try:
+            cells, info = self._stage_memory("decode", tag, cells_n)
+        except BaseException:
+            _close_unlink(ring)
+            raise
+        self._next_key += 1
+        slot = self._free_slots.pop()
+        sl = self.control.slot(slot)
+        sl.reset()
+        sl.set_name(f"decode:{cfg.id}"[:32])
+        entry_box: list[CameraEntry] = []
+
+        def make() -> StageSpec:
+            e = entry_box[0]
+            return StageSpec(
+                name=f"decode:{e.config.id}",
                 kind="decode",
                 slot=slot,
-                camera_index=i,
-                **{**common, "frame_rings": (self.frame_rings[i].name,)},
+                cells=cells.name,
+                info_board=info.name,
+                cameras=(e.binding(),),
+                cmd_seq=self._seq,
+                **self._common_spec(),
             )
-            self.handles.append(StageHandle(spec, GROUP_DECODE))
-            slot += 1
-        for kind, group in (
-            ("infer", GROUP_INFER),
-            ("analyze", GROUP_ANALYZE),
-            ("publish", GROUP_PUBLISH),
-        ):
-            self.handles.append(
-                StageHandle(StageSpec(name=kind, kind=kind, slot=slot, **common), group)
-            )
-            slot += 1
-        for h in self.handles:
-            self.control.slot(h.spec.slot).set_name(h.name)
 
-    @property
-    def control_name(self) -> str:
-        """Name of the control block segment."""
-        assert self.control is not None
-        return self.control.name
+        h = StageHandle(
+            f"decode:{cfg.id}", "decode", GROUP_DECODE, slot, cells, info, make, camera_id=cfg.id
+        )
+        entry = CameraEntry(cfg, key, origin, ring, h)
+        entry_box.append(entry)
+        self.cameras[cfg.id] = entry
+        return entry
+
+    def _free_camera(self, entry: CameraEntry) -> None:
+        h = entry.handle
+        if h.process is not None:
+            if h.process.is_alive() and h.process.pid is not None:
+                _kill(h.process.pid, signal.SIGKILL)
+            h.process.join(5)
+            h.process.close()
+            h.process = None
+        _close_unlink(entry.ring)
+        _close_unlink(h.cells)
+        _close_unlink(h.info)
+        if self.control is not None:
+            self.control.slot(h.slot).reset()
+            self._free_slots.append(h.slot)
+        self.cameras.pop(entry.config.id, None)
+
+    def handles(self) -> list[StageHandle]:
+        """Every stage handle: decoders (in camera order), then the core in flow order."""
+        return [e.handle for e in self.cameras.values()] + self.core
 
     # -- signals ------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -264,22 +443,28 @@ class Supervisor:
             if s is not None:
                 s.close()
 
+    def _wake(self) -> None:
+        w = self._wake_w
+        if w is not None:
+            with contextlib.suppress(OSError):
+                w.send(b"\0")
+
     def _drain_wakeups(self) -> None:
         if self._wake_r is None:
             return
         try:
             while self._wake_r.recv(4096):
                 pass
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, OSError):
             pass
 
     # -- stage lifecycle ----------------------------------------------------------------
     def _start(self, h: StageHandle) -> None:
         assert self.control is not None
-        slot = self.control.slot(h.spec.slot)
+        slot = self.control.slot(h.slot)
         slot.set_state(STATE_STARTING)
         slot.set_pid(0)
-        proc = self.ctx.Process(target=stage_main, args=(h.spec,), name=f"itsd-{h.name}")
+        proc = self.ctx.Process(target=stage_main, args=(h.make_spec(),), name=f"itsd-{h.name}")
         proc.daemon = False
         proc.start()
         h.process = proc
@@ -290,22 +475,26 @@ class Supervisor:
         h.next_start_at = None
         log.info("started %s (pid %s)", h.name, proc.pid)
 
-    def _on_exit(self, h: StageHandle) -> None:
-        assert h.process is not None and self.control is not None
+    def _reap(self, h: StageHandle) -> int | None:
+        assert h.process is not None
         code = h.process.exitcode
         h.process.join(0)
         h.process.close()
         h.process = None
         h.last_exit = describe_exit(code)
-        if self.stopping:
+        return code
+
+    def _on_exit(self, h: StageHandle) -> None:
+        code = self._reap(h)
+        if self.stopping or h.retired:
             return
-        if (
-            code == EXIT_OK
-            and h.group == GROUP_DECODE
-            and self.control.slot(h.spec.slot).get(C_EOF)
-        ):
+        if code == EXIT_OK and h.group == GROUP_DECODE and self._decoder_eof(h):
             h.finished = True
             log.info("%s finished: its source ended", h.name)
+            return
+        if code == EXIT_NO_INPUT and h.group == GROUP_DECODE:
+            h.given_up = h.no_input = True
+            log.error("%s: its source cannot be opened; camera given up", h.name)
             return
         if code == EXIT_CONFIG:
             log.error("%s stopped with a configuration or model error; stopping itsd", h.name)
@@ -317,23 +506,17 @@ class Supervisor:
             h.restarts.popleft()
         if len(h.restarts) >= self.config.supervisor.max_restarts:
             h.given_up = True
-            if h.group == GROUP_DECODE:
-                log.error(
-                    "%s died (%s) %d times within %.0f s: giving up on this camera",
-                    h.name,
-                    h.last_exit,
-                    len(h.restarts) + 1,
-                    window,
-                )
-                return
+            what = "giving up on this camera" if h.group == GROUP_DECODE else "stopping itsd"
             log.error(
-                "%s died (%s) %d times within %.0f s: stopping itsd",
+                "%s died (%s) %d times within %.0f s: %s",
                 h.name,
                 h.last_exit,
                 len(h.restarts) + 1,
                 window,
+                what,
             )
-            self.begin_stop(EXIT_FAILURE)
+            if h.group != GROUP_DECODE:
+                self.begin_stop(EXIT_FAILURE)
             return
         sup = self.config.supervisor
         delay = min(sup.backoff_initial_s * (2 ** len(h.restarts)), sup.backoff_max_s)
@@ -342,13 +525,17 @@ class Supervisor:
         h.next_start_at = now + delay
         log.warning("%s died (%s); restarting in %.1f s", h.name, h.last_exit, delay)
 
+    def _decoder_eof(self, h: StageHandle) -> bool:
+        key = m.series_key(m.DECODE_EOF, {"camera": h.camera_id})
+        return any(k == key and v == 1 for k, v in h.cells.items())
+
     def _check_heartbeats(self, now: float) -> None:
         assert self.control is not None
         sup = self.config.supervisor
-        for h in self.handles:
-            if not h.alive():
+        for h in self.handles():
+            if not h.alive() or h.retired:
                 continue
-            slot = self.control.slot(h.spec.slot)
+            slot = self.control.slot(h.slot)
             beat = slot.heartbeat()
             if beat != h.last_beat:
                 h.last_beat = beat
@@ -376,14 +563,13 @@ class Supervisor:
                 _kill(h.process.pid, signal.SIGKILL)
                 h.abort_sent_at = now
 
-    def _all_running(self) -> bool:
+    def stage_running(self, h: StageHandle) -> bool:
+        """True when the stage's process runs and says it is ready."""
         assert self.control is not None
-        return all(
-            h.finished
-            or h.given_up
-            or (h.alive() and self.control.slot(h.spec.slot).state() >= STATE_RUNNING)
-            for h in self.handles
-        )
+        return h.alive() and self.control.slot(h.slot).state() >= STATE_RUNNING
+
+    def _all_running(self) -> bool:
+        return all(h.finished or h.given_up or self.stage_running(h) for h in self.handles())
 
     def begin_stop(self, code: int = EXIT_OK) -> None:
         """Start a graceful stop (idempotent); the first non-zero code wins."""
@@ -393,11 +579,274 @@ class Supervisor:
             self.stopping = True
             log.info("stopping")
             self.notifier.stopping()
+            self._wake()
+
+    # -- camera changes (any thread) ---------------------------------------------------
+    def submit(self, make_op: Callable[[], Op]) -> Future[Any]:
+        """Queue a change for the loop; the future resolves when it has taken effect."""
+        fut: Future[Any] = Future()
+        if self.stopping:
+            fut.set_exception(ChangeTimeoutError("itsd is stopping"))
+            return fut
+        self._ops.put((make_op, fut))
+        self._wake()
+        return fut
+
+    def add_camera(self, cfg: CameraConfig) -> Future[Any]:
+        """Register a camera at run time (persisted); resolves to its CameraEntry id."""
+        return self.submit(lambda: self._op_add(cfg, "registered", persist=True))
+
+    def remove_camera(self, camera_id: str) -> Future[Any]:
+        """Remove a camera (persisted); resolves to True, KeyError if unknown."""
+        return self.submit(lambda: self._op_remove(camera_id, persist=True))
+
+    def request_reload(self) -> Future[Any]:
+        """Re-read the configuration file and apply the difference."""
+        return self.submit(self._op_reload)
+
+    # -- operations (run by the loop, one at a time) -----------------------------------
+    def _send(self, op: CommandOp, bindings: tuple[CameraBinding, ...]) -> int:
+        assert self.command_ring is not None
+        self._seq += 1
+        payload = CommandRecord(self._seq, op, bindings).pack()
+        if not self.command_ring.put(payload, timeout=5.0):
+            raise ChangeTimeoutError(
+                "the inference stage does not take commands (command ring full)"
+            )
+        return self._seq
+
+    def _acked(self, seq: int) -> list[str]:
+        """Core stages that have not applied command ``seq`` yet."""
+        return [h.name for h in self.core if h.cells.load(h.ack_index) < seq]
+
+    def _wait_acks(self, seq: int, what: str) -> Op:
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while True:
+            late = self._acked(seq)
+            if not late:
+                return
+            if self.stopping:
+                raise ChangeTimeoutError(f"{what}: itsd is stopping")
+            if time.monotonic() > deadline:
+                raise ChangeTimeoutError(
+                    f"{what}: not applied by {', '.join(late)} within {ACK_TIMEOUT_S:.0f} s "
+                    "(it takes effect when that stage is running again)"
+                )
+            yield
+
+    def _stop_decoder(self, h: StageHandle) -> Op:
+        h.retired = True
+        h.next_start_at = None
+        if h.process is None:
+            return
+        if h.process.is_alive() and h.process.pid is not None:
+            _kill(h.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + DECODER_STOP_S
+        while h.process.is_alive():
+            if time.monotonic() > deadline and h.process.pid is not None:
+                log.error("%s did not stop within %.0f s; killing it", h.name, DECODER_STOP_S)
+                _kill(h.process.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+            yield
+        self._reap(h)
+
+    def _op_add(self, cfg: CameraConfig, origin: str, persist: bool) -> Op:
+        if cfg.id in self.cameras:
+            raise StreamExistsError(f"camera {cfg.id!r} is already registered")
+        entry = self._new_camera(cfg, origin)
+        try:
+            seq = self._send(CommandOp.ATTACH, (entry.binding(),))
+        except BaseException:
+            self._free_camera(entry)
+            raise
+        if persist:
+            self._persist_add(cfg)
+        yield from self._wait_acks(seq, f"camera {cfg.id}")
+        if self.decoders_started:
+            self._start(entry.handle)
+        self.op_counts["add"] += 1
+        log.info("camera %s added (%s)", cfg.id, origin)
+        return cfg.id
+
+    def _op_remove(self, camera_id: str, persist: bool) -> Op:
+        entry = self.cameras.get(camera_id)
+        if entry is None or entry.removing:
+            raise KeyError(f"camera {camera_id!r} is not registered")
+        entry.removing = True
+        if persist:
+            self._persist_remove(entry)
+        yield from self._stop_decoder(entry.handle)
+        seq = self._send(CommandOp.DETACH, (entry.binding(),))
+        try:
+            yield from self._wait_acks(seq, f"camera {camera_id}")
+        finally:
+            self._free_camera(entry)
+        self.op_counts["remove"] += 1
+        log.info("camera %s removed", camera_id)
+        return True
+
+    def _op_update(self, cfg: CameraConfig) -> Op:
+        entry = self.cameras.get(cfg.id)
+        if entry is None or entry.removing:
+            raise KeyError(f"camera {cfg.id!r} is not registered")
+        old = entry.config.model_dump()
+        new = cfg.model_dump()
+        changed = {k for k in new if new[k] != old.get(k)}
+        if not changed:
+            return False
+        if changed & RING_KEYS:
+            origin = entry.origin
+            yield from self._op_remove(cfg.id, persist=False)
+            yield from self._op_add(cfg, origin, persist=False)
+            return True
+        entry.config = cfg
+        seq = self._send(CommandOp.UPDATE, (entry.binding(),))
+        yield from self._wait_acks(seq, f"camera {cfg.id}")
+        if changed & DECODER_KEYS and self.decoders_started:
+            h = entry.handle
+            yield from self._stop_decoder(h)
+            h.retired = h.finished = h.given_up = h.no_input = False
+            h.restarts.clear()
+            self._start(h)
+        self.op_counts["update"] += 1
+        log.info("camera %s updated (%s)", cfg.id, ", ".join(sorted(changed)))
+        return True
+
+    def _op_reload(self) -> Op:
+        if self.config_path is None:
+            raise ConfigError("itsd was started without --config: there is no file to re-read")
+        try:
+            new = apply_overrides(load_config(self.config_path), self.overrides)
+        except ConfigError as err:
+            log.error("reload refused; the running configuration stays:\n%s", err)
+            raise
+        reg = self.store.load()
+        wanted, notes = merge(new.cameras, reg)
+        for note in notes:
+            log.warning("%s", note)
+        self.registrations = reg
+        self._save_registrations()
+        for key in _changed_sections(self.config, new):
+            log.warning("reload: %s changed; restart itsd to apply it", key)
+        want = {c.id: (c, origin) for c, origin in wanted}
+        removed = [cid for cid in self.cameras if cid not in want]
+        added = [cid for cid in want if cid not in self.cameras]
+        kept = [cid for cid in want if cid in self.cameras]
+        for cid in removed:
+            yield from self._op_remove(cid, persist=False)
+        for cid in kept:
+            self.cameras[cid].origin = want[cid][1]
+            yield from self._op_update(want[cid][0])
+        for cid in added:
+            yield from self._op_add(want[cid][0], want[cid][1], persist=False)
+        self.config = self.config.model_copy(update={"cameras": [c for c, _ in wanted]})
+        self.generation += 1
+        log.info(
+            "configuration reloaded: %d camera(s) added, %d removed, %d kept",
+            len(added),
+            len(removed),
+            len(kept),
+        )
+        return {"added": added, "removed": removed, "kept": kept}
+
+    # -- persistence ----------------------------------------------------------------------
+    def _persist_add(self, cfg: CameraConfig) -> None:
+        self.registrations.registered[cfg.id] = cfg.model_dump(mode="json")
+        self.registrations.removed.discard(cfg.id)
+        self._save_registrations()
+
+    def _persist_remove(self, entry: CameraEntry) -> None:
+        cid = entry.config.id
+        self.registrations.registered.pop(cid, None)
+        if entry.origin == "file":
+            self.registrations.removed.add(cid)
+        self._save_registrations()
+
+    def _save_registrations(self) -> None:
+        try:
+            self.store.save(self.registrations)
+        except OSError as err:
+            log.error(
+                "cannot save the camera registrations to %s: %s; they apply until itsd stops",
+                self.store.path,
+                err,
+            )
+
+    def _run_ops(self) -> None:
+        if self._op is None:
+            try:
+                make_op, fut = self._ops.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                self._op = (make_op(), fut)
+            except Exception as err:
+                fut.set_exception(err)
+                return
+        gen, fut = self._op
+        try:
+            next(gen)
+        except StopIteration as done:
+            self._op = None
+            fut.set_result(done.value)
+            self._refresh_state(force=True)
+        except Exception as err:  # the caller gets the error; the loop goes on
+            self._op = None
+            fut.set_exception(err)
+            self._refresh_state(force=True)
+
+    def _fail_pending_ops(self) -> None:
+        if self._op is not None:
+            self._op[1].set_exception(ChangeTimeoutError("itsd is stopping"))
+            self._op = None
+        while True:
+            try:
+                _, fut = self._ops.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(ChangeTimeoutError("itsd is stopping"))
 
     # -- main loop ----------------------------------------------------------------------
     def add_service(self, stop: Callable[[], None]) -> None:
         """Register a stop function of a side service (gRPC, HTTP) run by the caller."""
         self._services.append(stop)
+
+    def set_snapshotter(self, fn: Callable[[Supervisor], DaemonState]) -> None:
+        """The function that builds the state snapshot each tick."""
+        self._snapshotter = fn
+
+    def _refresh_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._snapshotter is None or (not force and now - self._last_snapshot < LOOP_TICK_S):
+            return
+        self._last_snapshot = now
+        try:
+            self.state = self._snapshotter(self)
+        except Exception:  # a broken snapshot must never stop the daemon
+            log.exception("cannot build the state snapshot")
+
+    def _load_cameras(self) -> None:
+        reg = self.store.load()
+        wanted, notes = merge(self.config.cameras, reg)
+        for note in notes:
+            log.warning("%s", note)
+        self.registrations = reg
+        if notes:
+            self._save_registrations()
+        if len(wanted) > self.config.supervisor.max_cameras:
+            raise ConfigError(
+                f"{len(wanted)} cameras (configuration file and {self.store.path}) but "
+                f"supervisor.max_cameras is {self.config.supervisor.max_cameras}"
+            )
+        for cfg, origin in wanted:
+            self._new_camera(cfg, origin)
+        self.config = self.config.model_copy(update={"cameras": [c for c, _ in wanted]})
+        n_reg = sum(1 for _, o in wanted if o == "registered")
+        if n_reg:
+            log.info("%d camera(s) registered at run time restored from %s", n_reg, self.store.path)
 
     def run(self, on_started: Callable[[Supervisor], None] | None = None) -> int:
         """Run until stopped; returns the process exit code."""
@@ -405,16 +854,20 @@ class Supervisor:
         try:
             self._create_shared_memory()
             try:
-                self._build_stages()
+                self._build_core()
+                self._load_cameras()
                 self._install_signals()
                 try:
                     if on_started is not None:
                         on_started(self)
-                    for h in sorted(self.handles, key=lambda x: -x.group):
+                    for h in sorted(self.core, key=lambda x: -x.group):
                         self._start(h)
+                    self._refresh_state(force=True)
                     self._loop()
+                    self._fail_pending_ops()
                     self._shutdown()
                 finally:
+                    self._fail_pending_ops()
                     for stop in reversed(self._services):
                         try:
                             stop()
@@ -435,9 +888,9 @@ class Supervisor:
             signum = self._signals.popleft()
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                log.warning(
-                    "SIGHUP: configuration reload is not supported; restart itsd to apply changes"
-                )
+                log.info("SIGHUP: re-reading the configuration")
+                fut = self.request_reload()
+                fut.add_done_callback(_log_reload_failure)
                 continue
             if self.stopping:
                 log.warning("%s again while stopping: killing the stages now", name)
@@ -448,7 +901,7 @@ class Supervisor:
                 self.begin_stop(EXIT_OK)
 
     def _wait(self, timeout: float) -> None:
-        waitables: list[Any] = [h.process.sentinel for h in self.handles if h.process is not None]
+        waitables: list[Any] = [h.process.sentinel for h in self.handles() if h.process is not None]
         if self._wake_r is not None:
             waitables.append(self._wake_r)
         multiprocessing.connection.wait(waitables, timeout=timeout)
@@ -456,31 +909,53 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self.stopping:
-            self._wait(LOOP_TICK_S)
+            busy = self._op is not None or not self._ops.empty()
+            self._wait(OP_TICK_S if busy else LOOP_TICK_S)
             self._handle_signals()
             now = time.monotonic()
-            for h in self.handles:
-                if h.process is not None and not h.process.is_alive():
+            for h in self.handles():
+                if h.process is not None and not h.process.is_alive() and not h.retired:
                     self._on_exit(h)
             if self.stopping:
                 break
-            for h in self.handles:
-                if h.process is None and h.next_start_at is not None and now >= h.next_start_at:
+            for h in self.handles():
+                if (
+                    h.process is None
+                    and not h.retired
+                    and h.next_start_at is not None
+                    and now >= h.next_start_at
+                ):
                     self._start(h)
+            if not self.decoders_started and self.stage_running(self.core[0]):
+                # Decoders start once inference is ready, so no source loses its first
+                # frames while the model loads.
+                self.decoders_started = True
+                for e in self.cameras.values():
+                    if not e.removing and e.handle.process is None:
+                        self._start(e.handle)
+            self._run_ops()
             self._check_heartbeats(now)
-            if not self.ready_sent and self._all_running():
+            if not self.ready_sent and self.decoders_started and self._all_running():
                 self.ready_sent = True
                 log.info("all stages running")
-                self.notifier.ready(f"{len(self.config.cameras)} camera(s)")
+                self.notifier.ready(f"{len(self.cameras)} camera(s)")
             self._ping_watchdog(now)
-            decoders = [h for h in self.handles if h.group == GROUP_DECODE]
-            if (
-                self.config.supervisor.exit_when_sources_end
-                and decoders
-                and all(h.finished or h.given_up for h in decoders)
-            ):
-                log.info("every source has ended")
-                self.begin_stop(EXIT_OK)
+            self._refresh_state()
+            self._check_sources_ended()
+
+    def _check_sources_ended(self) -> None:
+        if not self.config.supervisor.exit_when_sources_end or not self.decoders_started:
+            return
+        decoders = [e.handle for e in self.cameras.values()]
+        if not decoders or not all(h.finished or h.given_up for h in decoders):
+            return
+        failed = [h.camera_id for h in decoders if h.no_input]
+        if failed:
+            log.error("every source has ended; %s could not be opened", ", ".join(failed))
+            self.begin_stop(EXIT_NO_INPUT)
+        else:
+            log.info("every source has ended")
+            self.begin_stop(EXIT_OK)
 
     def _ping_watchdog(self, now: float) -> None:
         wd = self.notifier.watchdog_interval_s
@@ -492,8 +967,9 @@ class Supervisor:
         """Stop stages group by group, in flow order, against one deadline."""
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_s
         self.notifier.status("stopping: draining")
+        self._refresh_state(force=True)
         for group in (GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH):
-            members = [h for h in self.handles if h.group == group]
+            members = [h for h in self.handles() if h.group == group]
             for h in members:
                 h.next_start_at = None
                 if h.process is not None and h.process.is_alive() and h.process.pid is not None:
@@ -524,7 +1000,7 @@ class Supervisor:
                     h.process = None
 
     def _kill_all(self) -> None:
-        for h in self.handles:
+        for h in self.handles():
             if h.process is not None:
                 if h.process.is_alive() and h.process.pid is not None:
                     _kill(h.process.pid, signal.SIGKILL)
@@ -532,10 +1008,35 @@ class Supervisor:
                 h.process.close()
                 h.process = None
 
-    # -- state for the control API and monitoring ---------------------------------------
     def uptime_s(self) -> float:
         """Seconds since the supervisor started."""
         return time.monotonic() - self.started_mono
+
+
+def _log_reload_failure(fut: Future[Any]) -> None:
+    err = fut.exception()
+    if err is not None and not isinstance(err, ConfigError):
+        log.error("reload failed: %s", err)
+
+
+def _changed_sections(old: Config, new: Config) -> list[str]:
+    """Top-level keys (other than cameras) whose value differs."""
+    a = old.model_dump(mode="json", exclude={"cameras"})
+    b = new.model_dump(mode="json", exclude={"cameras"})
+    out = []
+    for key in a:
+        if isinstance(a[key], dict):
+            out += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key].get(k)]
+        elif a[key] != b[key]:
+            out.append(key)
+    return out
+
+
+def _close_unlink(obj: Any) -> None:
+    with contextlib.suppress(OSError):
+        obj.close()
+    with contextlib.suppress(OSError):
+        obj.unlink()
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
@@ -550,18 +1051,40 @@ def check_supported(config: Config) -> None:
             "kafka.enabled: Kafka publishing is not available in this version of itsd; "
             "set kafka.enabled: false (or pass --no-kafka) and use outputs.jsonl_path"
         )
-    if not config.cameras:
-        raise ConfigError("cameras: no camera is configured; add one under `cameras:`")
 
 
-def run_daemon(config: Config, on_started: Callable[[Supervisor], None] | None = None) -> int:
+def check_outputs(config: Config) -> None:
+    """Refuse an output that cannot be written, before anything starts."""
+    path = config.outputs.jsonl_path
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"outputs.jsonl_path: {path} is a directory; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"outputs.jsonl_path: cannot write {path}: {err.strerror or err}"
+        ) from None
+
+
+def run_daemon(
+    config: Config,
+    on_started: Callable[[Supervisor], None] | None = None,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
     """Resolve the model, then supervise the pipeline until stopped; returns the exit code."""
     from itsd.engines import resolve_model  # model look-up only; no inference here
 
     try:
         check_supported(config)
+        check_outputs(config)
         model_path = resolve_model(config.model.path)
-        sup = Supervisor(config, str(model_path))
+        sup = Supervisor(config, str(model_path), config_path, overrides)
         return sup.run(on_started)
     except ItsdError as err:
         log.error("%s", err)

@@ -10,6 +10,7 @@ This module must never import a stage module.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from itsd.config import Config
 from itsd.errors import ResourceError
@@ -23,8 +24,10 @@ def _start_services(sup: Supervisor) -> None:
     from itsd.control.server import start_control_server
     from itsd.monitor.http import MonitorServer
     from itsd.supervisor.backend import SupervisorBackend
+    from itsd.supervisor.snapshot import Snapshotter
 
     cfg = sup.config.server
+    sup.set_snapshotter(Snapshotter())
     backend = SupervisorBackend(sup)
     try:
         control = start_control_server(backend, cfg.grpc_bind, cfg.grpc_port)
@@ -34,7 +37,9 @@ def _start_services(sup: Supervisor) -> None:
     log.info("gRPC control API on %s", control.address)
     if cfg.monitoring_port:
         try:
-            monitor = MonitorServer(backend, cfg.monitoring_bind, cfg.monitoring_port)
+            monitor = MonitorServer(
+                backend, cfg.monitoring_bind, cfg.monitoring_port, lambda: backend.state.samples
+            )
         except OSError as err:
             raise ResourceError(str(err)) from None
         sup.add_service(monitor.stop)
@@ -45,7 +50,12 @@ def _start_services(sup: Supervisor) -> None:
         )
 
 
-def serve(config: Config) -> int:
-    """Run the daemon in this process until it stops; returns the exit code."""
+def serve(
+    config: Config, config_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> int:
+    """Run the daemon in this process until it stops; returns the exit code.
+
+    ``config_path`` and ``overrides`` (the command line's) are what a reload re-reads.
+    """
     setup_logging(config.logging.level, "supervisor", config.logging.format)
-    return run_daemon(config, on_started=_start_services)
+    return run_daemon(config, _start_services, config_path, overrides)

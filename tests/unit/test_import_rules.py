@@ -273,16 +273,7 @@ RULES: tuple[Rule, ...] = (
 
 #: (rule name, importing module, imported module) that break a rule today and are being
 #: removed. Delete an entry once its import is gone (the test says when).
-KNOWN_VIOLATIONS: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        # being removed: the constants move out of the stage harness
-        (
-            "the supervisor's ControlBackend imports nothing from itsd.stages",
-            "itsd.supervisor.backend",
-            "itsd.stages.runtime",
-        ),
-    }
-)
+KNOWN_VIOLATIONS: frozenset[tuple[str, str, str]] = frozenset()
 
 
 # ----------------------------------------------------------------------------- the checker

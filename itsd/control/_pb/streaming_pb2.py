@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import common_pb2 as itsd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17itsd/v1/streaming.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"?\n\x13StreamFramesRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x15\n\rinclude_empty\x18\x02 \x01(\x08\"\x18\n\x16GetQueueMetricsRequest\"\x7f\n\tRingStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0c\n\x04used\x18\x04 \x01(\r\x12\x0f\n\x07written\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x0f\n\x07skipped\x18\x07 \x01(\x04\"b\n\x0cQueueMetrics\x12!\n\x05rings\x18\x01 \x03(\x0b\x32\x12.itsd.v1.RingStats\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x0cStreamConfig\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x12\n\nsource_url\x18\x02 \x01(\t\x12\x12\n\ntarget_fps\x18\x03 \x01(\x01\x12\x10\n\x08priority\x18\x04 \x01(\x05\"X\n\nStreamInfo\x12%\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.itsd.v1.StreamConfig\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.itsd.v1.StreamState\">\n\x15RegisterStreamRequest\x12%\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.itsd.v1.StreamConfig\"=\n\x16RegisterStreamResponse\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.itsd.v1.StreamInfo\"C\n\x17UnregisterStreamRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"+\n\x18UnregisterStreamResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x14\n\x12ListStreamsRequest\";\n\x13ListStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.itsd.v1.StreamInfo*\xb2\x01\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAM_STATE_STARTING\x10\x01\x12\x18\n\x14STREAM_STATE_RUNNING\x10\x02\x12\x1d\n\x19STREAM_STATE_RECONNECTING\x10\x03\x12\x18\n\x14STREAM_STATE_STOPPED\x10\x04\x12\x17\n\x13STREAM_STATE_FAILED\x10\x05\x32\xf5\x03\n\x10StreamingService\x12\x44\n\x0cStreamFrames\x12\x1c.itsd.v1.StreamFramesRequest\x1a\x14.itsd.v1.FrameResult0\x01\x12Z\n\x11ProcessFrameBatch\x12!.itsd.v1.ProcessFrameBatchRequest\x1a\".itsd.v1.ProcessFrameBatchResponse\x12I\n\x0fGetQueueMetrics\x12\x1f.itsd.v1.GetQueueMetricsRequest\x1a\x15.itsd.v1.QueueMetrics\x12Q\n\x0eRegisterStream\x12\x1e.itsd.v1.RegisterStreamRequest\x1a\x1f.itsd.v1.RegisterStreamResponse\x12W\n\x10UnregisterStream\x12 .itsd.v1.UnregisterStreamRequest\x1a!.itsd.v1.UnregisterStreamResponse\x12H\n\x0bListStreams\x12\x1b.itsd.v1.ListStreamsRequest\x1a\x1c.itsd.v1.ListStreamsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17itsd/v1/streaming.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"?\n\x13StreamFramesRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x15\n\rinclude_empty\x18\x02 \x01(\x08\"\x18\n\x16GetQueueMetricsRequest\"\x7f\n\tRingStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0c\n\x04used\x18\x04 \x01(\r\x12\x0f\n\x07written\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x0f\n\x07skipped\x18\x07 \x01(\x04\"b\n\x0cQueueMetrics\x12!\n\x05rings\x18\x01 \x03(\x0b\x32\x12.itsd.v1.RingStats\x12/\n\x0bobserved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x0cStreamConfig\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x12\n\nsource_url\x18\x02 \x01(\t\x12\x12\n\ntarget_fps\x18\x03 \x01(\x01\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x14\n\x0coptions_json\x18\x05 \x01(\t\"X\n\nStreamInfo\x12%\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.itsd.v1.StreamConfig\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.itsd.v1.StreamState\">\n\x15RegisterStreamRequest\x12%\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.itsd.v1.StreamConfig\"=\n\x16RegisterStreamResponse\x12#\n\x06stream\x18\x01 \x01(\x0b\x32\x13.itsd.v1.StreamInfo\"C\n\x17UnregisterStreamRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"+\n\x18UnregisterStreamResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x14\n\x12ListStreamsRequest\";\n\x13ListStreamsResponse\x12$\n\x07streams\x18\x01 \x03(\x0b\x32\x13.itsd.v1.StreamInfo\"\x15\n\x13ReloadConfigRequest\"D\n\x14ReloadConfigResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\x12\x0c\n\x04kept\x18\x03 \x03(\t*\xb2\x01\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAM_STATE_STARTING\x10\x01\x12\x18\n\x14STREAM_STATE_RUNNING\x10\x02\x12\x1d\n\x19STREAM_STATE_RECONNECTING\x10\x03\x12\x18\n\x14STREAM_STATE_STOPPED\x10\x04\x12\x17\n\x13STREAM_STATE_FAILED\x10\x05\x32\xc2\x04\n\x10StreamingService\x12\x44\n\x0cStreamFrames\x12\x1c.itsd.v1.StreamFramesRequest\x1a\x14.itsd.v1.FrameResult0\x01\x12Z\n\x11ProcessFrameBatch\x12!.itsd.v1.ProcessFrameBatchRequest\x1a\".itsd.v1.ProcessFrameBatchResponse\x12I\n\x0fGetQueueMetrics\x12\x1f.itsd.v1.GetQueueMetricsRequest\x1a\x15.itsd.v1.QueueMetrics\x12Q\n\x0eRegisterStream\x12\x1e.itsd.v1.RegisterStreamRequest\x1a\x1f.itsd.v1.RegisterStreamResponse\x12W\n\x10UnregisterStream\x12 .itsd.v1.UnregisterStreamRequest\x1a!.itsd.v1.UnregisterStreamResponse\x12H\n\x0bListStreams\x12\x1b.itsd.v1.ListStreamsRequest\x1a\x1c.itsd.v1.ListStreamsResponse\x12K\n\x0cReloadConfig\x12\x1c.itsd.v1.ReloadConfigRequest\x1a\x1d.itsd.v1.ReloadConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'itsd.control._pb.streaming_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMSTATE']._serialized_start=919
-  _globals['_STREAMSTATE']._serialized_end=1097
+  _globals['_STREAMSTATE']._serialized_start=1034
+  _globals['_STREAMSTATE']._serialized_end=1212
   _globals['_STREAMFRAMESREQUEST']._serialized_start=91
   _globals['_STREAMFRAMESREQUEST']._serialized_end=154
   _globals['_GETQUEUEMETRICSREQUEST']._serialized_start=156
@@ -45,21 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUEUEMETRICS']._serialized_start=311
   _globals['_QUEUEMETRICS']._serialized_end=409
   _globals['_STREAMCONFIG']._serialized_start=411
-  _globals['_STREAMCONFIG']._serialized_end=502
-  _globals['_STREAMINFO']._serialized_start=504
-  _globals['_STREAMINFO']._serialized_end=592
-  _globals['_REGISTERSTREAMREQUEST']._serialized_start=594
-  _globals['_REGISTERSTREAMREQUEST']._serialized_end=656
-  _globals['_REGISTERSTREAMRESPONSE']._serialized_start=658
-  _globals['_REGISTERSTREAMRESPONSE']._serialized_end=719
-  _globals['_UNREGISTERSTREAMREQUEST']._serialized_start=721
-  _globals['_UNREGISTERSTREAMREQUEST']._serialized_end=788
-  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_start=790
-  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_end=833
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=835
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=855
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=857
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=916
-  _globals['_STREAMINGSERVICE']._serialized_start=1100
-  _globals['_STREAMINGSERVICE']._serialized_end=1601
+  _globals['_STREAMCONFIG']._serialized_end=524
+  _globals['_STREAMINFO']._serialized_start=526
+  _globals['_STREAMINFO']._serialized_end=614
+  _globals['_REGISTERSTREAMREQUEST']._serialized_start=616
+  _globals['_REGISTERSTREAMREQUEST']._serialized_end=678
+  _globals['_REGISTERSTREAMRESPONSE']._serialized_start=680
+  _globals['_REGISTERSTREAMRESPONSE']._serialized_end=741
+  _globals['_UNREGISTERSTREAMREQUEST']._serialized_start=743
+  _globals['_UNREGISTERSTREAMREQUEST']._serialized_end=810
+  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_start=812
+  _globals['_UNREGISTERSTREAMRESPONSE']._serialized_end=855
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=857
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=877
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=879
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=938
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=940
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=961
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=963
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=1031
+  _globals['_STREAMINGSERVICE']._serialized_start=1215
+  _globals['_STREAMINGSERVICE']._serialized_end=1793
 # @@protoc_insertion_point(module_scope)

@@ -66,16 +66,18 @@ class QueueMetrics(_message.Message):
     def __init__(self, rings: _Optional[_Iterable[_Union[RingStats, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("camera_id", "source_url", "target_fps", "priority")
+    __slots__ = ("camera_id", "source_url", "target_fps", "priority", "options_json")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_URL_FIELD_NUMBER: _ClassVar[int]
     TARGET_FPS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     source_url: str
     target_fps: float
     priority: int
-    def __init__(self, camera_id: _Optional[str] = ..., source_url: _Optional[str] = ..., target_fps: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
+    options_json: str
+    def __init__(self, camera_id: _Optional[str] = ..., source_url: _Optional[str] = ..., target_fps: _Optional[float] = ..., priority: _Optional[int] = ..., options_json: _Optional[str] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
     __slots__ = ("config", "state")
@@ -120,3 +122,17 @@ class ListStreamsResponse(_message.Message):
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
     def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadConfigResponse(_message.Message):
+    __slots__ = ("added", "removed", "kept")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    kept: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -67,6 +67,11 @@ class StreamingServiceStub:
                 request_serializer=itsd_dot_v1_dot_streaming__pb2.ListStreamsRequest.SerializeToString,
                 response_deserializer=itsd_dot_v1_dot_streaming__pb2.ListStreamsResponse.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/itsd.v1.StreamingService/ReloadConfig',
+                request_serializer=itsd_dot_v1_dot_streaming__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=itsd_dot_v1_dot_streaming__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
 
 
 class StreamingServiceServicer:
@@ -122,6 +127,15 @@ class StreamingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Re-read the daemon's configuration file and apply the difference in cameras (added,
+        removed, changed: only changed cameras are touched). INVALID_ARGUMENT with every
+        error when the file does not validate; the running configuration then stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +168,11 @@ def add_StreamingServiceServicer_to_server(servicer, server):
                     servicer.ListStreams,
                     request_deserializer=itsd_dot_v1_dot_streaming__pb2.ListStreamsRequest.FromString,
                     response_serializer=itsd_dot_v1_dot_streaming__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=itsd_dot_v1_dot_streaming__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=itsd_dot_v1_dot_streaming__pb2.ReloadConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +338,33 @@ class StreamingService:
             '/itsd.v1.StreamingService/ListStreams',
             itsd_dot_v1_dot_streaming__pb2.ListStreamsRequest.SerializeToString,
             itsd_dot_v1_dot_streaming__pb2.ListStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/itsd.v1.StreamingService/ReloadConfig',
+            itsd_dot_v1_dot_streaming__pb2.ReloadConfigRequest.SerializeToString,
+            itsd_dot_v1_dot_streaming__pb2.ReloadConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import common_pb2 as itsd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14itsd/v1/vision.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"`\n\x13ProcessFrameRequest\x12\x1d\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x0e.itsd.v1.Frame\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.itsd.v1.InferenceOptions\"\x18\n\x16GetEngineHealthRequest\"\x19\n\x17GetEngineMetricsRequest\"\xaa\x01\n\x0bStageHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.itsd.v1.StageState\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12!\n\x14last_heartbeat_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\tB\x17\n\x15_last_heartbeat_age_s\"\xd0\x01\n\x0c\x45ngineHealth\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.itsd.v1.ServingStatus\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12$\n\x06stages\x18\x06 \x03(\x0b\x32\x14.itsd.v1.StageHealth\x12/\n\x0bobserved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0e\x42\x61tchSizeStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\r\"N\n\x0cLatencyStats\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0e\n\x06max_ms\x18\x04 \x01(\x01\"\xee\x01\n\x0e\x43\x61meraCounters\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rames_decoded\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_inferred\x18\x03 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x04 \x01(\x04\x12\x0e\n\x06\x66ps_in\x18\x05 \x01(\x01\x12\x0f\n\x07\x66ps_out\x18\x06 \x01(\x01\x12\x31\n\x05\x65xtra\x18\x07 \x03(\x0b\x32\".itsd.v1.CameraCounters.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xce\x03\n\rEngineMetrics\x12\x16\n\x0e\x66rames_decoded\x18\x01 \x01(\x04\x12\x17\n\x0f\x66rames_inferred\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x03 \x01(\x04\x12\x12\n\ndecode_fps\x18\x04 \x01(\x01\x12\x15\n\rinference_fps\x18\x05 \x01(\x01\x12+\n\nbatch_size\x18\x06 \x01(\x0b\x32\x17.itsd.v1.BatchSizeStats\x12\x30\n\x11inference_latency\x18\x07 \x01(\x0b\x32\x15.itsd.v1.LatencyStats\x12/\n\x10pipeline_latency\x18\x08 \x01(\x0b\x32\x15.itsd.v1.LatencyStats\x12(\n\x07\x63\x61meras\x18\t \x03(\x0b\x32\x17.itsd.v1.CameraCounters\x12/\n\x0bobserved_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05\x65xtra\x18\x0b \x03(\x0b\x32!.itsd.v1.EngineMetrics.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03*\xd9\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_STATE_STARTING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x17\n\x13STAGE_STATE_STALLED\x10\x03\x12\x17\n\x13STAGE_STATE_BACKOFF\x10\x04\x12\x18\n\x14STAGE_STATE_STOPPING\x10\x05\x12\x17\n\x13STAGE_STATE_STOPPED\x10\x06\x12\x16\n\x12STAGE_STATE_FAILED\x10\x07\x32\x8d\x03\n\x11VisionCoreService\x12\x42\n\x0cProcessFrame\x12\x1c.itsd.v1.ProcessFrameRequest\x1a\x14.itsd.v1.FrameResult\x12Z\n\x11ProcessFrameBatch\x12!.itsd.v1.ProcessFrameBatchRequest\x1a\".itsd.v1.ProcessFrameBatchResponse\x12?\n\x13ProcessCameraStream\x12\x0e.itsd.v1.Frame\x1a\x14.itsd.v1.FrameResult(\x01\x30\x01\x12I\n\x0fGetEngineHealth\x12\x1f.itsd.v1.GetEngineHealthRequest\x1a\x15.itsd.v1.EngineHealth\x12L\n\x10GetEngineMetrics\x12 .itsd.v1.GetEngineMetricsRequest\x1a\x16.itsd.v1.EngineMetricsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14itsd/v1/vision.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"`\n\x13ProcessFrameRequest\x12\x1d\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x0e.itsd.v1.Frame\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.itsd.v1.InferenceOptions\"\x18\n\x16GetEngineHealthRequest\"\x19\n\x17GetEngineMetricsRequest\"\xaa\x01\n\x0bStageHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.itsd.v1.StageState\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12!\n\x14last_heartbeat_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\tB\x17\n\x15_last_heartbeat_age_s\"\xe1\x01\n\x0c\x45ngineHealth\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.itsd.v1.ServingStatus\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12$\n\x06stages\x18\x06 \x03(\x0b\x32\x14.itsd.v1.StageHealth\x12/\n\x0bobserved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07reasons\x18\x08 \x03(\t\"F\n\x0e\x42\x61tchSizeStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\r\"N\n\x0cLatencyStats\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0e\n\x06max_ms\x18\x04 \x01(\x01\"\xee\x01\n\x0e\x43\x61meraCounters\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rames_decoded\x18\x02 \x01(\x04\x12\x17\n\x0f\x66rames_inferred\x18\x03 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x04 \x01(\x04\x12\x0e\n\x06\x66ps_in\x18\x05 \x01(\x01\x12\x0f\n\x07\x66ps_out\x18\x06 \x01(\x01\x12\x31\n\x05\x65xtra\x18\x07 \x03(\x0b\x32\".itsd.v1.CameraCounters.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xce\x03\n\rEngineMetrics\x12\x16\n\x0e\x66rames_decoded\x18\x01 \x01(\x04\x12\x17\n\x0f\x66rames_inferred\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x03 \x01(\x04\x12\x12\n\ndecode_fps\x18\x04 \x01(\x01\x12\x15\n\rinference_fps\x18\x05 \x01(\x01\x12+\n\nbatch_size\x18\x06 \x01(\x0b\x32\x17.itsd.v1.BatchSizeStats\x12\x30\n\x11inference_latency\x18\x07 \x01(\x0b\x32\x15.itsd.v1.LatencyStats\x12/\n\x10pipeline_latency\x18\x08 \x01(\x0b\x32\x15.itsd.v1.LatencyStats\x12(\n\x07\x63\x61meras\x18\t \x03(\x0b\x32\x17.itsd.v1.CameraCounters\x12/\n\x0bobserved_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05\x65xtra\x18\x0b \x03(\x0b\x32!.itsd.v1.EngineMetrics.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03*\xd9\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_STATE_STARTING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x17\n\x13STAGE_STATE_STALLED\x10\x03\x12\x17\n\x13STAGE_STATE_BACKOFF\x10\x04\x12\x18\n\x14STAGE_STATE_STOPPING\x10\x05\x12\x17\n\x13STAGE_STATE_STOPPED\x10\x06\x12\x16\n\x12STAGE_STATE_FAILED\x10\x07\x32\x8d\x03\n\x11VisionCoreService\x12\x42\n\x0cProcessFrame\x12\x1c.itsd.v1.ProcessFrameRequest\x1a\x14.itsd.v1.FrameResult\x12Z\n\x11ProcessFrameBatch\x12!.itsd.v1.ProcessFrameBatchRequest\x1a\".itsd.v1.ProcessFrameBatchResponse\x12?\n\x13ProcessCameraStream\x12\x0e.itsd.v1.Frame\x1a\x14.itsd.v1.FrameResult(\x01\x30\x01\x12I\n\x0fGetEngineHealth\x12\x1f.itsd.v1.GetEngineHealthRequest\x1a\x15.itsd.v1.EngineHealth\x12L\n\x10GetEngineMetrics\x12 .itsd.v1.GetEngineMetricsRequest\x1a\x16.itsd.v1.EngineMetricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMERACOUNTERS_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_ENGINEMETRICS_EXTRAENTRY']._loaded_options = None
   _globals['_ENGINEMETRICS_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_SERVINGSTATUS']._serialized_start=1482
-  _globals['_SERVINGSTATUS']._serialized_end=1618
-  _globals['_STAGESTATE']._serialized_start=1621
-  _globals['_STAGESTATE']._serialized_end=1838
+  _globals['_SERVINGSTATUS']._serialized_start=1499
+  _globals['_SERVINGSTATUS']._serialized_end=1635
+  _globals['_STAGESTATE']._serialized_start=1638
+  _globals['_STAGESTATE']._serialized_end=1855
   _globals['_PROCESSFRAMEREQUEST']._serialized_start=88
   _globals['_PROCESSFRAMEREQUEST']._serialized_end=184
   _globals['_GETENGINEHEALTHREQUEST']._serialized_start=186
@@ -51,19 +51,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGEHEALTH']._serialized_start=240
   _globals['_STAGEHEALTH']._serialized_end=410
   _globals['_ENGINEHEALTH']._serialized_start=413
-  _globals['_ENGINEHEALTH']._serialized_end=621
-  _globals['_BATCHSIZESTATS']._serialized_start=623
-  _globals['_BATCHSIZESTATS']._serialized_end=693
-  _globals['_LATENCYSTATS']._serialized_start=695
-  _globals['_LATENCYSTATS']._serialized_end=773
-  _globals['_CAMERACOUNTERS']._serialized_start=776
-  _globals['_CAMERACOUNTERS']._serialized_end=1014
-  _globals['_CAMERACOUNTERS_EXTRAENTRY']._serialized_start=970
-  _globals['_CAMERACOUNTERS_EXTRAENTRY']._serialized_end=1014
-  _globals['_ENGINEMETRICS']._serialized_start=1017
-  _globals['_ENGINEMETRICS']._serialized_end=1479
-  _globals['_ENGINEMETRICS_EXTRAENTRY']._serialized_start=970
-  _globals['_ENGINEMETRICS_EXTRAENTRY']._serialized_end=1014
-  _globals['_VISIONCORESERVICE']._serialized_start=1841
-  _globals['_VISIONCORESERVICE']._serialized_end=2238
+  _globals['_ENGINEHEALTH']._serialized_end=638
+  _globals['_BATCHSIZESTATS']._serialized_start=640
+  _globals['_BATCHSIZESTATS']._serialized_end=710
+  _globals['_LATENCYSTATS']._serialized_start=712
+  _globals['_LATENCYSTATS']._serialized_end=790
+  _globals['_CAMERACOUNTERS']._serialized_start=793
+  _globals['_CAMERACOUNTERS']._serialized_end=1031
+  _globals['_CAMERACOUNTERS_EXTRAENTRY']._serialized_start=987
+  _globals['_CAMERACOUNTERS_EXTRAENTRY']._serialized_end=1031
+  _globals['_ENGINEMETRICS']._serialized_start=1034
+  _globals['_ENGINEMETRICS']._serialized_end=1496
+  _globals['_ENGINEMETRICS_EXTRAENTRY']._serialized_start=987
+  _globals['_ENGINEMETRICS_EXTRAENTRY']._serialized_end=1031
+  _globals['_VISIONCORESERVICE']._serialized_start=1858
+  _globals['_VISIONCORESERVICE']._serialized_end=2255
 # @@protoc_insertion_point(module_scope)

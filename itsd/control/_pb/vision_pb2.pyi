@@ -75,7 +75,7 @@ class StageHealth(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[StageState, str]] = ..., restarts: _Optional[int] = ..., last_heartbeat_age_s: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class EngineHealth(_message.Message):
-    __slots__ = ("status", "version", "uptime_s", "backend", "model", "stages", "observed_at")
+    __slots__ = ("status", "version", "uptime_s", "backend", "model", "stages", "observed_at", "reasons")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class EngineHealth(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     status: ServingStatus
     version: str
     uptime_s: float
@@ -90,7 +91,8 @@ class EngineHealth(_message.Message):
     model: str
     stages: _containers.RepeatedCompositeFieldContainer[StageHealth]
     observed_at: _timestamp_pb2.Timestamp
-    def __init__(self, status: _Optional[_Union[ServingStatus, str]] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageHealth, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[ServingStatus, str]] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageHealth, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchSizeStats(_message.Message):
     __slots__ = ("mean", "min", "max", "last")

@@ -184,7 +184,7 @@ def reader_main(
                     fid = slot.frame_id
                     where = f"camera {cam} frame {fid} seq {slot.seq} (seed {seed})"
                     w, h, mode = plan(seed, cam, fid)
-                    assert slot.camera_index == cam, where
+                    assert slot.camera_key == cam, where
                     assert slot.seq > last_seq[cam], f"{where}: seq after {last_seq[cam]}"
                     assert fid > last_fid[cam], f"{where}: frame id after {last_fid[cam]}"
                     assert mode != "abort", f"{where}: an aborted frame was published"
@@ -277,7 +277,7 @@ def test_shm_stress_multi_process(shm_dir: str) -> None:
     rings = [
         FrameRing.create(
             segment_name(run, "frame", f"cam{cam}"),
-            camera_index=cam,
+            camera_key=cam,
             slot_count=3 if cam == 0 else 2,
             max_width=MAX_W,
             max_height=MAX_H,
@@ -437,7 +437,7 @@ def _kill_while_holding(ring: FrameRing, role: str) -> None:
 def test_shm_reader_killed_while_holding_slot_is_recovered(shm_dir: str) -> None:
     ring = FrameRing.create(
         segment_name(new_run_id(), "frame", "kill"),
-        camera_index=0,
+        camera_key=0,
         slot_count=2,
         max_width=8,
         max_height=8,
@@ -467,7 +467,7 @@ def test_shm_reader_killed_while_holding_slot_is_recovered(shm_dir: str) -> None
 def test_shm_writer_killed_mid_write_is_recovered(shm_dir: str) -> None:
     ring = FrameRing.create(
         segment_name(new_run_id(), "frame", "killw"),
-        camera_index=0,
+        camera_key=0,
         slot_count=2,
         max_width=8,
         max_height=8,

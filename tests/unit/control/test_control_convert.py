@@ -56,7 +56,7 @@ DETECTION_EVENT = {
     [
         ("rtsp://admin:s3cret@10.0.0.5:554/live", "rtsp://admin:***@10.0.0.5:554/live"),
         ("rtsp://u:p@ss@cam/x?a=1", "rtsp://u:***@cam/x?a=1"),
-        ("rtsp://viewer@cam/x", "rtsp://viewer@cam/x"),  # no password: unchanged
+        ("rtsp://viewer@cam/x", "rtsp://***@cam/x"),  # a lone user name may be a token
         ("http://cam.local/mjpeg", "http://cam.local/mjpeg"),
         ("/data/clips/a.mp4", "/data/clips/a.mp4"),
         ("rtsp://[::1", "rtsp://[::1"),  # unparsable: unchanged

@@ -127,6 +127,7 @@ def test_every_element_is_documented(tmp_path: Path) -> None:
                 "RegisterStream": (False, False),
                 "UnregisterStream": (False, False),
                 "ListStreams": (False, False),
+                "ReloadConfig": (False, False),
             },
         ),
         (

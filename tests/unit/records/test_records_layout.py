@@ -20,7 +20,7 @@ from itsd.records import (
 def make(n: int) -> DetectionRecord:
     rng = np.random.default_rng(n)
     return DetectionRecord(
-        camera_index=3,
+        camera_key=3,
         frame_id=2**40 + 5,
         pts=-7,
         capture_wall_ns=1_700_000_000_000_000_000,
@@ -42,7 +42,7 @@ def test_detection_round_trip(n: int) -> None:
     data = rec.pack()
     assert record_magic(data) == DET_MAGIC
     back = DetectionRecord.unpack(data)
-    assert back.frame_id == rec.frame_id and back.pts == -7 and back.camera_index == 3
+    assert back.frame_id == rec.frame_id and back.pts == -7 and back.camera_key == 3
     assert np.array_equal(back.boxes, rec.boxes)
     assert np.array_equal(back.scores, rec.scores)
     assert np.array_equal(back.class_ids, rec.class_ids)

@@ -128,7 +128,7 @@ def test_global_flags(block: ControlBlock) -> None:
 
 def test_attach_checks_kind(run_id: str) -> None:
     ring = FrameRing.create(
-        segment_name(run_id, "frame", "c"), camera_index=0, slot_count=2, max_width=4, max_height=4
+        segment_name(run_id, "frame", "c"), camera_key=0, slot_count=2, max_width=4, max_height=4
     )
     try:
         with pytest.raises(ValueError, match="is not a control block"):

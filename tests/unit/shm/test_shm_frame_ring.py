@@ -37,7 +37,7 @@ def frame(frame_id: int, width: int = MAX_W, height: int = MAX_H, channels: int 
 def ring(run_id: str) -> Iterator[FrameRing]:
     r = FrameRing.create(
         segment_name(run_id, "frame", "cam3"),
-        camera_index=3,
+        camera_key=3,
         slot_count=3,
         max_width=MAX_W,
         max_height=MAX_H,
@@ -78,7 +78,7 @@ def test_required_size_is_page_aligned() -> None:
 def test_create_attach_and_header_fields(ring: FrameRing) -> None:
     other = FrameRing.attach(ring.name)
     try:
-        assert (other.camera_index, other.slot_count) == (3, 3)
+        assert (other.camera_key, other.slot_count) == (3, 3)
         assert (other.max_width, other.max_height, other.channels) == (MAX_W, MAX_H, 3)
         assert other.name == ring.name
     finally:
@@ -138,7 +138,7 @@ def test_free_writing_ready_reading_free(ring: FrameRing) -> None:
     slot = ring.acquire_newest()
     assert slot is not None
     assert ring.slot_states()[slot.index] == SLOT_READING
-    assert (slot.seq, slot.camera_index, slot.width, slot.height) == (1, 3, 32, 16)
+    assert (slot.seq, slot.camera_key, slot.width, slot.height) == (1, 3, 32, 16)
     assert slot.pixel_format == PIXEL_FORMAT_BGR24
     check(slot, 9)
     slot.release()
@@ -222,7 +222,7 @@ def test_writer_never_touches_a_reading_slot(ring: FrameRing) -> None:
 def test_rejects_when_every_slot_is_held(run_id: str) -> None:
     r = FrameRing.create(
         segment_name(run_id, "frame", "two"),
-        camera_index=0,
+        camera_key=0,
         slot_count=2,
         max_width=8,
         max_height=8,
@@ -250,7 +250,7 @@ def test_rejects_when_every_slot_is_held(run_id: str) -> None:
 def test_two_slots_with_reader_and_writer_busy(run_id: str) -> None:
     r = FrameRing.create(
         segment_name(run_id, "frame", "pair"),
-        camera_index=0,
+        camera_key=0,
         slot_count=2,
         max_width=8,
         max_height=8,
@@ -427,7 +427,7 @@ def test_non_contiguous_input_is_copied_correctly(ring: FrameRing) -> None:
 def test_gray_ring_takes_2d_frames(run_id: str) -> None:
     r = FrameRing.create(
         segment_name(run_id, "frame", "gray"),
-        camera_index=1,
+        camera_key=1,
         slot_count=2,
         max_width=16,
         max_height=16,
@@ -489,7 +489,7 @@ def test_random_operations_keep_the_invariants(
     """
     r = FrameRing.create(
         segment_name(run_id, "frame", f"m{slot_count}"),
-        camera_index=7,
+        camera_key=7,
         slot_count=slot_count,
         max_width=16,
         max_height=16,
@@ -522,7 +522,7 @@ def test_random_operations_keep_the_invariants(
                 else:
                     assert s is not None
                     check(s, newest_unread)
-                    assert s.camera_index == 7
+                    assert s.camera_key == 7
                     assert s.seq > last_seq
                     last_seq = s.seq
                     held.append(s)
@@ -548,7 +548,7 @@ def test_random_operations_keep_the_invariants(
 def test_closed_ring_refuses_work(run_id: str) -> None:
     r = FrameRing.create(
         segment_name(run_id, "frame", "closed"),
-        camera_index=0,
+        camera_key=0,
         slot_count=2,
         max_width=4,
         max_height=4,

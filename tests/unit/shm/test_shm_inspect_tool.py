@@ -23,7 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_inspect_lists_segments_and_counters(run_id: str, shm_dir: Path) -> None:
     ring = FrameRing.create(
         segment_name(run_id, "frame", "cam0"),
-        camera_index=2,
+        camera_key=2,
         slot_count=3,
         max_width=8,
         max_height=8,
@@ -47,7 +47,7 @@ def test_inspect_lists_segments_and_counters(run_id: str, shm_dir: Path) -> None
 
         rows = {r["name"]: r for r in json.loads(_run("--json").stdout)}
         assert rows[ring.name]["type"] == "frame_ring"
-        assert rows[ring.name]["camera_index"] == 2
+        assert rows[ring.name]["camera_key"] == 2
         assert rows[ring.name]["counters"]["written"] == 1
         assert rows[rec.name]["counters"]["put"] == 1
         assert rows[ctl.name]["stages"][0]["name"] == "infer"

@@ -44,7 +44,7 @@ def test_is_live() -> None:
 def _record(frame_id: int, x: float, t: float) -> DetectionRecord:
     boxes = np.array([[x, 100, x + 60, 140], [500, 10, 520, 60]], np.float32)
     return DetectionRecord(
-        camera_index=0,
+        camera_key=0,
         frame_id=frame_id,
         pts=frame_id,
         capture_wall_ns=int(t * 1e9),

@@ -1,0 +1,363 @@
+"""The metric registry: every counter, gauge and state word of itsd, defined once.
+
+A ``MetricDef`` names a metric (Prometheus style, ``itsd_...``), its kind, its help text
+and its labels. Stages write values into their own shared-memory cell table
+(``itsd.shm.cells``) through ``MetricWriter``; the supervisor reads every table with
+``read_table`` and gets ``Sample``s that carry their definition, so ``/metrics``, the
+gRPC answers and ``tools/shm_inspect.py`` print metrics by name and help, never by an
+index. Series are keyed by name and label values (``camera``, ``sink``, ``gpu`` ...):
+there is no fixed number of slots per camera or stage.
+
+Kinds:
+
+* ``counter``: only grows during a run (u64 in the cell);
+* ``gauge``: a float that goes up and down (the cell holds the float64's bits);
+* ``state``: an internal word (next frame id, end-of-file flag, applied command
+  sequence); shown by ``shm_inspect`` but not exported to Prometheus.
+
+This module must never import a stage, the supervisor, ``control`` or ``monitor``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from itsd.shm.cells import CellTable
+
+
+class Kind(enum.StrEnum):
+    """What a metric's value means."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    STATE = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """One metric: name, kind, help text and label names."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    #: Who writes it: a stage kind ("decode", "infer", "analyze", "publish"), "ring"
+    #: (read from ring headers) or "supervisor".
+    source: str = ""
+    #: Exported value = stored integer x scale (time counters store microseconds).
+    scale: float = 1.0
+
+    @property
+    def exported(self) -> bool:
+        """True for metrics that appear in ``/metrics``."""
+        return self.kind is not Kind.STATE
+
+
+REGISTRY: dict[str, MetricDef] = {}
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def define(
+    name: str,
+    kind: Kind,
+    help: str,
+    labels: tuple[str, ...] = (),
+    source: str = "",
+    scale: float = 1.0,
+) -> MetricDef:
+    """Register a metric; a name may be defined once."""
+    if not _NAME_RE.match(name):
+        raise ValueError(f"metric name {name!r} is not a valid Prometheus name")
+    if name in REGISTRY:
+        raise ValueError(f"metric {name!r} is defined twice")
+    if kind is Kind.COUNTER and not name.endswith("_total"):
+        raise ValueError(f"counter {name!r} must end in _total")
+    d = MetricDef(name, kind, help, labels, source, scale)
+    REGISTRY[name] = d
+    return d
+
+
+C, G, S = Kind.COUNTER, Kind.GAUGE, Kind.STATE
+CAM = ("camera",)
+
+# -- decode (one table per camera) -------------------------------------------------------
+DECODE_FRAMES = define(
+    "itsd_decode_frames_total", C, "Frames decoded from the source.", CAM, "decode"
+)
+DECODE_WRITTEN = define(
+    "itsd_decode_frames_written_total", C, "Frames written to the camera's ring.", CAM, "decode"
+)
+DECODE_SKIPPED = define(
+    "itsd_decode_frames_skipped_total",
+    C,
+    "Decoded frames not kept because the camera runs below the source's frame rate.",
+    CAM,
+    "decode",
+)
+DECODE_ERRORS = define(
+    "itsd_decode_errors_total", C, "Corrupt packets skipped and failed reads.", CAM, "decode"
+)
+DECODE_RECONNECTS = define(
+    "itsd_decode_reconnects_total",
+    C,
+    "Attempts to open the source again after it failed or ended.",
+    CAM,
+    "decode",
+)
+DECODE_LAST_FRAME = define(
+    "itsd_decode_last_frame_timestamp_seconds",
+    G,
+    "Unix time of the last frame written to the ring.",
+    CAM,
+    "decode",
+)
+DECODE_NEXT_FRAME_ID = define(
+    "itsd_decode_next_frame_id",
+    S,
+    "Next frame id (survives a restart of the stage).",
+    CAM,
+    "decode",
+)
+DECODE_EOF = define("itsd_decode_eof", S, "1 once a non-looping file source ended.", CAM, "decode")
+
+# -- inference -----------------------------------------------------------------------------
+INFER_FRAMES = define(
+    "itsd_infer_frames_total", C, "Frames that went through the detector.", CAM, "infer"
+)
+INFER_BATCHES = define("itsd_infer_batches_total", C, "Inference batches run.", (), "infer")
+INFER_SECONDS = define(
+    "itsd_infer_seconds_total", C, "Seconds spent running the detector.", (), "infer", 1e-6
+)
+INFER_CAMERAS = define(
+    "itsd_infer_cameras", G, "Camera rings the inference stage reads.", (), "infer"
+)
+
+# -- analytics -----------------------------------------------------------------------------
+ANALYZE_RECORDS = define(
+    "itsd_analyze_frames_total", C, "Frames of detections analysed.", CAM, "analyze"
+)
+ANALYZE_EVENTS = define(
+    "itsd_analyze_events_total", C, "Events handed to the publisher.", CAM, "analyze"
+)
+ANALYZE_ERRORS = define(
+    "itsd_analyze_bad_records_total",
+    C,
+    "Detection records skipped: malformed, or for a camera already removed.",
+    (),
+    "analyze",
+)
+ANALYZE_CROSSINGS = define(
+    "itsd_analyze_line_crossings_total", C, "Line crossings counted.", CAM, "analyze"
+)
+ANALYZE_TRACKS = define(
+    "itsd_analyze_tracks_in_view", G, "Confirmed tracks in view.", CAM, "analyze"
+)
+ANALYZE_LATENCY_SUM = define(
+    "itsd_analyze_latency_seconds_total",
+    C,
+    "Sum of the times from capture to analytics over every frame, seconds "
+    "(divide by itsd_analyze_frames_total for the mean).",
+    (),
+    "analyze",
+    1e-6,
+)
+
+# -- publisher -----------------------------------------------------------------------------
+PUBLISH_EVENTS = define(
+    "itsd_publish_events_total", C, "Events written to an output.", ("sink",), "publish"
+)
+PUBLISH_ERRORS = define(
+    "itsd_publish_errors_total", C, "Failed writes to an output (retried).", ("sink",), "publish"
+)
+PUBLISH_SECONDS = define(
+    "itsd_publish_seconds_total", C, "Seconds spent writing events.", ("sink",), "publish", 1e-6
+)
+PUBLISH_HELD = define(
+    "itsd_publish_events_held",
+    G,
+    "Events held in the ring because an output refuses them.",
+    ("sink",),
+    "publish",
+)
+
+# -- every stage -----------------------------------------------------------------------------
+STAGE_COMMAND_SEQ = define(
+    "itsd_stage_command_seq", S, "Sequence number of the last command this stage applied."
+)
+
+# -- rings (read from the ring headers by the supervisor) -----------------------------------
+RING_WRITTEN = define(
+    "itsd_ring_frames_written_total", C, "Frames written into a camera's ring.", CAM, "ring"
+)
+RING_READ = define(
+    "itsd_ring_frames_read_total", C, "Frames inference took from a camera's ring.", CAM, "ring"
+)
+RING_DROPPED = define(
+    "itsd_ring_frames_dropped_total",
+    C,
+    "Frames overwritten or skipped before inference took them (newest frame wins).",
+    CAM,
+    "ring",
+)
+RING_RECORDS = define(
+    "itsd_ring_records_total", C, "Records put on a record ring.", ("ring",), "ring"
+)
+RING_USED = define("itsd_ring_used_ratio", G, "Fill level of a ring, 0..1.", ("ring",), "ring")
+
+# -- supervisor ------------------------------------------------------------------------------
+SUP_UP = define(
+    "itsd_up", G, "1 while the pipeline serves (healthy or degraded).", (), "supervisor"
+)
+SUP_RESTARTS = define(
+    "itsd_stage_restarts_total", C, "Stage processes restarted.", ("stage",), "supervisor"
+)
+SUP_STAGE_RUNNING = define(
+    "itsd_stage_running", G, "1 while a stage process runs.", ("stage",), "supervisor"
+)
+SUP_CAMERAS = define("itsd_cameras", G, "Cameras registered.", (), "supervisor")
+SUP_CAMERA_UP = define("itsd_camera_up", G, "1 while a camera delivers frames.", CAM, "supervisor")
+SUP_CAMERA_FPS = define(
+    "itsd_camera_fps", G, "Frames per second per camera and step.", ("camera", "step"), "supervisor"
+)
+SUP_FPS = define(
+    "itsd_fps", G, "Frames per second, all cameras, per step.", ("step",), "supervisor"
+)
+SUP_LATENCY = define(
+    "itsd_pipeline_latency_seconds",
+    G,
+    "Mean time from capture to analytics over the last few seconds.",
+    (),
+    "supervisor",
+)
+SUP_LINE_CROSSINGS = define(
+    "itsd_line_crossings_total",
+    C,
+    "Line crossings per camera, line, direction and class since the totals began.",
+    ("camera", "line", "direction", "class"),
+    "supervisor",
+)
+SUP_COMMANDS = define(
+    "itsd_commands_total", C, "Camera changes applied (add, remove, update).", ("op",), "supervisor"
+)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def series_key(defn: MetricDef, labels: Mapping[str, str]) -> str:
+    """The cell key of one series: ``name{a="x",b="y"}`` in the definition's label order."""
+    if set(labels) != set(defn.labels):
+        raise ValueError(
+            f"metric {defn.name}: labels {sorted(labels)} given, {list(defn.labels)} defined"
+        )
+    if not defn.labels:
+        return defn.name
+    inner = ",".join(f'{k}="{_escape(str(labels[k]))}"' for k in defn.labels)
+    return f"{defn.name}{{{inner}}}"
+
+
+_LABEL_RE = re.compile(r'([a-z_][a-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_key(key: str) -> tuple[str, dict[str, str]]:
+    """Inverse of ``series_key``: (name, labels)."""
+    if "{" not in key:
+        return key, {}
+    name, rest = key.split("{", 1)
+    labels = {
+        m.group(1): m.group(2).replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+        for m in _LABEL_RE.finditer(rest.rstrip("}"))
+    }
+    return name, labels
+
+
+def _f2u(value: float) -> int:
+    return int(struct.unpack("<Q", struct.pack("<d", float(value)))[0])
+
+
+def _u2f(raw: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<Q", raw))[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One series' value, read from a cell table."""
+
+    defn: MetricDef
+    labels: Mapping[str, str]
+    value: float
+
+
+class Cell:
+    """A writer's handle on one series."""
+
+    __slots__ = ("_float", "_index", "_table")
+
+    def __init__(self, table: CellTable, index: int, is_float: bool) -> None:
+        self._table = table
+        self._index = index
+        self._float = is_float
+
+    def inc(self, n: int = 1) -> None:
+        """Add ``n`` (counters and states)."""
+        self._table.add(self._index, n)
+
+    def set(self, value: float) -> None:
+        """Store a value (a gauge's float, a state's integer)."""
+        self._table.store(self._index, _f2u(value) if self._float else int(value))
+
+    def get(self) -> float:
+        """The value now."""
+        raw = self._table.load(self._index)
+        return _u2f(raw) if self._float else raw
+
+    def get_int(self) -> int:
+        """The value as an integer (counters and states)."""
+        return int(self.get())
+
+
+class MetricWriter:
+    """A stage's door to its cell table: one ``Cell`` per (metric, labels)."""
+
+    def __init__(self, table: CellTable) -> None:
+        self.table = table
+        self._cells: dict[str, Cell] = {}
+
+    def cell(self, defn: MetricDef, **labels: str) -> Cell:
+        """The cell of one series (created with value 0 the first time)."""
+        key = series_key(defn, labels)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = Cell(self.table, self.table.cell(key), defn.kind is Kind.GAUGE)
+            self._cells[key] = cell
+        return cell
+
+    def retire_label(self, label: str, value: str) -> int:
+        """Retire every series whose ``label`` equals ``value`` (a removed camera)."""
+        n = 0
+        for key in self.table.live_keys():
+            _, labels = parse_key(key)
+            if labels.get(label) == value:
+                self.table.retire(key)
+                self._cells.pop(key, None)
+                n += 1
+        return n
+
+
+def read_table(table: CellTable) -> list[Sample]:
+    """Every live series of a table whose metric is registered (others are skipped)."""
+    out = []
+    for key, raw in table.items():
+        name, labels = parse_key(key)
+        defn = REGISTRY.get(name)
+        if defn is None:
+            continue
+        value = _u2f(raw) if defn.kind is Kind.GAUGE else raw * defn.scale
+        out.append(Sample(defn, labels, value))
+    return out
