@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def build_demo_config(
             "server.monitoring_port": monitoring_port,
             "server.grpc_port": grpc_port,
             "supervisor.exit_when_sources_end": not loop,
+            # A demo never picks up (or leaves) cameras registered on a real daemon.
+            "state_dir": os.path.join(tempfile.gettempdir(), f"itsd-demo-{os.getuid()}.state"),
         },
         "demo options",
     )

@@ -119,10 +119,14 @@ def start_daemon(
         jsonl_path: str | None = None,
         heartbeat_timeout_s: float = 10.0,
         max_restarts: int = 5,
+        cameras: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        workdir: Path | None = None,
         **camera: Any,
     ) -> Daemon:
-        workdir = tmp_path / f"d{len(started)}"
-        workdir.mkdir()
+        if workdir is None:
+            workdir = tmp_path / f"d{len(started)}"
+            workdir.mkdir()
         grpc_port, http_port = free_port(), free_port()
         cam = {
             "id": "street",
@@ -141,12 +145,18 @@ def start_daemon(
                 "backoff_initial_s": 0.2,
                 "max_restarts": max_restarts,
             },
-            "cameras": [cam],
+            "state_dir": str(workdir / "state"),
+            "cameras": [cam] if cameras is None else cameras,
         }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
         config_path = workdir / "itsd.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
         log_path = workdir / "itsd.log"
-        fh = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
+        fh = open(log_path, "ab")  # noqa: SIM115 - closed at teardown
         proc = subprocess.Popen(
             [*ITSD, "start", "--foreground", "--config", str(config_path)],
             stdout=fh,
