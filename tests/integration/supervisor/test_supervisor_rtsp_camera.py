@@ -2,69 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import Daemon, free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[3]
-DEBIAN_PY = "/usr/bin/python3"
-
-
-def _gst_available() -> bool:
-    if not os.path.exists(DEBIAN_PY):
-        return False
-    probe = subprocess.run(
-        [
-            DEBIAN_PY,
-            "-c",
-            "import gi; gi.require_version('GstRtspServer', '1.0');"
-            "from gi.repository import GstRtspServer",
-        ],
-        capture_output=True,
-        timeout=30,
-    )
-    return probe.returncode == 0
-
-
-@pytest.fixture
-def rtsp_server() -> Iterator[Callable[[Path, int], subprocess.Popen[str]]]:
-    if not _gst_available():
-        msg = "GStreamer RTSP server not installed (run `make system-deps`)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    procs: list[subprocess.Popen[str]] = []
-
-    def _start(clip: Path, port: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [
-                DEBIAN_PY,
-                str(REPO / "tools" / "rtsp_server.py"),
-                "--file",
-                str(clip),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("READY"), line
-        return proc
-
-    yield _start
-    for p in procs:
-        p.kill()
-        p.wait(10)
 
 
 def test_rtsp_camera_is_processed_and_reconnected_after_a_drop(
