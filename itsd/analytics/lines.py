@@ -11,8 +11,11 @@ from ``(0, 0.5)`` to ``(1, 0.5)`` the left side is the upper half of the image, 
 object moving down the image crosses ``"in"``, one moving up crosses ``"out"``. Swap
 ``start`` and ``end`` to swap the directions.
 
-What is counted: the anchor of a track (bottom centre of its box, where a vehicle meets
-the road) traces a path through the anchors the tracker recorded. A crossing counts when
+What is counted: the anchor of a track (a point of its box chosen per line, ``anchor``:
+``center`` by default, ``bottom_center`` where a vehicle meets the road, ...) traces a
+path through the boxes the tracker recorded. The default was chosen by measurement
+(bench/count_tune.py): on the test clips the centre and the bottom centre count equally
+well, and the centre did so over a wider range of tracker settings. A crossing counts when
 
 * the path intersects the line *segment* (passing beyond an end point does not count),
 * the anchor had been established on one side, at least the hysteresis distance away
@@ -30,9 +33,14 @@ The crossing's ``timestamp`` and ``position`` are those of the intersection of t
 path with the line, interpolated between the two anchors around it, so they are exact
 even when the count itself is only confirmed a frame or two later.
 
-Only confirmed tracks are counted. The counter keeps a little memory per track; call
-``forget`` with the ids the tracker dropped (``Tracker.pop_removed``); memory of tracks
-not seen for ``forget_after_s`` seconds is dropped as well.
+Only confirmed tracks are counted, but a track's whole recorded path is replayed when it
+is first confirmed, so a crossing made while it was still tentative counts (at its own
+time). The class counted is the track's class (the best by accumulated detection score);
+a crossing made while that class was one the line does not count is kept and counted if
+the track's class later becomes one it does (a vehicle first taken for something else).
+The counter keeps a little memory per track; call ``forget`` with the ids the tracker
+dropped (``Tracker.pop_removed``); memory of tracks not seen for ``forget_after_s``
+seconds is dropped as well.
 
 This module must never import a stage, an engine, a GPU library, itsd.control,
 itsd.monitor or itsd.cli, and it never draws.
@@ -53,6 +61,18 @@ DIRECTIONS: tuple[str, str] = (IN, OUT)
 
 _LEFT = -1
 _RIGHT = 1
+
+#: Where on a track's box the point that crosses a line sits, as fractions of the box's
+#: width and height from its top-left corner.
+ANCHORS: dict[str, tuple[float, float]] = {
+    "center": (0.5, 0.5),
+    "bottom_center": (0.5, 1.0),
+    "top_center": (0.5, 0.0),
+    "center_left": (0.0, 0.5),
+    "center_right": (1.0, 0.5),
+}
+#: The anchor a line uses unless it names one (chosen by measurement: bench/count_tune.py).
+DEFAULT_ANCHOR = "center"
 
 
 def _check_point(label: str, point: tuple[float, float]) -> tuple[float, float]:
@@ -81,10 +101,17 @@ class CountingLine:
     name: str = ""
     classes: frozenset[str] | None = None
     hysteresis: float = 0.01
+    #: The point of a track's box that must cross: a key of ``ANCHORS``.
+    anchor: str = DEFAULT_ANCHOR
 
     def __post_init__(self) -> None:
         if not self.line_id:
             raise ValueError("line_id must not be empty")
+        if self.anchor not in ANCHORS:
+            raise ValueError(
+                f"line {self.line_id!r}: anchor must be one of {', '.join(ANCHORS)}, "
+                f"got {self.anchor!r}"
+            )
         start = _check_point(f"line {self.line_id!r}: start", self.start)
         end = _check_point(f"line {self.line_id!r}: end", self.end)
         if start == end:
@@ -125,7 +152,7 @@ class _TrackMemory:
 
     n_lines: int
     hits_seen: int = 0
-    last_point: tuple[float, float, float] | None = None  # (t, x, y)
+    last_point: tuple[float, float, float, float, float] | None = None  # (t, box)
     last_seen: float = -math.inf
     #: Per line: the established side (_LEFT, _RIGHT) or 0 when not yet known.
     sides: list[int] = field(default_factory=list)
@@ -133,6 +160,10 @@ class _TrackMemory:
     pending: list[tuple[float, float, float] | None] = field(default_factory=list)
     #: (line index, direction) pairs already counted for this track.
     counted: set[tuple[int, str]] = field(default_factory=set)
+    #: Crossings made while the track's class was not one the line counts, by (line
+    #: index, direction): (t, x, y) of the crossing. Counted if the class changes to one
+    #: the line counts.
+    deferred: dict[tuple[int, str], tuple[float, float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sides = [0] * self.n_lines
@@ -149,6 +180,12 @@ class _PixelLine:
     dy: float
     length: float
     band: float
+    ax: float
+    ay: float
+
+    def anchor(self, p: tuple[float, float, float, float, float]) -> tuple[float, float]:
+        """The anchor point of the box ``(t, x_min, y_min, x_max, y_max)``."""
+        return (p[1] + self.ax * (p[3] - p[1]), p[2] + self.ay * (p[4] - p[2]))
 
 
 class LineCounter:
@@ -203,11 +240,13 @@ class LineCounter:
                 mem = _TrackMemory(len(self._lines))
                 self._memory[track.track_id] = mem
             mem.last_seen = max(mem.last_seen, timestamp)
-            new = min(track.hits - mem.hits_seen, len(track.anchor_history))
+            if mem.deferred:
+                self._recheck_deferred(track, mem, out=crossings)
+            history = _box_history(track)
+            new = min(track.hits - mem.hits_seen, len(history))
             mem.hits_seen = track.hits
             if new <= 0:
                 continue
-            history = track.anchor_history
             for k in range(len(history) - new, len(history)):
                 point = history[k]
                 if mem.last_point is not None:
@@ -251,16 +290,21 @@ class LineCounter:
         for line in self._lines:
             x0, y0 = line.start[0] * frame_w, line.start[1] * frame_h
             dx, dy = line.end[0] * frame_w - x0, line.end[1] * frame_h - y0
-            out.append(_PixelLine(x0, y0, dx, dy, math.hypot(dx, dy), line.hysteresis * short_side))
+            ax, ay = ANCHORS[line.anchor]
+            out.append(
+                _PixelLine(x0, y0, dx, dy, math.hypot(dx, dy), line.hysteresis * short_side, ax, ay)
+            )
         return out
 
     @staticmethod
     def _first_point(
-        mem: _TrackMemory, pixel_lines: list[_PixelLine], point: tuple[float, float, float]
+        mem: _TrackMemory,
+        pixel_lines: list[_PixelLine],
+        point: tuple[float, float, float, float, float],
     ) -> None:
         """Establish the sides of a track's first anchor (nothing to count yet)."""
-        _, x, y = point
         for li, pl in enumerate(pixel_lines):
+            x, y = pl.anchor(point)
             d = (pl.dx * (y - pl.y0) - pl.dy * (x - pl.x0)) / pl.length
             if d < -pl.band:
                 mem.sides[li] = _LEFT
@@ -271,16 +315,17 @@ class LineCounter:
         self,
         track: Track,
         mem: _TrackMemory,
-        a: tuple[float, float, float],
-        b: tuple[float, float, float],
+        a: tuple[float, float, float, float, float],
+        b: tuple[float, float, float, float, float],
         pixel_lines: list[_PixelLine],
         *,
         out: list[LineCrossing],
     ) -> None:
-        """Advance every line's state of ``track`` along the anchor step ``a -> b``."""
-        ta, xa, ya = a
-        tb, xb, yb = b
+        """Advance every line's state of ``track`` along the box step ``a -> b``."""
+        ta, tb = a[0], b[0]
         for li, pl in enumerate(pixel_lines):
+            xa, ya = pl.anchor(a)
+            xb, yb = pl.anchor(b)
             # Signed distances from the line: negative on the left (as displayed), positive
             # on the right.
             da = (pl.dx * (ya - pl.y0) - pl.dy * (xa - pl.x0)) / pl.length
@@ -306,24 +351,47 @@ class LineCounter:
             direction = IN if side == _LEFT else OUT
             if (li, direction) in mem.counted:
                 continue
-            line = self._lines[li]
-            name = _class_name(track.class_id, self._class_names)
-            if not line.counts_class(name):
-                continue
-            mem.counted.add((li, direction))
-            per_class = self._totals[line.line_id][direction]
-            per_class[name] = per_class.get(name, 0) + 1
-            out.append(
-                LineCrossing(
-                    line_id=line.line_id,
-                    track_id=track.track_id,
-                    class_id=track.class_id,
-                    class_name=name,
-                    direction=direction,
-                    timestamp=hit[0],
-                    position=(hit[1], hit[2]),
-                )
+            if not self._count(track, mem, li, direction, hit, out):
+                mem.deferred[(li, direction)] = hit
+
+    def _count(
+        self,
+        track: Track,
+        mem: _TrackMemory,
+        li: int,
+        direction: str,
+        hit: tuple[float, float, float],
+        out: list[LineCrossing],
+    ) -> bool:
+        """Count a crossing if the line counts the track's class; whether it did."""
+        line = self._lines[li]
+        name = _class_name(track.class_id, self._class_names)
+        if not line.counts_class(name):
+            return False
+        mem.counted.add((li, direction))
+        mem.deferred.pop((li, direction), None)
+        per_class = self._totals[line.line_id][direction]
+        per_class[name] = per_class.get(name, 0) + 1
+        out.append(
+            LineCrossing(
+                line_id=line.line_id,
+                track_id=track.track_id,
+                class_id=track.class_id,
+                class_name=name,
+                direction=direction,
+                timestamp=hit[0],
+                position=(hit[1], hit[2]),
             )
+        )
+        return True
+
+    def _recheck_deferred(
+        self, track: Track, mem: _TrackMemory, *, out: list[LineCrossing]
+    ) -> None:
+        """Count the deferred crossings of a track whose class the line now counts."""
+        for (li, direction), hit in sorted(mem.deferred.items(), key=lambda kv: kv[1][0]):
+            if (li, direction) not in mem.counted:
+                self._count(track, mem, li, direction, hit, out)
 
     def _prune(self, timestamp: float) -> None:
         """Drop the memory of tracks not seen for ``forget_after_s`` seconds."""
@@ -332,3 +400,11 @@ class LineCounter:
         stale = [tid for tid, mem in self._memory.items() if mem.last_seen < horizon]
         for tid in stale:
             del self._memory[tid]
+
+
+def _box_history(track: Track) -> Sequence[tuple[float, float, float, float, float]]:
+    """The boxes a track recorded; from its bottom-centre anchors when it kept no boxes
+    (then every anchor of a line is that bottom centre)."""
+    if len(track.box_history) >= len(track.anchor_history):
+        return track.box_history
+    return [(t, x, y, x, y) for t, x, y in track.anchor_history]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from itsd.analytics.classes import COCO_NAMES
 from itsd.analytics.lines import CountingLine, LineCounter, LineCrossing
-from itsd.analytics.tracker import Track, Tracker
+from itsd.analytics.tracker import Track, Tracker, TrackerConfig
 
 CAR, TRUCK = 2, 7
 W = H = 1000  # frame size used unless a test says otherwise; hysteresis 0.01 -> 10 px
@@ -248,8 +248,9 @@ def test_totals_is_a_copy() -> None:
 
 
 def test_with_the_real_tracker() -> None:
-    tracker = Tracker()
-    counter = LineCounter([HORIZONTAL], COCO_NAMES)
+    tracker = Tracker(TrackerConfig(high_thresh=0.5, new_track_thresh=0.6, min_hits=3))
+    line = CountingLine("h", (0.0, 0.5), (1.0, 0.5), anchor="bottom_center")
+    counter = LineCounter([line], COCO_NAMES)
     rng = np.random.default_rng(11)
     crossings = []
     for k in range(90):  # two cars: one goes down, one goes up, at 30 fps with jitter
