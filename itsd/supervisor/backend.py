@@ -30,9 +30,11 @@ from itsd.control.backend import (
     StageHealth,
     StreamInfo,
     TrafficSnapshot,
+    UnavailableError,
 )
 from itsd.errors import ConfigError, ResourceError
 from itsd.redact import redact_text
+from itsd.supervisor.core import ChangeTimeoutError
 from itsd.supervisor.state import CameraView, DaemonState
 
 if TYPE_CHECKING:
@@ -212,22 +214,19 @@ class SupervisorBackend:
             ) from None
         except ResourceError as err:
             raise NotSupportedError(str(err)) from None
+        except ChangeTimeoutError as err:
+            raise UnavailableError(str(err)) from None
         except ConfigError as err:
             raise ValueError(str(err)) from None
 
-    def register_stream(
-        self, stream: StreamInfo, options: dict[str, Any] | None = None
-    ) -> StreamInfo:
+    def register_stream(self, stream: StreamInfo) -> StreamInfo:
         """Validate, add the camera, wait until the stages serve it; return it."""
-        cfg = camera_from_request(stream, options)
+        cfg = camera_from_request(stream, dict(stream.options))
         self._wait(self.sup.add_camera(cfg))
         return self._stream(self.state.camera(cfg.id))
 
     def unregister_stream(self, camera_id: str) -> bool:
         """Stop the camera's decoder, detach it everywhere, free its memory."""
-        if not any(c.camera_id == camera_id for c in self.state.cameras):
-            # Unknown to the latest snapshot; the loop still has the last word.
-            pass
         return bool(self._wait(self.sup.remove_camera(camera_id)))
 
     def reload(self) -> dict[str, Any]:

@@ -790,12 +790,12 @@ class Supervisor:
             next(gen)
         except StopIteration as done:
             self._op = None
+            self._refresh_state(force=True)  # before the caller wakes and reads it
             fut.set_result(done.value)
-            self._refresh_state(force=True)
         except Exception as err:  # the caller gets the error; the loop goes on
             self._op = None
-            fut.set_exception(err)
             self._refresh_state(force=True)
+            fut.set_exception(err)
 
     def _fail_pending_ops(self) -> None:
         if self._op is not None:
@@ -1061,6 +1061,9 @@ def check_outputs(config: Config) -> None:
     if path.is_dir():
         raise ConfigError(f"outputs.jsonl_path: {path} is a directory; name a file")
     parent = path.parent if str(path.parent) else Path(".")
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"outputs.jsonl_path: cannot write {path}: {blocker} is not a directory")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):
