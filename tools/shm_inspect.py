@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/shm_inspect.py [--dir DIR] [--json] [--sweep]
 
-For frame rings it shows the camera, the slot geometry, the counters (written, dropped,
+For cell tables it prints every metric by name, with its labels, kind, value and help
+text (the stages' counters, gauges and state words). For frame rings it shows the camera key, the slot geometry, the counters (written, dropped,
 skipped, read, rejected) and the slot states; for record rings the counters and bytes in
 use; for control blocks the global flags and each used stage slot (name, pid, state,
 heartbeat). ``--sweep`` first removes the segments of dead runs (as the daemon does at
@@ -20,12 +21,19 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from itsd.runtime.metrics import read_table
 from itsd.shm import ControlBlock, FrameRing, RecordRing, list_segments, sweep_stale
+from itsd.shm.cells import CellTable
 from itsd.shm.control import STATE_EMPTY, STATE_NAMES
 from itsd.shm.frame_ring import SLOT_STATE_NAMES
 from itsd.shm.segments import SegmentInfo
 
-KINDS = {b"ITSDFRM1": "frame_ring", b"ITSDREC1": "record_ring", b"ITSDCTL1": "control"}
+KINDS = {
+    b"ITSDFRM1": "frame_ring",
+    b"ITSDREC1": "record_ring",
+    b"ITSDCTL1": "control",
+    b"ITSDCEL1": "cells",
+}
 
 
 def _kind(path: str) -> str:
@@ -61,6 +69,21 @@ def describe(info: SegmentInfo) -> dict[str, Any]:
             with RecordRing.attach(info.name) as rec:
                 out["counters"] = asdict(rec.stats())
                 out["max_record_size"] = rec.max_record_size
+        elif out["type"] == "cells":
+            with CellTable.attach(info.name) as table:
+                out["capacity"] = table.capacity
+                metrics = []
+                for sample in read_table(table):
+                    metrics.append(
+                        {
+                            "name": sample.defn.name,
+                            "labels": dict(sample.labels),
+                            "kind": str(sample.defn.kind),
+                            "value": sample.value,
+                            "help": sample.defn.help,
+                        }
+                    )
+                out["metrics"] = metrics
         elif out["type"] == "control":
             with ControlBlock.attach(info.name) as ctl:
                 out["flags"] = ctl.flags()
@@ -76,7 +99,6 @@ def describe(info: SegmentInfo) -> dict[str, Any]:
                             "pid": s.pid(),
                             "state": STATE_NAMES.get(s.state(), str(s.state())),
                             "heartbeat": s.heartbeat(),
-                            "counters": s.counters(),
                         }
                     )
                 out["stages"] = stages
@@ -115,6 +137,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"    put={c['put']} got={c['got']} waits={c['waits']} "
                 f"used={c['used_bytes']}/{c['capacity_bytes']} bytes"
             )
+        elif r["type"] == "cells" and "metrics" in r:
+            for mt in r["metrics"]:
+                labels = ",".join(f'{k}="{v}"' for k, v in mt["labels"].items())
+                name = f"{mt['name']}{{{labels}}}" if labels else mt["name"]
+                value = mt["value"]
+                shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+                print(f"    {name} = {shown}  ({mt['kind']}: {mt['help']})")
         elif r["type"] == "control" and "stages" in r:
             print(f"    flags={r['flags']:#x}")
             for s in r["stages"]:

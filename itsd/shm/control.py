@@ -1,8 +1,9 @@
 """The supervisor's control block: one slot per stage process, plus global flags.
 
-Each stage process owns one ``StageSlot``: it bumps the heartbeat, publishes its pid,
-state, name and up to 16 u64 counters. The supervisor watches heartbeats (a slot whose
-heartbeat stops moving belongs to a stuck stage); monitoring reads the counters. Every
+Each stage process owns one ``StageSlot``: it bumps the heartbeat and publishes its pid,
+state and name. The supervisor watches heartbeats (a slot whose heartbeat stops moving
+belongs to a stuck stage). Counters do not live here: each stage keeps them by name in
+its own cell table (``itsd.shm.cells``). Every
 access is atomic (``itsd.shm.atomics``), so readers on weakly ordered CPUs see whole,
 ordered values. The name is guarded by a tiny seqlock (odd version = being written).
 
@@ -17,13 +18,10 @@ Layout (little-endian; offsets in bytes)::
       | +0  u64 heartbeat       +8  u32 state (STATE_*)  +12 u32 pid   |
       | +16 u32 name version (seqlock)                                 |
       | +32 32 bytes name (UTF-8, NUL padded)                          |
-      | +64 16 x u64 counters                                          |
-      | +192 .. +255 reserved                                          |
+      | +64 .. +255 reserved                                           |
       +----------------------------------------------------------------+
 
-Which counter index means what is the stages' business (``itsd.stages.runtime``), not
-this module's. This module must never import anything else from ``itsd`` and never
-interpret counters.
+This module must never import anything else from ``itsd``.
 """
 
 from __future__ import annotations
@@ -81,7 +79,7 @@ FLAG_STOP: Final = 1 << 0
 FLAG_DRAIN: Final = 1 << 1
 
 MAGIC: Final = int.from_bytes(b"ITSDCTL1", "little")
-VERSION: Final = 1
+VERSION: Final = 2
 HEADER_SIZE: Final = 4096
 SLOT_SIZE: Final = 256
 NAME_SIZE: Final = 32
@@ -96,13 +94,10 @@ _S_STATE = 8
 _S_PID = 12
 _S_NAME_VER = 16
 _S_NAME = 32
-_S_COUNTERS = 64
 
 
 class StageSlot:
-    """One stage's slot: heartbeat, pid, state, name and ``N_COUNTERS`` u64 counters."""
-
-    N_COUNTERS: Final = 16
+    """One stage's slot: heartbeat, pid, state and name."""
 
     __slots__ = ("_base", "_block", "_buf", "index")
 
@@ -173,44 +168,11 @@ class StageSlot:
                 return raw.rstrip(b"\0").decode("utf-8", errors="replace")
             os.sched_yield()
 
-    # counters -------------------------------------------------------------------------
-    def _counter_off(self, counter: int) -> int:
-        if not 0 <= counter < self.N_COUNTERS:
-            raise IndexError(
-                f"control slot {self.index}: counter {counter} out of range "
-                f"0..{self.N_COUNTERS - 1}"
-            )
-        return self._base + _S_COUNTERS + 8 * counter
-
-    def add(self, counter: int, n: int = 1) -> None:
-        """Counter += n (atomic; a negative n subtracts, wrapping modulo 2**64)."""
-        add_u64(self._buf, self._counter_off(counter), n)
-
-    def get(self, counter: int) -> int:
-        """A counter's value."""
-        return load_u64(self._buf, self._counter_off(counter))
-
-    def set(self, counter: int, value: int) -> None:
-        """Store a counter's value (for gauges; 0 <= value < 2**64)."""
-        if not 0 <= value <= 0xFFFF_FFFF_FFFF_FFFF:
-            raise ValueError(
-                f"control slot {self.index}: counter {counter} value {value} is not a u64"
-            )
-        store_u64(self._buf, self._counter_off(counter), value)
-
-    def counters(self) -> list[int]:
-        """All ``N_COUNTERS`` counters, in index order."""
-        base = self._base + _S_COUNTERS
-        return [load_u64(self._buf, base + 8 * i) for i in range(self.N_COUNTERS)]
-
     def reset(self) -> None:
-        """Zero heartbeat, pid, state and counters (supervisor, before reusing the slot)."""
+        """Zero heartbeat, pid and state (supervisor, before reusing the slot)."""
         store_u64(self._buf, self._base + _S_HEARTBEAT, 0)
         store_u32(self._buf, self._base + _S_PID, 0)
         store_u32(self._buf, self._base + _S_STATE, STATE_EMPTY)
-        base = self._base + _S_COUNTERS
-        for i in range(self.N_COUNTERS):
-            store_u64(self._buf, base + 8 * i, 0)
 
     def __repr__(self) -> str:
         return (

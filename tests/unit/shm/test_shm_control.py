@@ -1,4 +1,4 @@
-"""Unit tests of itsd.shm.control: stage slots (heartbeat, pid, state, name, counters), flags."""
+"""Unit tests of itsd.shm.control: stage slots (heartbeat, pid, state, name), flags."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from itsd.shm import (
     STATE_RUNNING,
     ControlBlock,
     FrameRing,
-    StageSlot,
     segment_name,
 )
 from itsd.shm.control import HEADER_SIZE, SLOT_SIZE
@@ -39,7 +38,6 @@ def test_fresh_slots_are_empty(block: ControlBlock) -> None:
     for i in range(4):
         s = block.slot(i)
         assert (s.heartbeat(), s.pid(), s.state(), s.name()) == (0, 0, STATE_EMPTY, "")
-        assert s.counters() == [0] * StageSlot.N_COUNTERS
 
 
 def test_values_are_shared_between_mappings(block: ControlBlock) -> None:
@@ -51,27 +49,14 @@ def test_values_are_shared_between_mappings(block: ControlBlock) -> None:
         s.set_pid(4242)
         s.set_state(STATE_RUNNING)
         s.set_name("decode:cam1")
-        s.add(3)
-        s.add(3, 10)
-        s.set(5, 99)
         o = other.slot(2)
         assert o.heartbeat() == 2
         assert o.pid() == 4242
         assert o.state() == STATE_RUNNING
         assert o.name() == "decode:cam1"
-        assert o.get(3) == 11
-        assert o.get(5) == 99
-        assert o.counters()[3] == 11
         assert other.slot(1).heartbeat() == 0  # slots are independent
     finally:
         other.close()
-
-
-def test_negative_add_subtracts(block: ControlBlock) -> None:
-    s = block.slot(0)
-    s.add(0, 5)
-    s.add(0, -2)
-    assert s.get(0) == 3
 
 
 def test_state_is_validated(block: ControlBlock) -> None:
@@ -93,16 +78,10 @@ def test_name_limits(block: ControlBlock) -> None:
         s.set_name("y" * 33)
 
 
-def test_counter_and_slot_indices_are_checked(block: ControlBlock) -> None:
+def test_slot_indices_are_checked(block: ControlBlock) -> None:
     s = block.slot(0)
-    with pytest.raises(IndexError, match="counter 16 out of range"):
-        s.add(16)
-    with pytest.raises(IndexError, match="counter -1"):
-        s.get(-1)
     with pytest.raises(IndexError, match="slot 4 out of range"):
         block.slot(4)
-    with pytest.raises(ValueError, match="not a u64"):
-        s.set(0, -1)
     with pytest.raises(ValueError, match="pid"):
         s.set_pid(-1)
 
@@ -112,9 +91,8 @@ def test_reset(block: ControlBlock) -> None:
     s.beat()
     s.set_pid(5)
     s.set_state(STATE_RUNNING)
-    s.add(15, 7)
     s.reset()
-    assert (s.heartbeat(), s.pid(), s.state(), s.get(15)) == (0, 0, STATE_EMPTY, 0)
+    assert (s.heartbeat(), s.pid(), s.state()) == (0, 0, STATE_EMPTY)
 
 
 def test_global_flags(block: ControlBlock) -> None:

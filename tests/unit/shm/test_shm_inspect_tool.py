@@ -61,3 +61,27 @@ def test_inspect_lists_segments_and_counters(run_id: str, shm_dir: Path) -> None
         for seg in (ring, rec, ctl):
             seg.close()
             seg.unlink()
+
+
+def test_inspect_prints_metrics_by_name(run_id: str, shm_dir: Path) -> None:
+    from itsd.runtime import metrics as m
+    from itsd.shm.cells import CellTable
+
+    table = CellTable.create(segment_name(run_id, "cells", "decode"), 16)
+    try:
+        w = m.MetricWriter(table)
+        w.cell(m.DECODE_FRAMES, camera="cam1").inc(12)
+        w.cell(m.DECODE_NEXT_FRAME_ID, camera="cam1").set(13)
+        out = _run().stdout
+        assert 'itsd_decode_frames_total{camera="cam1"} = 12' in out
+        assert m.DECODE_FRAMES.help in out
+        assert 'itsd_decode_next_frame_id{camera="cam1"} = 13' in out
+        rows = {r["name"]: r for r in json.loads(_run("--json").stdout)}
+        metrics = rows[table.name]["metrics"]
+        assert {x["name"] for x in metrics} == {
+            "itsd_decode_frames_total",
+            "itsd_decode_next_frame_id",
+        }
+    finally:
+        table.close()
+        table.unlink()
