@@ -66,7 +66,7 @@ def test_key_limits(run_id: str, shm_dir: Path) -> None:
     try:
         with pytest.raises(ValueError, match="240"):
             t.cell("x" * 241)
-        with pytest.raises(ValueError, match="1..240"):
+        with pytest.raises(ValueError, match=r"1\.\.240"):
             t.cell("")
     finally:
         t.close()
