@@ -7,7 +7,8 @@ text (the stages' counters, gauges and state words). For frame rings it shows th
 camera key, the slot geometry, the counters (written, dropped, skipped, read, rejected)
 and the slot states; for record rings the counters and bytes in use; for control blocks
 the global flags and each used stage slot (name, pid, state, heartbeat). ``--sweep``
-first removes the segments of dead runs (as the daemon does at start). ``--dir`` (or ITSD_SHM_DIR) inspects another folder than /dev/shm.
+first removes the segments of dead runs (as the daemon does at start). ``--dir`` (or
+ITSD_SHM_DIR) inspects another folder than /dev/shm.
 
 This tool only reads, except with ``--sweep``; it must never write into a segment.
 """
