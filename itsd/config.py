@@ -101,7 +101,20 @@ class ModelConfig(_Model):
         "auto", description="Inference backend; 'auto' picks by file type and hardware."
     )
     confidence: float = Field(
-        0.25, gt=0.0, lt=1.0, description="Minimum detection confidence kept."
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Lowest confidence of a detection reported in detection events.",
+    )
+    candidate_confidence: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "Lowest detector score the tracker sees (its second association keeps tracks "
+            "alive on low-score boxes of small, distant vehicles); not reported in events "
+            "below `confidence`. Chosen by measurement (bench/count_tune.py)."
+        ),
     )
     iou: float = Field(0.45, gt=0.0, lt=1.0, description="IoU threshold of the class-aware NMS.")
     max_detections: int = Field(300, ge=1, le=10000, description="Most detections kept per frame.")
@@ -228,6 +241,10 @@ class LineConfig(_Model):
     end: Point = Field(..., description="Second end point [x, y], normalised.")
     classes: list[str] | None = Field(
         None, description="Count only these class names; null counts vehicles, bicycles and people."
+    )
+    anchor: Literal["center", "bottom_center", "top_center", "center_left", "center_right"] = Field(
+        "center",
+        description="Point of a vehicle's box that must cross the line (chosen by measurement).",
     )
 
     @model_validator(mode="after")

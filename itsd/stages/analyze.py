@@ -95,6 +95,7 @@ class CameraAnalytics:
                 end=ln.end,
                 name=ln.name,
                 classes=frozenset(ln.classes) if ln.classes is not None else DEFAULT_LINE_CLASSES,
+                anchor=ln.anchor,
             )
             for ln in camera.lines
         ]
@@ -121,7 +122,9 @@ class CameraAnalytics:
             return self.class_names[class_id]
         return f"class_{class_id}"
 
-    def process(self, rec: DetectionRecord, emit_detections: bool) -> list[EventRecord]:
+    def process(
+        self, rec: DetectionRecord, emit_detections: bool, report_min: float = 0.0
+    ) -> list[EventRecord]:
         """Track one frame's detections and return the events it gives."""
         t = rec.capture_wall_ns / 1e9
         tracks = self.tracker.update(rec.boxes, rec.scores, rec.class_ids, t)
@@ -136,6 +139,8 @@ class CameraAnalytics:
             dets = []
             vehicles = 0
             for i in range(len(rec.scores)):
+                if rec.scores[i] < report_min:
+                    continue  # a tracking candidate, below what events report
                 name = self.class_name(int(rec.class_ids[i]))
                 veh = is_vehicle(name)
                 vehicles += veh
@@ -349,7 +354,7 @@ def _handle(ctx: StageContext, state: _State, data: bytes) -> list[EventRecord]:
         state.bad.inc()
         log.debug("detections of camera key %d, which is not attached: skipped", rec.camera_key)
         return []
-    events = cam.a.process(rec, ctx.config.outputs.detection_events)
+    events = cam.a.process(rec, ctx.config.outputs.detection_events, ctx.config.model.confidence)
     cam.frames.inc()
     cam.events.inc(len(events))
     cam.tracks.set(cam.a.in_view)

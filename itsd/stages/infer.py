@@ -109,8 +109,10 @@ class _Cameras:
 
 def _engine(ctx: StageContext) -> Engine:
     config = ctx.config
+    # The tracker sees every candidate down to candidate_confidence; detection events
+    # report only those at or above model.confidence (analytics filters them).
     options = EngineOptions(
-        confidence=config.model.confidence,
+        confidence=min(config.model.confidence, config.model.candidate_confidence),
         iou=config.model.iou,
         max_detections=config.model.max_detections,
         precision="fp32",
