@@ -518,7 +518,11 @@ def config_check(file: str) -> None:
     try:
         cfg = load_config(file)
     except ConfigError as err:
-        _fail(f"invalid configuration:\n{err}", EXIT_CONFIG)
+        # One problem (a file that is not text, a YAML syntax error) is one line; a list of
+        # problems goes under a heading, one per line.
+        text = str(err)
+        sep = ":\n" if "\n" in text else ": "
+        _fail(f"invalid configuration{sep}{text}", EXIT_CONFIG)
         return
     click.echo(
         f"{file}: OK ({len(cfg.cameras)} camera(s), model {cfg.model.path}, "

@@ -55,6 +55,9 @@ def build_demo_config(
             "supervisor.exit_when_sources_end": not loop,
             # A demo never picks up (or leaves) cameras registered on a real daemon.
             "state_dir": os.path.join(tempfile.gettempdir(), f"itsd-demo-{os.getuid()}.state"),
+            # Nor does it take the daemon's pid file: a demo runs next to a real daemon
+            # (and next to other demos); it is stopped with Ctrl-C, not `itsd stop`.
+            "pid_file": os.path.join(tempfile.gettempdir(), f"itsd-demo-{os.getpid()}.pid"),
         },
         "demo options",
     )

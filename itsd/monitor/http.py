@@ -4,8 +4,10 @@ Routes:
 
 * ``GET /health``: JSON health; 200 while serving or degraded, 503 otherwise (for load
   balancers and ``curl -f``).
-* ``GET /metrics``: Prometheus text format: every exported metric of the registry
-  (``itsd.runtime.metrics``), by name and help text, with the daemon's samples.
+* ``GET /metrics``: every exported metric of the registry (``itsd.runtime.metrics``), by
+  name and help text, with the daemon's samples: Prometheus text format 0.0.4, or
+  OpenMetrics when the scraper asks for it (``Accept: application/openmetrics-text``;
+  prometheus_client's ``choose_encoder`` picks the format, as its own server does).
 * ``GET /api/state``: JSON of health, metrics, streams and traffic, used by the page.
 * ``GET /``: the dashboard, a static page that polls ``/api/state`` once a second.
 
@@ -25,8 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from itsd.control.backend import ControlBackend, HealthStatus
@@ -109,7 +112,8 @@ class MonitorServer:
                             code, json.dumps(dataclasses.asdict(h)).encode(), "application/json"
                         )
                     elif path == "/metrics":
-                        self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+                        encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+                        self._send(200, encoder(registry), ctype)
                     elif path == "/api/state":
                         self._send(
                             200, json.dumps(state_json(backend)).encode(), "application/json"

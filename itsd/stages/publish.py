@@ -45,17 +45,35 @@ RETRY_S = 1.0
 
 
 class JsonlSink:
-    """Appends event payloads as lines to a file, reopening it after a failure."""
+    """Appends event payloads as lines to a file, reopening it after a failure.
+
+    The file is also reopened when its path no longer names the open file (moved away by
+    log rotation, deleted, replaced by something else), as ``logging``'s
+    ``WatchedFileHandler`` does: events go to the path the operator configured, never to
+    an unlinked file nobody can read, and a path that cannot be written any more (now a
+    directory) fails the batch, which is then held and reported.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh: BinaryIO | None = None
 
     def _open(self) -> BinaryIO:
+        if self._fh is not None and not self._still_ours(self._fh):
+            self._drop_handle()
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
         return self._fh
+
+    def _still_ours(self, fh: BinaryIO) -> bool:
+        """True while the path names the open file (or is a device such as /dev/full)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        mine = os.fstat(fh.fileno())
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
     def write(self, payloads: list[bytes]) -> None:
         """Write and flush; raises OSError (the caller keeps the batch and retries)."""

@@ -3,8 +3,10 @@
 Called by the supervisor's loop only (never from another thread): it reads every
 stage's cell table (metrics by name), the rings' counters, the stages' info boards and
 the analytics board, works out rates against the previous snapshot, each camera's
-state, and the daemon's health with the reasons when it is not serving. Rates come
-from consecutive ticks, so a gauge is right from the first query once frames flow.
+state, and the daemon's health with the reasons when it is not serving. Rates are
+measured over a sliding window of the last ticks (about ``RATE_WINDOW_S``), so a gauge
+is right from the first query once frames flow: the first tick that sees frames gives
+a rate, with no wait for a fixed window to close.
 
 This module must never import a stage, ``control.servicers`` or ``monitor``, and never
 write to shared memory.
@@ -12,6 +14,7 @@ write to shared memory.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from collections.abc import Mapping
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from itsd.supervisor.core import CameraEntry, StageHandle, Supervisor
 
 STALE_FRAME_S = 5.0  # a camera with no frame for this long is not connected
+RATE_WINDOW_S = 2.0  # rates are measured over about this many seconds of ticks
+RATE_MIN_SPAN_S = 0.2  # shorter spans (ticks forced close together) give no rate yet
 
 
 def _json(board_blob: bytes | None) -> dict[str, Any]:
@@ -54,17 +59,29 @@ class Snapshotter:
     def __init__(self) -> None:
         self._prev: dict[str, tuple[float, float]] = {}
         self._rate: dict[str, float] = {}
+        self._history: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._seen: set[str] = set()
 
     def _rate_of(self, key: str, value: float, now: float) -> float:
-        prev = self._prev.get(key)
-        if prev is None:
-            self._prev[key] = (now, value)
+        """Per-second rate of counter ``value`` over the last ``RATE_WINDOW_S`` of ticks."""
+        self._seen.add(key)
+        hist = self._history.setdefault(key, collections.deque())
+        if hist and value < hist[-1][1]:
+            hist.clear()  # the counter started again
+        hist.append((now, value))
+        # Keep the newest tick at least a window old as the start; drop older ones.
+        while len(hist) > 2 and now - hist[1][0] >= RATE_WINDOW_S:
+            hist.popleft()
+        t0, v0 = hist[0]
+        if now - t0 < RATE_MIN_SPAN_S:
             return 0.0
-        t0, v0 = prev
-        if now - t0 >= 1.0:
-            self._rate[key] = max(0.0, value - v0) / (now - t0)
-            self._prev[key] = (now, value)
-        return self._rate.get(key, 0.0)
+        return max(0.0, value - v0) / (now - t0)
+
+    def _forget_unseen(self) -> None:
+        """Drop the history of series not seen this tick (cameras removed)."""
+        for key in set(self._history) - self._seen:
+            del self._history[key]
+        self._seen.clear()
 
     def _stage_state(self, sup: Supervisor, h: StageHandle) -> str:
         control = sup.control
@@ -129,7 +146,8 @@ class Snapshotter:
             rings.append(ring)
             samples.extend(self._camera_samples(view))
             if view.state in ("reconnecting", "failed"):
-                why = view.last_error or view.state
+                # The decoder's message already starts with "camera <id>: "; say it once.
+                why = (view.last_error or view.state).removeprefix(f"camera {view.camera_id}: ")
                 reasons.append(f"camera {view.camera_id}: {why}")
         for rr in sup.record_rings:
             st = rr.stats()
@@ -182,8 +200,9 @@ class Snapshotter:
             "frames_decoded": float(decoded),
             "frames_inferred": float(inferred),
             "frames_dropped": float(sum(c.frames_dropped for c in cameras)),
-            "decode_fps": self._rate_of("decoded", decoded, now_m),
-            "inference_fps": self._rate_of("inferred", inferred, now_m),
+            # Sums of the cameras' rates: a camera that comes or goes does not disturb them.
+            "decode_fps": sum(c.fps_in for c in cameras),
+            "inference_fps": sum(c.fps_out for c in cameras),
             "batch_size_mean": infer_frames / batches if batches else 0.0,
             "pipeline_latency_mean_ms": lat_mean * 1000,
             "events_published": sum(
@@ -207,6 +226,7 @@ class Snapshotter:
             samples.append(
                 Sample(m.SUP_COMMANDS, MappingProxyType({"op": op}), float(sup.op_counts[op]))
             )
+        self._forget_unseen()
         infer_about = abouts.get("infer", {})
         return DaemonState(
             taken_at=now,
