@@ -67,9 +67,11 @@ class PyAVSource:
         live = is_live(source)
         if not live:
             if os.path.isdir(source):
-                raise SourceError(f"camera {camera.id}: {camera.source} is a directory")
+                raise SourceError(
+                    f"camera {camera.id}: cannot open {camera.source}: it is a directory"
+                )
             if not os.path.exists(source):
-                raise SourceError(f"camera {camera.id}: {camera.source}: no such file")
+                raise SourceError(f"camera {camera.id}: cannot open {camera.source}: no such file")
         options: dict[str, str] = {}
         kwargs: dict[str, Any] = {}
         if source.startswith(("rtsp://", "rtsps://")):

@@ -1054,17 +1054,24 @@ def check_supported(config: Config) -> None:
 
 
 def check_outputs(config: Config) -> None:
-    """Refuse an output that cannot be written, before anything starts."""
+    """Refuse an output that cannot be written, before anything starts.
+
+    Never blocks: a FIFO or a device (``/dev/full``) is checked for write permission
+    only, a regular file is opened for appending (created when missing).
+    """
     path = config.outputs.jsonl_path
     if path is None:
         return
     if path.is_dir():
         raise ConfigError(f"outputs.jsonl_path: {path} is a directory; name a file")
     parent = path.parent if str(path.parent) else Path(".")
-    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ConfigError(f"outputs.jsonl_path: cannot write {path}: {blocker} is not a directory")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"outputs.jsonl_path: {parent} is not a directory")
     try:
+        if path.exists() and not path.is_file():
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "permission denied")
+            return
         parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):
             pass

@@ -138,9 +138,9 @@ def test_systemd_notify_and_monitoring_port(
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
             text = resp.read().decode()
         for line in text.splitlines():
-            if line.startswith("itsd_frames_inferred_total "):
+            if line.startswith('itsd_infer_frames_total{camera="street"} '):
                 return float(line.split()[1])
-        raise AssertionError("itsd_frames_inferred_total missing from /metrics")
+        raise AssertionError("itsd_infer_frames_total of camera street missing from /metrics")
 
     first = frames_metric()
     wait_until(lambda: frames_metric() > first, 30, "the frame counter to grow")
