@@ -321,6 +321,17 @@ class CameraConfig(_Model):
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
         return _check_unique_ids(items, "id")
 
+    @property
+    def live(self) -> bool:
+        """True for network streams (paced by the camera), False for files and patterns."""
+        return is_live_source(self.source)
+
+    @property
+    def lossless(self) -> bool:
+        """True for recorded footage processed frame by frame (a file with realtime false):
+        decode waits for inference instead of dropping frames."""
+        return not self.live and not self.realtime and not self.source.startswith("pattern://")
+
     @field_validator("source")
     @classmethod
     def _source_not_blank(cls, source: str) -> str:
@@ -408,6 +419,13 @@ class Config(_Model):
     def camera_fps(self, camera: CameraConfig) -> float:
         """Frames per second taken from ``camera``."""
         return camera.target_fps if camera.target_fps is not None else self.performance.target_fps
+
+
+def is_live_source(source: str) -> bool:
+    """True for network streams (paced by the camera), False for files and patterns."""
+    if source.startswith(("pattern://", "file://", "sample:")):
+        return False
+    return "://" in source
 
 
 def default_pid_file() -> Path:

@@ -108,6 +108,21 @@ DECODE_RECONNECTS = define(
     CAM,
     "decode",
 )
+DECODE_TS_JUMPS = define(
+    "itsd_decode_timestamp_jumps_total",
+    C,
+    "Times a file's timestamps jumped (joined segments, a clock reset); timing restarts there.",
+    CAM,
+    "decode",
+)
+DECODE_WAITS = define(
+    "itsd_decode_backpressure_seconds_total",
+    C,
+    "Seconds a lossless source waited for inference to free a slot of its ring.",
+    CAM,
+    "decode",
+    1e-6,
+)
 DECODE_LAST_FRAME = define(
     "itsd_decode_last_frame_timestamp_seconds",
     G,

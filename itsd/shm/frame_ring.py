@@ -42,7 +42,8 @@ between the reader's look and its CAS is never taken by mistake)::
     FREE       0    nobody  FREE -> WRITING      writer begin_write()
     WRITING    1    writer  WRITING -> READY     writer commit() (new seq and tag)
                             WRITING -> FREE      writer abort(); recover_writer()
-    READY      2    nobody  READY -> READING     reader acquire_newest() (newest READY)
+    READY      2    nobody  READY -> READING     reader acquire_newest() (newest READY) or
+                                                 acquire_oldest() (oldest unread READY)
                             READY -> FREE        reader acquire_newest(): older READY, "skipped"
                             READY -> WRITING     writer, no FREE slot: overwrites the OLDEST
                                                  unread frame, "dropped"
@@ -65,6 +66,10 @@ Crash recovery: the supervisor calls ``recover_reader()`` (READING -> FREE) befo
 starts a new reader, and ``recover_writer()`` (WRITING -> FREE) before a new writer. Never
 call them while a process of that role is alive. A ``FrameRing`` object is not
 thread-safe: one thread per role.
+
+Lossless use (recorded footage): the writer checks ``has_free_slot()`` and waits before
+each write (the waiting is the writer's business, not this module's) and the reader
+takes ``acquire_oldest()``; then no frame is dropped or skipped.
 
 This module must never block the writer, never copy pixels on the reader side, and never
 import anything else from ``itsd`` (only ``itsd.shm``).
@@ -682,6 +687,22 @@ class FrameRing(SegmentBacked):
         Older unread frames are freed for the writer and counted in ``skipped``. Returned
         sequence numbers strictly increase.
         """
+        return self._acquire(newest=True)
+
+    def acquire_oldest(self) -> FrameSlot | None:
+        """Take the oldest unread frame (READY -> READING) and skip nothing.
+
+        For lossless sources (recorded footage processed frame by frame): with a writer
+        that waits for a FREE slot (``has_free_slot``) before each write, every frame is
+        read, in order. Returned sequence numbers strictly increase.
+        """
+        return self._acquire(newest=False)
+
+    def has_free_slot(self) -> bool:
+        """True when a slot is FREE: a write now overwrites no unread frame."""
+        return any(s == SLOT_FREE for s in self.slot_states())
+
+    def _acquire(self, newest: bool) -> FrameSlot | None:
         if self._closed:
             raise ValueError(f"frame ring {self.name!r} is closed")
         buf = self._buf
@@ -698,7 +719,10 @@ class FrameRing(SegmentBacked):
                 if word & _STATE_MASK == SLOT_READY:
                     seq = load_u64(buf, seq_off[i])
                     ready.append((i, word, seq))
-                    if seq > best_seq:
+                    if newest:
+                        if seq > best_seq:
+                            best, best_seq, best_word = i, seq, word
+                    elif seq > last and (best < 0 or seq < best_seq):
                         best, best_seq, best_word = i, seq, word
             if best < 0:
                 if ready:
@@ -715,7 +739,8 @@ class FrameRing(SegmentBacked):
                     f"frame ring {self.name!r}: slot {best} holds sequence {seq} but its state "
                     f"word says tag {best_word >> 8:#x} (last read {last}): ring corrupted"
                 )
-            self._skip(ready, seq)
+            if newest:
+                self._skip(ready, seq)
             self._last_read = seq
             store_u64(buf, _H_LAST_READ, seq)
             fetch_add_u64(buf, _H_READ, 1)

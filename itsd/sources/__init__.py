@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from itsd.config import CameraConfig
+from itsd.config import CameraConfig, is_live_source
 
 
 class SourceFrame(Protocol):
@@ -54,9 +54,7 @@ class Source(Protocol):
 
 def is_live(source: str) -> bool:
     """True for network streams (paced by the camera), False for files and patterns."""
-    if source.startswith("pattern://"):
-        return False
-    return "://" in source and not source.startswith("file://")
+    return is_live_source(source)
 
 
 def open_source(camera: CameraConfig) -> Source:

@@ -40,6 +40,9 @@ log = logging.getLogger("itsd.decode")
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+JUMP_BACK_S = 0.25  # a file timestamp going back this much is a jump (joined segments)
+JUMP_FORWARD_S = 2.0  # ... or forward this much (a clock reset, a gap in a recording)
+LOSSLESS_POLL_S = 0.001
 
 
 def fit_within(width: int, height: int, max_w: int, max_h: int) -> tuple[int, int]:
@@ -64,6 +67,8 @@ class _Cells:
         self.last_frame = w.cell(m.DECODE_LAST_FRAME, camera=camera_id)
         self.next_id = w.cell(m.DECODE_NEXT_FRAME_ID, camera=camera_id)
         self.eof = w.cell(m.DECODE_EOF, camera=camera_id)
+        self.ts_jumps = w.cell(m.DECODE_TS_JUMPS, camera=camera_id)
+        self.waits = w.cell(m.DECODE_WAITS, camera=camera_id)
 
 
 def run(ctx: StageContext) -> int:
@@ -137,26 +142,64 @@ def _decode_loop(
     cells: _Cells,
     fps: float,
 ) -> bool:
-    """Decode until the source ends (True) or a stop is requested (False)."""
+    """Decode until the source ends (True) or a stop is requested (False).
+
+    Frame ids: for a file that does not loop, the frame's index in the file (a restarted
+    decoder resumes after the last frame it published); otherwise they continue from the
+    stage's counter. A lossless camera (``realtime: false`` file) waits for a free ring
+    slot before each frame instead of overwriting one. File timestamps that jump
+    (backwards, or forwards by more than ``JUMP_FORWARD_S``) are logged and timing
+    restarts at that frame, so pacing neither stalls nor sleeps through the gap.
+    """
     slot = ctx.slot
     stats = {"corrupt": 0}
     period = 1.0 / fps
     live = source.live
     pace = (camera.realtime and not live) or camera.source.startswith("pattern://")
+    lossless = camera.lossless
+    by_index = not live and not camera.loop
+    resume_from = cells.next_id.get_int() if by_index else 0
+    if by_index and resume_from:
+        log.info("camera %s: resuming after frame %d", camera.id, resume_from - 1)
     wall0 = time.monotonic()
+    file_wall0_ns = time.time_ns()
     t_first: float | None = None
+    t_prev: float | None = None
+    rel_prev = 0.0
+    step = period  # typical distance between two frames' timestamps
     next_due: float | None = None
+    index = -1
     try:
         for frame in source.frames(stats):
             slot.beat()
             if ctx.should_stop():
                 return False
+            index += 1
             cells.frames.inc()
+            if by_index and index < resume_from:
+                continue  # published before this decoder restarted
             # Frame time: the stream clock for files, arrival time for live sources.
             t = frame.time if frame.time is not None else time.monotonic()
             if t_first is None:
                 t_first = t
+            elif not live and t_prev is not None:
+                dt = t - t_prev
+                if dt < -JUMP_BACK_S or dt > max(JUMP_FORWARD_S, 10 * step):
+                    cells.ts_jumps.inc()
+                    log.warning(
+                        "camera %s: timestamps jump by %+.2f s at frame %d of %s; timing "
+                        "restarts at this frame",
+                        camera.id,
+                        dt,
+                        index,
+                        camera.source,
+                    )
+                    t_first = t - (rel_prev + step)  # as if one ordinary frame later
+                elif dt > 0:
+                    step = 0.9 * step + 0.1 * dt
+            t_prev = t
             rel = t - t_first
+            rel_prev = rel
             if next_due is not None and rel + 1e-6 < next_due:
                 cells.skipped.inc()
                 continue  # above the target fps
@@ -167,13 +210,22 @@ def _decode_loop(
                 delay = wall0 + rel - time.monotonic()
                 if delay > 0 and not ctx.sleep(delay, step=0.05):
                     return False
+            if lossless and not _wait_for_slot(ctx, ring, cells):
+                return False
             w, h = fit_within(frame.width, frame.height, ring.max_width, ring.max_height)
             pixels = frame.rgb(w, h)
             # Claim the id before the frame is published: a crash in between leaves a gap,
             # never a frame id used twice.
-            frame_id = cells.next_id.get_int()
-            cells.next_id.set(frame_id + 1)
-            wall_ns = time.time_ns()
+            if by_index:
+                frame_id = index
+                cells.next_id.set(index + 1)
+            else:
+                frame_id = cells.next_id.get_int()
+                cells.next_id.set(frame_id + 1)
+            # Capture time: arrival for live sources; for files the start of this pass
+            # plus the frame's stream time, so events line up with the video and the
+            # tracker sees the video's own clock at any processing speed.
+            wall_ns = time.time_ns() if live else file_wall0_ns + int(rel * 1e9)
             ok = ring.write(
                 pixels,
                 frame_id=frame_id,
@@ -181,10 +233,26 @@ def _decode_loop(
                 pts=frame.pts,
                 pixel_format=PIXEL_FORMAT_RGB24,
             )
-            cells.last_frame.set(wall_ns / 1e9)
+            cells.last_frame.set(time.time())
             if ok:
                 cells.written.inc()
     finally:
         if stats["corrupt"]:
             cells.errors.inc(stats["corrupt"])
     return True
+
+
+def _wait_for_slot(ctx: StageContext, ring: FrameRing, cells: _Cells) -> bool:
+    """Wait (beating) until the ring has a free slot; False if a stop came first."""
+    if ring.has_free_slot():
+        return True
+    t0 = time.monotonic_ns()
+    try:
+        while not ring.has_free_slot():
+            ctx.slot.beat()
+            if ctx.should_stop():
+                return False
+            time.sleep(LOSSLESS_POLL_S)
+        return True
+    finally:
+        cells.waits.inc((time.monotonic_ns() - t0) // 1000)

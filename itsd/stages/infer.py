@@ -56,6 +56,11 @@ class _Camera:
     ring: FrameRing
     priority: int
     frames: Cell
+    lossless: bool = False
+
+    def take(self) -> FrameSlot | None:
+        """The next frame: the oldest for lossless cameras, else the newest."""
+        return self.ring.acquire_oldest() if self.lossless else self.ring.acquire_newest()
 
 
 class _Cameras:
@@ -80,9 +85,9 @@ class _Cameras:
         n = ring.recover_reader()
         if n:
             log.info("camera %s: recovered %d slot(s) left by a previous run", binding.camera_id, n)
-        prio = CameraConfig.model_validate(binding.config).priority
+        cfg = CameraConfig.model_validate(binding.config)
         frames = self.metrics.cell(m.INFER_FRAMES, camera=binding.camera_id)
-        self.by_key[binding.key] = _Camera(binding, ring, prio, frames)
+        self.by_key[binding.key] = _Camera(binding, ring, cfg.priority, frames, cfg.lossless)
         self._reorder()
 
     def update(self, binding: CameraBinding) -> None:
@@ -91,7 +96,9 @@ class _Cameras:
             self.attach(binding)
             return
         cam.binding = binding
-        cam.priority = CameraConfig.model_validate(binding.config).priority
+        cfg = CameraConfig.model_validate(binding.config)
+        cam.priority = cfg.priority
+        cam.lossless = cfg.lossless
         self._reorder()
 
     def detach(self, key: int) -> _Camera | None:
@@ -196,7 +203,7 @@ def run(ctx: StageContext) -> int:
             n = len(order)
             for k in range(n):
                 cam = order[(start + k) % n]
-                s = cam.ring.acquire_newest()
+                s = cam.take()
                 if s is not None:
                     taken.append((cam, s))
                     if len(taken) >= max_batch:
@@ -291,10 +298,11 @@ def _apply_commands(
                 cam = cams.detach(b.key)
                 if cam is None:
                     continue
-                # The decoder has exited: take the last frame still in the ring, then let go.
-                last = cam.ring.acquire_newest()
-                if last is not None:
-                    forward, _ = _infer(engine, [(cam, last)])
+                # The decoder has exited: take what is still in the ring (the newest frame;
+                # every frame, in order, for a lossless camera), then let go.
+                while (last := cam.take()) is not None:
+                    records, _ = _infer(engine, [(cam, last)])
+                    forward += records
                 cam.ring.close()
                 cams.metrics.retire_label("camera", b.camera_id)
                 log.info("camera %s detached", b.camera_id)
