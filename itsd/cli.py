@@ -304,6 +304,9 @@ def demo(
     out = Path(output)
     if out.exists():
         out.unlink()
+    import shutil
+
+    shutil.rmtree(config.resolved_state_dir(), ignore_errors=True)  # every demo starts afresh
     from itsd.supervisor.service import serve
 
     code = serve(config)

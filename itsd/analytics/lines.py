@@ -269,6 +269,19 @@ class LineCounter:
             for line_id, by_dir in self._totals.items()
         }
 
+    def restore_totals(self, totals: dict[str, dict[str, dict[str, int]]]) -> None:
+        """Add saved counts (``totals()``'s shape) to the lines of the same id; other lines
+        and unknown directions are ignored. For totals that survive a restart."""
+        for line_id, by_dir in totals.items():
+            mine = self._totals.get(line_id)
+            if mine is None:
+                continue
+            for direction, per_class in by_dir.items():
+                if direction not in mine:
+                    continue
+                for cls, n in per_class.items():
+                    mine[direction][cls] = mine[direction].get(cls, 0) + int(n)
+
     def forget(self, track_ids: Iterable[int]) -> None:
         """Drop what is remembered of these tracks (call with the tracker's removed ids)."""
         for track_id in track_ids:

@@ -219,6 +219,15 @@ class Tracker:
         self._removed: deque[int] = deque(maxlen=max(1024, 4 * config.max_tracks))
 
     # ------------------------------------------------------------------ public
+    @property
+    def next_track_id(self) -> int:
+        """The id the next new track gets."""
+        return self._next_id
+
+    def start_ids_at(self, first: int) -> None:
+        """Give new tracks ids from ``first`` on (never lowers the next id): after a
+        restart, ids continue past the ones handed out before, never reused."""
+        self._next_id = max(self._next_id, int(first))
 
     def update(
         self,

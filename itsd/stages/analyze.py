@@ -9,6 +9,10 @@ events to the event ring:
 * ``line_crossing`` (topic analytics_events): a track crossed a counting line, with
   the line's running totals.
 
+Line totals and track-id blocks are saved per camera in the state directory
+(``itsd.analytics.totals``): totals continue after this stage or the daemon restarts, and
+a tracking id is never given to another object.
+
 Camera changes arrive as ``CommandRecord``s on the detection ring, in flow order with
 the detections: ``sync`` (the whole table, after inference restarted), ``attach``,
 ``detach`` (after the camera's last detections) and ``update`` (new lines: the camera's
@@ -41,6 +45,7 @@ from itsd.analytics import (
     TrackerConfig,
     is_vehicle,
 )
+from itsd.analytics.totals import ID_BLOCK, SAVE_PERIOD_S, LineTotals, TotalsStore, line_signature
 from itsd.config import CameraConfig
 from itsd.errors import EXIT_OK
 from itsd.records import (
@@ -198,13 +203,41 @@ class CameraAnalytics:
 
 @dataclass
 class _Cam:
-    """One camera's analytics and its cells."""
+    """One camera's analytics, its cells and its persisted totals."""
 
     a: CameraAnalytics
     frames: Cell
     events: Cell
     crossings: Cell
     tracks: Cell
+    store: TotalsStore
+
+    def lines_state(self) -> dict[str, tuple[list[Any], LineTotals]]:
+        totals = self.a.counter.totals()
+        return {ln.line_id: (line_signature(ln), totals.get(ln.line_id, {})) for ln in self.a.lines}
+
+    def save(self) -> None:
+        """Save totals; reserve a new block of track ids first when the old one is used."""
+        reserved = self.store.reserved_until
+        if self.a.tracker.next_track_id + ID_BLOCK // 10 >= reserved:
+            reserved = self.a.tracker.next_track_id + ID_BLOCK
+        self.store.save(self.lines_state(), reserved)
+
+    def restore(self) -> None:
+        saved, first = self.store.load()
+        current = {ln.line_id: line_signature(ln) for ln in self.a.lines}
+        restored = {k: tot for k, (sig, tot) in saved.items() if current.get(k) == sig}
+        self.a.counter.restore_totals(restored)
+        self.a.tracker.start_ids_at(first)
+        self.store.reserved_until = first
+        self.save()  # reserve the block before any id of it is used
+        if restored or first > 1:
+            log.info(
+                "camera %s: totals of %d line(s) restored; track ids continue from %d",
+                self.a.camera.id,
+                len(restored),
+                first,
+            )
 
 
 class _State:
@@ -219,6 +252,15 @@ class _State:
         self.bad = self.metrics.cell(m.ANALYZE_ERRORS)
         self.latency = self.metrics.cell(m.ANALYZE_LATENCY_SUM)
         self.base_seq = ctx.spec.cmd_seq
+        self.state_dir = ctx.config.resolved_state_dir()
+        self.last_save = 0.0
+
+    def save_all(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_save >= SAVE_PERIOD_S:
+            self.last_save = now
+            for cam in self.cams.values():
+                cam.save()
 
     def add(self, b: CameraBinding) -> None:
         camera = CameraConfig.model_validate(b.config)
@@ -227,18 +269,22 @@ class _State:
             cur.a.reconfigure(camera)
             return
         w, cid = self.metrics, camera.id
-        self.cams[b.key] = _Cam(
+        cam = _Cam(
             CameraAnalytics(camera, self.class_names),
             w.cell(m.ANALYZE_RECORDS, camera=cid),
             w.cell(m.ANALYZE_EVENTS, camera=cid),
             w.cell(m.ANALYZE_CROSSINGS, camera=cid),
             w.cell(m.ANALYZE_TRACKS, camera=cid),
+            TotalsStore(self.state_dir, cid),
         )
+        cam.restore()
+        self.cams[b.key] = cam
         log.info("camera %s attached (%d line(s))", camera.id, len(camera.lines))
 
     def remove(self, key: int) -> None:
         cam = self.cams.pop(key, None)
         if cam is not None:
+            cam.store.delete()  # the camera was removed: its totals go with it
             self.metrics.retire_label("camera", cam.a.camera.id)
             log.info("camera %s detached", cam.a.camera.id)
 
@@ -292,7 +338,9 @@ def run(ctx: StageContext) -> int:
             if board is not None and now - last_board >= BOARD_PERIOD_S:
                 last_board = now
                 _publish_board(board, state)
+            state.save_all()
     finally:
+        state.save_all(force=True)
         if board is not None:
             _publish_board(board, state)
             board.close()

@@ -3,6 +3,8 @@
 * A ``realtime: false`` file is processed frame by frame: one detection event per frame
   of the file, frame ids equal to the frame's index, also while another process loads
   the CPU and for a file whose timestamps jump backwards and forwards.
+* Line totals continue after the analytics stage is killed and after a daemon restart;
+  tracking ids are never reused.
 * ``itsd eval`` with the default configuration on every hand-counted clip: each
   direction within 1 of the hand count and crossing F1 >= 0.95.
 """
@@ -10,8 +12,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -114,7 +119,7 @@ def test_timestamps_that_jump_lose_nothing(
     for realtime in (False, True):
         cam = _lossless(str(joined), realtime=realtime, target_fps=30.0 if realtime else 240.0)
         d = start_daemon(cameras=[cam], extra={"supervisor": {"exit_when_sources_end": True}})
-        wait_until(lambda: d.proc.poll() is not None, 90, "the end of the file", d.log_path)
+        d.proc.wait(90)
         assert d.proc.returncode == 0
         log = d.log()
         assert log.count("timestamps jump by") == 2, log[-3000:]
@@ -160,3 +165,67 @@ def test_eval_with_the_defaults_matches_the_hand_count(
     for s in data["by_direction"]:
         assert abs(s["counted"] - s["true"]) <= 1, s
     assert data["f1"] >= 0.95, r.stdout
+
+
+def _totals(d: Daemon) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/api/state", timeout=10) as resp:
+        state = json.loads(resp.read())
+    total = 0
+    for cam in state["traffic"]:
+        for dirs in cam["line_counts"].values():
+            for classes in dirs.values():
+                total += sum(classes.values())
+    return total
+
+
+def _track_ids(d: Daemon) -> list[int]:
+    return [
+        int(x["tracking_id"])
+        for e in d.detections()
+        for x in e["data"]["detections"]
+        if x.get("tracking_id") is not None
+    ]
+
+
+def test_totals_and_track_ids_survive_restarts(
+    start_daemon: Callable[..., Daemon], media_dir: Path, tmp_path: Path
+) -> None:
+    clip = str(media_dir / "street_overhead_dusk.mp4")
+    cam = _lossless(clip, realtime=True, loop=True, target_fps=15.0)
+    workdir = tmp_path / "totals"
+    workdir.mkdir()
+    d = start_daemon(cameras=[cam], workdir=workdir)
+    d.wait_log(r"all stages running", timeout=90)
+    wait = wait_until
+    wait(lambda: _totals(d) >= 3, 120, "three crossings", d.log_path)
+
+    # The analytics stage is killed: its totals come back from disk.
+    before = _totals(d)
+    os.kill(d.stage_pid("analyze"), signal.SIGKILL)
+    d.wait_log(r"started analyze \(pid", count=2, timeout=60)
+    d.wait_log(r"totals of 1 line\(s\) restored", timeout=60)
+    wait(lambda: _totals(d) >= before, 30, "totals back after the restart", d.log_path)
+
+    # The daemon is restarted: totals continue, track ids are never reused.
+    wait(lambda: _totals(d) >= before + 1, 120, "a crossing after the restart", d.log_path)
+    ids_before = set(_track_ids(d))
+    mid = _totals(d)
+    assert d.stop().returncode == 0
+    n_events = len(d.events())
+    d2 = start_daemon(cameras=[cam], workdir=workdir)
+    d2.wait_log(r"all stages running", timeout=90, count=2)
+    d2.wait_log(r"totals of 1 line\(s\) restored", timeout=60, count=2)
+    assert _totals(d2) >= mid
+    wait(lambda: len(d2.detections()) > n_events // 2 + 60, 120, "new frames", d2.log_path)
+    new_ids = set(_track_ids(d2)) - ids_before
+    later = [e for e in d2.events()[n_events:] if e["event_type"] == "detection"]
+    ids_after = {
+        int(x["tracking_id"])
+        for e in later
+        for x in e["data"]["detections"]
+        if x.get("tracking_id") is not None
+    }
+    assert ids_after, "tracks after the restart"
+    assert not (ids_after & ids_before), "a tracking id was reused after the restart"
+    assert new_ids
+    assert d2.stop().returncode == 0
