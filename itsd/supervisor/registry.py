@@ -18,6 +18,7 @@ registered camera deletes its entry; removing a file camera adds its id to ``rem
 
 The file is written atomically (a temporary file in the same directory, fsync, rename,
 fsync of the directory), so a crash leaves the old or the new state, never half of one.
+It is readable by its owner only (mode 0600): a camera URL may carry a password.
 
 This module must never import a stage; it reads and writes only the state file.
 """
@@ -103,7 +104,9 @@ class RegistryStore:
         ).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            # Owner-only: a camera URL may carry a password.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(body)
                 fh.flush()
                 os.fsync(fh.fileno())
