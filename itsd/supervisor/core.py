@@ -1065,8 +1065,11 @@ def check_outputs(config: Config) -> None:
     if path.is_dir():
         raise ConfigError(f"outputs.jsonl_path: {path} is a directory; name a file")
     parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"outputs.jsonl_path: {parent} is not a directory")
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"outputs.jsonl_path: cannot write {path}: {ancestor} is not a directory")
     try:
         if path.exists() and not path.is_file():
             if not os.access(path, os.W_OK):
