@@ -167,7 +167,10 @@ class SupervisorBackend:
 
     @staticmethod
     def _stream(c: CameraView) -> StreamInfo:
-        return StreamInfo(c.camera_id, c.source, c.target_fps, c.priority, c.state)
+        options = {
+            k: v for k, v in _plain(c.config).items() if k not in ("id", "source", "priority")
+        }
+        return StreamInfo(c.camera_id, c.source, c.target_fps, c.priority, c.state, options)
 
     def list_streams(self) -> list[StreamInfo]:
         """Every registered camera."""

@@ -90,6 +90,7 @@ def test_cameras_come_and_go_while_the_others_run(
     bikes = str(media_dir / "bikes.mp4")
     info = client.register_stream(t, 60, "g1", bikes, FPS, 0, {"loop": True})
     assert info.config.camera_id == "g1"
+    assert json.loads(info.config.options_json)["loop"] is True  # the whole entry comes back
     client.register_stream(t, 60, "g2", "pattern://moving?width=160&height=120&fps=8", FPS)
     client.register_stream(
         t,
