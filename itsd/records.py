@@ -15,9 +15,12 @@ Two records cross process boundaries:
   camera table, carried in flow order with the data (``u32 magic 'CMD1'`` then JSON).
 
 * ``EventRecord`` (analytics -> publisher): an already-serialised JSON event with the
-  topic it belongs to and its Kafka key (the camera id)::
+  topic it belongs to, its event type (so sinks need not parse the JSON for a Kafka
+  header) and its Kafka key (the camera id)::
 
-      u8 topic | u8 reserved | u16 key_len | key (utf-8) | payload (JSON, utf-8)
+      u8 topic | u8 event type | u16 key_len | key (utf-8) | payload (JSON, utf-8)
+
+  The same bytes are what the publisher's disk spool stores per record.
 
 This module must never import a stage, an engine, shared memory or a GPU library; it is
 pure data and is imported by every stage.
@@ -50,6 +53,23 @@ class Topic(enum.IntEnum):
     def default_name(self) -> str:
         """The default Kafka topic name of this stream."""
         return f"{self.name.lower()}_events"
+
+
+class EventType(enum.IntEnum):
+    """The kinds of event; ``name.lower()`` is the JSON ``event_type``. 0 means unknown
+    (a record written before the type was carried)."""
+
+    UNKNOWN = 0
+    DETECTION = 1
+    LINE_CROSSING = 2
+    ANALYTICS_SUMMARY = 3
+    METRICS_SNAPSHOT = 4
+    ALERT = 5
+
+    @property
+    def wire_name(self) -> str:
+        """The ``event_type`` value of the JSON (and of the Kafka header)."""
+        return self.name.lower()
 
 
 @dataclass(slots=True)
@@ -131,24 +151,33 @@ class EventRecord:
     topic: Topic
     key: str
     payload: bytes
+    kind: EventType = EventType.UNKNOWN
 
     def pack(self) -> bytes:
         """Serialise for a record ring."""
         key = self.key.encode()
         if len(key) > 0xFFFF:
             raise ValueError("event key longer than 65535 bytes")
-        return _EVT_HEADER.pack(int(self.topic), 0, len(key)) + key + self.payload
+        return _EVT_HEADER.pack(int(self.topic), int(self.kind), len(key)) + key + self.payload
 
     @classmethod
     def unpack(cls, data: bytes) -> EventRecord:
         """Parse bytes made by :meth:`pack`; ValueError on anything else."""
         if len(data) < _EVT_HEADER.size:
             raise ValueError(f"event record too short: {len(data)} bytes")
-        topic, _, klen = _EVT_HEADER.unpack_from(data)
+        topic, kind, klen = _EVT_HEADER.unpack_from(data)
         end = _EVT_HEADER.size + klen
         if end > len(data):
             raise ValueError("event record key runs past its end")
-        return cls(Topic(topic), data[_EVT_HEADER.size : end].decode(), bytes(data[end:]))
+        try:
+            return cls(
+                Topic(topic),
+                bytes(data[_EVT_HEADER.size : end]).decode(),
+                bytes(data[end:]),
+                EventType(kind),
+            )
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"malformed event record: {err}") from None
 
 
 def rfc3339_from_ns(wall_ns: int) -> str:

@@ -48,6 +48,7 @@ from itsd.analytics import (
 from itsd.analytics.totals import ID_BLOCK, SAVE_PERIOD_S, LineTotals, TotalsStore, line_signature
 from itsd.config import CameraConfig
 from itsd.errors import EXIT_OK
+from itsd.events import detection_event, detection_item, line_crossing_event
 from itsd.records import (
     CMD_MAGIC,
     DET_MAGIC,
@@ -60,7 +61,6 @@ from itsd.records import (
     ModelInfoRecord,
     Topic,
     record_magic,
-    rfc3339_from_ns,
 )
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
@@ -77,7 +77,7 @@ DEFAULT_LINE_CLASSES = frozenset(VEHICLE_CLASS_NAMES | {"bicycle", "person"})
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return json.dumps(obj, separators=(",", ":")).encode()  # the live board, not events
 
 
 class CameraAnalytics:
@@ -137,67 +137,48 @@ class CameraAnalytics:
         crossings = self.counter.update(tracks, rec.width, rec.height, t)
         self.counter.forget(self.tracker.pop_removed())
         self.in_view = len(self.tracker.active_tracks())
-        stamp = rfc3339_from_ns(rec.capture_wall_ns)
         cam_id = self.camera.id
         events: list[EventRecord] = []
         if emit_detections:
             dets = []
-            vehicles = 0
             for i in range(len(rec.scores)):
                 if rec.scores[i] < report_min:
                     continue  # a tracking candidate, below what events report
                 name = self.class_name(int(rec.class_ids[i]))
-                veh = is_vehicle(name)
-                vehicles += veh
-                x0, y0, x1, y1 = (round(float(v), 1) for v in rec.boxes[i])
                 dets.append(
-                    {
-                        "class_name": name,
-                        "confidence": round(float(rec.scores[i]), 4),
-                        "bbox": {"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1},
-                        "tracking_id": track_of.get(i),
-                        "is_vehicle": veh,
-                    }
+                    detection_item(
+                        name, rec.scores[i], rec.boxes[i], track_of.get(i), is_vehicle(name)
+                    )
                 )
-            payload = {
-                "event_type": "detection",
-                "timestamp": stamp,
-                "camera_id": cam_id,
-                "frame_id": rec.frame_id,
-                "data": {
-                    "detections": dets,
-                    "vehicle_count": vehicles,
-                    "frame": {"width": rec.width, "height": rec.height},
-                    "latency_ms": {
-                        "inference": round(
-                            (rec.infer_end_mono_ns - rec.infer_start_mono_ns) / 1e6, 2
-                        ),
-                        "capture_to_analytics": round(
-                            (time.time_ns() - rec.capture_wall_ns) / 1e6, 2
-                        ),
-                    },
-                    "batch_size": rec.batch_size,
-                },
-            }
-            events.append(EventRecord(Topic.DETECTION, cam_id, _dumps(payload)))
+            events.append(
+                detection_event(
+                    cam_id,
+                    rec.frame_id,
+                    rec.capture_wall_ns,
+                    dets,
+                    rec.width,
+                    rec.height,
+                    (rec.infer_end_mono_ns - rec.infer_start_mono_ns) / 1e6,
+                    (time.time_ns() - rec.capture_wall_ns) / 1e6,
+                    rec.batch_size,
+                )
+            )
         totals = self.counter.totals() if crossings else {}
         for c in crossings:
-            payload = {
-                "event_type": "line_crossing",
-                "timestamp": rfc3339_from_ns(int(c.timestamp * 1e9)),
-                "camera_id": cam_id,
-                "frame_id": rec.frame_id,
-                "data": {
-                    "line_id": c.line_id,
-                    "direction": c.direction,
-                    "class_name": c.class_name,
-                    "tracking_id": c.track_id,
-                    "is_vehicle": is_vehicle(c.class_name),
-                    "position": {"x": round(c.position[0], 1), "y": round(c.position[1], 1)},
-                    "line_totals": totals.get(c.line_id, {}),
-                },
-            }
-            events.append(EventRecord(Topic.ANALYTICS, cam_id, _dumps(payload)))
+            events.append(
+                line_crossing_event(
+                    cam_id,
+                    rec.frame_id,
+                    int(c.timestamp * 1e9),
+                    c.line_id,
+                    c.direction,
+                    c.class_name,
+                    c.track_id,
+                    is_vehicle(c.class_name),
+                    c.position,
+                    totals.get(c.line_id, {}),
+                )
+            )
         return events
 
 

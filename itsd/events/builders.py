@@ -1,0 +1,207 @@
+"""One builder per event type: the only place event JSON is put together.
+
+Each builder takes plain values, rounds them the way the schema documents, and returns
+an ``EventRecord`` (topic, Kafka key, event type, compact JSON payload) ready for the
+event ring or a sink. Field meanings are in ``proto/itsd/v1/events.proto`` and in the
+schema files next to this module.
+
+This module must never import a stage, the supervisor, ``control``, ``monitor``, numpy or
+a GPU library: it is called for every frame and must stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from itsd.records import EventRecord, EventType, Topic, rfc3339_from_ns
+
+#: Version of the event schemas (see ``itsd.events`` for the rules of change).
+SCHEMA_VERSION = "1.0"
+
+#: Alert types: the traffic ones of ``events.proto`` plus the daemon's own.
+ALERT_TYPES = (
+    "ALERT_TYPE_UNSPECIFIED",
+    "ALERT_TYPE_SPEEDING",
+    "ALERT_TYPE_WRONG_WAY",
+    "ALERT_TYPE_STOPPED_VEHICLE",
+    "ALERT_TYPE_CONGESTION",
+    "ALERT_TYPE_SPOOL_NEAR_FULL",
+    "ALERT_TYPE_SPOOL_FULL",
+)
+SEVERITIES = (
+    "ALERT_SEVERITY_UNSPECIFIED",
+    "ALERT_SEVERITY_INFO",
+    "ALERT_SEVERITY_WARNING",
+    "ALERT_SEVERITY_CRITICAL",
+)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _envelope(
+    kind: EventType, wall_ns: int, camera_id: str, frame_id: int, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "event_type": kind.wire_name,
+        "schema_version": SCHEMA_VERSION,
+        "timestamp": rfc3339_from_ns(wall_ns),
+        "camera_id": camera_id,
+        "frame_id": frame_id,
+        "data": data,
+    }
+
+
+def _record(topic: Topic, kind: EventType, key: str, obj: dict[str, Any]) -> EventRecord:
+    return EventRecord(topic, key, _dumps(obj), kind)
+
+
+def detection_item(
+    class_name: str,
+    confidence: float,
+    box: Sequence[float],
+    tracking_id: int | None,
+    is_vehicle: bool,
+) -> dict[str, Any]:
+    """One detection of a detection event (box in frame pixels, x_min y_min x_max y_max)."""
+    x0, y0, x1, y1 = (round(float(v), 1) for v in box)
+    return {
+        "class_name": class_name,
+        "confidence": round(float(confidence), 4),
+        "bbox": {"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1},
+        "tracking_id": tracking_id,
+        "is_vehicle": bool(is_vehicle),
+    }
+
+
+def detection_event(
+    camera_id: str,
+    frame_id: int,
+    capture_wall_ns: int,
+    detections: list[dict[str, Any]],
+    width: int,
+    height: int,
+    inference_ms: float,
+    capture_to_analytics_ms: float,
+    batch_size: int,
+) -> EventRecord:
+    """``detection`` (topic detection_events): the detections of one frame."""
+    data = {
+        "detections": detections,
+        "vehicle_count": sum(1 for d in detections if d["is_vehicle"]),
+        "frame": {"width": width, "height": height},
+        "latency_ms": {
+            "inference": round(inference_ms, 2),
+            "capture_to_analytics": round(capture_to_analytics_ms, 2),
+        },
+        "batch_size": batch_size,
+    }
+    obj = _envelope(EventType.DETECTION, capture_wall_ns, camera_id, frame_id, data)
+    return _record(Topic.DETECTION, EventType.DETECTION, camera_id, obj)
+
+
+def line_crossing_event(
+    camera_id: str,
+    frame_id: int,
+    wall_ns: int,
+    line_id: str,
+    direction: str,
+    class_name: str,
+    tracking_id: int,
+    is_vehicle: bool,
+    position: tuple[float, float],
+    line_totals: Mapping[str, Mapping[str, int]],
+) -> EventRecord:
+    """``line_crossing`` (topic analytics_events): a track crossed a counting line."""
+    data = {
+        "line_id": line_id,
+        "direction": direction,
+        "class_name": class_name,
+        "tracking_id": tracking_id,
+        "is_vehicle": bool(is_vehicle),
+        "position": {"x": round(position[0], 1), "y": round(position[1], 1)},
+        "line_totals": {d: dict(per) for d, per in line_totals.items()},
+    }
+    obj = _envelope(EventType.LINE_CROSSING, wall_ns, camera_id, frame_id, data)
+    return _record(Topic.ANALYTICS, EventType.LINE_CROSSING, camera_id, obj)
+
+
+def analytics_summary_event(
+    camera_id: str,
+    wall_ns: int,
+    period_s: float,
+    frames: int,
+    vehicles_in_view: int,
+    line_totals: Mapping[str, Mapping[str, Mapping[str, int]]],
+) -> EventRecord:
+    """``analytics_summary`` (topic analytics_events): one camera's state over a period."""
+    data = {
+        "period_s": round(period_s, 3),
+        "frames": frames,
+        "vehicles_in_view": vehicles_in_view,
+        "line_totals": {
+            line: {d: dict(per) for d, per in by_dir.items()}
+            for line, by_dir in line_totals.items()
+        },
+    }
+    obj = _envelope(EventType.ANALYTICS_SUMMARY, wall_ns, camera_id, 0, data)
+    return _record(Topic.ANALYTICS, EventType.ANALYTICS_SUMMARY, camera_id, obj)
+
+
+def metrics_snapshot_event(
+    samples: Iterable[tuple[str, Mapping[str, str], float]],
+    wall_ns: int | None = None,
+    host: str = "",
+) -> EventRecord:
+    """``metrics_snapshot`` (topic metrics_events): the daemon's metrics at one moment.
+
+    ``samples`` are ``(metric name, labels, value)``; names are those of ``/metrics``.
+    """
+    data = {
+        "host": host,
+        "metrics": [
+            {"name": name, "labels": dict(labels), "value": float(value)}
+            for name, labels, value in samples
+        ],
+    }
+    ns = time.time_ns() if wall_ns is None else wall_ns
+    obj = _envelope(EventType.METRICS_SNAPSHOT, ns, "", 0, data)
+    return _record(Topic.METRICS, EventType.METRICS_SNAPSHOT, "", obj)
+
+
+def alert_event(
+    alert_type: str,
+    severity: str,
+    message: str,
+    camera_id: str = "",
+    frame_id: int = 0,
+    wall_ns: int | None = None,
+    tracking_id: int = 0,
+    zone_id: str = "",
+    speed_kmh: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> EventRecord:
+    """``alert`` (topic alert_events): a rule was broken, an anomaly seen, or the daemon
+    itself needs attention (its spool filling up)."""
+    if alert_type not in ALERT_TYPES:
+        raise ValueError(f"unknown alert type {alert_type!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown alert severity {severity!r}")
+    data: dict[str, Any] = {
+        "alert_type": alert_type,
+        "severity": severity,
+        "tracking_id": tracking_id,
+        "zone_id": zone_id,
+        "message": message,
+    }
+    if speed_kmh is not None:
+        data["speed_kmh"] = round(speed_kmh, 1)
+    if details:
+        data["details"] = dict(details)
+    ns = time.time_ns() if wall_ns is None else wall_ns
+    obj = _envelope(EventType.ALERT, ns, camera_id, frame_id, data)
+    return _record(Topic.ALERT, EventType.ALERT, camera_id, obj)
