@@ -101,7 +101,9 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=5.0)
     ap.add_argument(
         "--model",
-        default=os.environ.get("ITSD_TEST_MODEL", str(REPO.parent / "shared/models/yolo11n_int8_320.onnx")),
+        default=os.environ.get(
+            "ITSD_TEST_MODEL", str(REPO.parent / "shared/models/yolo11n_int8_320.onnx")
+        ),
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
