@@ -52,8 +52,6 @@ RUN_SECONDS = float(os.environ.get("ITSD_STRESS_SECONDS", "3"))
 REC_CAPACITY = 2048
 REC_MAX_FILLER = 700
 BASE = (np.arange(MAX_W * MAX_H * 3, dtype=np.uint32) * 7 % 251).astype(np.uint8)
-C_COUNT = 0  # control slot counter: frames written / read / records received
-C_LAST = 1  # control slot counter: last frame id planned (writers)
 END = 0xFFFF_FFFF
 _REC_HEAD = struct.Struct("<IIqQ")  # record index, camera, frame id, seq
 
@@ -135,8 +133,7 @@ def writer_main(
                     else:
                         ws.commit(frame_id=fid, capture_ts_ns=ts, pts=pts)
                         ok += 1
-            me.set(C_COUNT, ok)
-            me.set(C_LAST, fid)
+            me.beat()  # progress, as a stage beats
             if jitter.random() < 0.3:
                 time.sleep(jitter.random() * 0.002)
         me.set_state(STATE_STOPPED)
@@ -212,7 +209,7 @@ def reader_main(
             if held is not None and jitter.random() < 0.5:
                 held.release()
                 held = None
-            me.set(C_COUNT, sum(counts))
+            me.beat()
             if not got_any:
                 if writers_done and all(r.pending() == 0 for r in rings):
                     break
@@ -260,7 +257,7 @@ def consumer_main(
                 assert index == expected, f"record {index} arrived, expected {expected}"
                 assert body[_REC_HEAD.size :] == filler(seed, index), f"record {index} damaged"
                 expected += 1
-                me.set(C_COUNT, expected)
+                me.beat()
             if jitter.random() < 0.3:
                 time.sleep(jitter.random() * 0.003)  # slow consumer: back-pressure
     except BaseException:
