@@ -49,15 +49,12 @@ NOT_YET_AVAILABLE: dict[str, str] = {
     ),
     "model.tensorrt": "TensorRT engines are not built yet",
     "model.precision": "a model runs in the precision it was exported in",
-    "outputs.spool_dir": "the on-disk spool comes with Kafka publishing",
-    "kafka.*": "Kafka publishing is not built yet; events go to outputs.jsonl_path",
     "cameras[].calibration": "ground-plane calibration and speeds are not built yet",
     "cameras[].zones": "zone analytics are not built yet",
 }
 
-#: Keys a wildcard in NOT_YET_AVAILABLE does not cover. ``kafka.enabled: true`` is refused
-#: when the daemon starts, with its own message; ``false`` is the default and harmless.
-_WILDCARD_EXEMPT = frozenset({"kafka.enabled"})
+#: Keys a wildcard in NOT_YET_AVAILABLE does not cover.
+_WILDCARD_EXEMPT: frozenset[str] = frozenset()
 
 
 def _check_unique_ids(items: list[Any], what: str) -> list[Any]:
@@ -180,7 +177,38 @@ class KafkaConfig(_Model):
     topics: TopicsConfig = Field(default_factory=TopicsConfig, description="Topic names.")
     producer: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description="Extra librdkafka producer settings, e.g. {'compression.type': 'zstd'}.",
+        description=(
+            "Extra librdkafka producer settings, passed through as given and applied last "
+            "(e.g. {'security.protocol': 'SSL'}); acks=all and idempotence are set "
+            "unless overridden here."
+        ),
+    )
+    compression: Literal["lz4", "zstd", "none"] = Field(
+        "lz4", description="Compression of produced batches."
+    )
+    linger_ms: float = Field(
+        5.0, ge=0.0, le=1000.0, description="Longest time the producer waits to fill a batch."
+    )
+    delivery_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description=(
+            "Time an event may wait for the broker's acknowledgement before it goes to the "
+            "disk spool instead (librdkafka's message.timeout.ms)."
+        ),
+    )
+    replay_batch: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Events replayed from the spool per round; also the most an event can be "
+            "delivered twice after a crash during replay."
+        ),
+    )
+    retry_s: float = Field(
+        2.0, gt=0.0, le=300.0, description="Pause between attempts to reach a broker that is away."
     )
 
 
@@ -191,8 +219,47 @@ class OutputsConfig(_Model):
         Path("itsd-events.jsonl"),
         description="Append every event as one JSON line to this file; null disables it.",
     )
+    jsonl_max_mib: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "Rotate the JSONL file when it would grow past this size (to .1, .2, ...); "
+            "0 never rotates (leave it to logrotate)."
+        ),
+    )
+    jsonl_backups: int = Field(5, ge=1, le=1000, description="Rotated JSONL files kept.")
     spool_dir: Path = Field(
         Path("itsd-spool"), description="Where events wait on disk while the broker is away."
+    )
+    spool_max_mib: float = Field(
+        1024.0,
+        gt=0.0,
+        description=(
+            "Largest size of the spool; past it events are counted as dropped and an alert "
+            "is published."
+        ),
+    )
+    spool_alert_ratio: float = Field(
+        0.8, gt=0.0, le=1.0, description="Fill level of the spool that raises a near-full alert."
+    )
+    spool_segment_mib: float = Field(
+        16.0, gt=0.0, description="Size of one spool segment file before a new one starts."
+    )
+    spool_fsync: Literal["always", "interval", "never"] = Field(
+        "always",
+        description=(
+            "When spooled events are fsynced: 'always' before the batch leaves the event ring "
+            "(nothing lost on power loss), 'interval' every spool_fsync_interval_s, 'never' "
+            "(the kernel decides; survives a crash of itsd, not of the machine)."
+        ),
+    )
+    spool_fsync_interval_s: float = Field(
+        1.0, gt=0.0, description="Period of fsync with spool_fsync: interval."
+    )
+    metrics_interval_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="Period of the metrics snapshot events (topic metrics_events); 0 disables.",
     )
     detection_events: bool = Field(
         True, description="Publish one detection event per processed frame."

@@ -199,6 +199,65 @@ PUBLISH_HELD = define(
     "publish",
 )
 
+KAFKA_PRODUCED = define(
+    "itsd_kafka_produced_total",
+    C,
+    "Events handed to the Kafka producer (first attempts and replays from the spool).",
+    (),
+    "publish",
+)
+KAFKA_DELIVERED = define(
+    "itsd_kafka_delivered_total", C, "Events the broker acknowledged (acks=all).", (), "publish"
+)
+KAFKA_FAILED = define(
+    "itsd_kafka_failed_total",
+    C,
+    "Events whose delivery failed or timed out (they go to the spool, not lost).",
+    (),
+    "publish",
+)
+KAFKA_DELIVERY_SECONDS = define(
+    "itsd_kafka_delivery_seconds_total",
+    C,
+    "Sum of the times from produce to acknowledgement (divide by "
+    "itsd_kafka_delivered_total for the mean).",
+    (),
+    "publish",
+    1e-6,
+)
+KAFKA_CONNECTED = define(
+    "itsd_kafka_connected", G, "1 while events go straight to the broker.", (), "publish"
+)
+SPOOL_SPOOLED = define(
+    "itsd_spool_events_total", C, "Events written to the disk spool.", (), "publish"
+)
+SPOOL_REPLAYED = define(
+    "itsd_spool_replayed_total",
+    C,
+    "Spooled events delivered to the broker once it was back.",
+    (),
+    "publish",
+)
+SPOOL_DROPPED = define(
+    "itsd_spool_dropped_total",
+    C,
+    "Events that could be neither delivered nor spooled (spool full or unwritable): lost.",
+    (),
+    "publish",
+)
+SPOOL_CORRUPT = define(
+    "itsd_spool_corrupt_records_total",
+    C,
+    "Spool records skipped because their checksum or length was wrong (a torn write).",
+    (),
+    "publish",
+)
+SPOOL_BYTES = define("itsd_spool_bytes", G, "Bytes in the disk spool.", (), "publish")
+SPOOL_EVENTS = define("itsd_spool_pending_events", G, "Events waiting in the spool.", (), "publish")
+JSONL_ROTATIONS = define(
+    "itsd_jsonl_rotations_total", C, "Times the JSONL file was rotated by size.", (), "publish"
+)
+
 # -- every stage -----------------------------------------------------------------------------
 STAGE_COMMAND_SEQ = define(
     "itsd_stage_command_seq", S, "Sequence number of the last command this stage applied."

@@ -1,17 +1,22 @@
-"""Publisher stage: takes events from the event ring and writes them out.
+"""Publisher stage: takes events from the event ring and fans them out to the sinks.
 
-Outputs: a JSONL file (one event per line, appended, flushed after every batch and
-fsynced on stop). Kafka publishing with an on-disk spool is configured by ``kafka.*``
-and is not available in this version; the supervisor refuses to start with it enabled
-rather than drop events silently.
+Sinks (``itsd.sinks``): the JSONL file (``outputs.jsonl_path``, rotated by size with
+``outputs.jsonl_max_mib``) and Kafka (``kafka.enabled``) with its disk spool
+(``outputs.spool_dir``). Each batch is offered to every sink; the batch leaves the ring
+only when every sink accepted it (written; delivered to the broker or durably spooled).
+A sink that fails keeps the batch on the ring and is retried alone every second with an
+error in the log (the sinks that accepted it never see it twice). Meanwhile the ring
+fills, back-pressure reaches analytics and inference and, in the end, the frame rings
+(which drop the oldest frames, counted). A crash between a sink's acceptance and taking
+the batch off the ring gives that batch again on restart (at least once, never lost).
+On a stop request (sent only after analytics has exited) the stage drains the ring
+through the sinks (the Kafka sink spools what the broker does not take) and closes them
+(fsync).
 
-Nothing is lost on a failed write (a full disk, a read-only mount): events leave the
-event ring only after they are written, so a failed batch stays in the ring and is
-retried every second with an error in the log. Meanwhile the ring fills, back-pressure
-reaches analytics and inference and, in the end, the frame rings (which drop the oldest
-frames, counted). A crash between a write and taking the batch off the ring writes that
-batch twice on restart (at least once, never lost). On a stop request (sent only after
-analytics has exited) the stage drains the ring, writes and fsyncs.
+Besides the ring's events the stage publishes two kinds of its own: a metrics snapshot
+every ``outputs.metrics_interval_s`` (topic metrics_events; the metrics of every stage of
+this run, read from their cell tables) and the alerts the sinks raise (a spool near full
+or full, topic alert_events).
 
 Camera changes arrive as ``CommandRecord``s on the event ring behind the events of the
 camera they concern; the publisher is the last stage to record them as applied, so a
@@ -28,110 +33,253 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from itsd.config import Config
 from itsd.errors import EXIT_OK
+from itsd.events import metrics_snapshot_event
 from itsd.records import CMD_MAGIC, CommandRecord, EventRecord, record_magic
 from itsd.runtime import metrics as m
+from itsd.runtime.metrics import Cell, MetricWriter, read_table
 from itsd.shm import RecordRing
-from itsd.stages.runtime import StageContext
+from itsd.shm.cells import CellTable
+from itsd.shm.segments import parse_segment_name, shm_dir
+from itsd.sinks import Sink, SinkError
+from itsd.sinks.jsonl import JsonlSink
+from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
 log = logging.getLogger("itsd.publish")
 
 BATCH_RECORDS = 512
+#: Batches are larger with Kafka: each one waits for the broker's acknowledgements.
+KAFKA_BATCH_RECORDS = 4096
 RETRY_S = 1.0
 
 
-class JsonlSink:
-    """Appends event payloads as lines to a file, reopening it after a failure.
+@dataclass
+class _Out:
+    """A sink with its cells and its failure state."""
 
-    The file is also reopened when its path no longer names the open file (moved away by
-    log rotation, deleted, replaced by something else), as ``logging``'s
-    ``WatchedFileHandler`` does: events go to the path the operator configured, never to
-    an unlinked file nobody can read, and a path that cannot be written any more (now a
-    directory) fails the batch, which is then held and reported.
-    """
+    sink: Sink
+    written: Cell
+    errors: Cell
+    busy: Cell
+    held: Cell
+    failing: bool = False
+    last_log: float = 0.0
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: BinaryIO | None = None
 
-    def _open(self) -> BinaryIO:
-        if self._fh is not None and not self._still_ours(self._fh):
-            self._drop_handle()
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
-        return self._fh
+@dataclass
+class _Extra:
+    """Events the stage makes itself (alerts, metrics snapshots), waiting for the sinks."""
 
-    def _still_ours(self, fh: BinaryIO) -> bool:
-        """True while the path names the open file (or is a device such as /dev/full)."""
+    events: list[EventRecord] = field(default_factory=list)
+
+
+def build_sinks(ctx: StageContext, extra: _Extra) -> list[Sink]:
+    """The sinks the configuration asks for."""
+    config: Config = ctx.config
+    w = ctx.metrics
+    assert w is not None
+    sinks: list[Sink] = []
+    out = config.outputs
+    if out.jsonl_path is not None:
+        rot = w.cell(m.JSONL_ROTATIONS)
+        sinks.append(
+            JsonlSink(
+                out.jsonl_path,
+                int(out.jsonl_max_mib * 2**20),
+                out.jsonl_backups,
+                on_rotate=rot.inc,
+            )
+        )
+    if config.kafka.enabled:
+        from itsd.sinks.kafka import Counters, KafkaSink
+        from itsd.sinks.spool import Spool
+
+        spool = Spool(
+            out.spool_dir,
+            int(out.spool_max_mib * 2**20),
+            int(out.spool_segment_mib * 2**20),
+            out.spool_fsync,
+            out.spool_fsync_interval_s,
+        )
+        c = Counters()
+        c.produced = w.cell(m.KAFKA_PRODUCED).inc
+        c.delivered = w.cell(m.KAFKA_DELIVERED).inc
+        c.failed = w.cell(m.KAFKA_FAILED).inc
+        c.latency_us = w.cell(m.KAFKA_DELIVERY_SECONDS).inc
+        c.spooled = w.cell(m.SPOOL_SPOOLED).inc
+        c.replayed = w.cell(m.SPOOL_REPLAYED).inc
+        c.dropped = w.cell(m.SPOOL_DROPPED).inc
+        corrupt = w.cell(m.SPOOL_CORRUPT)
+        sbytes, sevents, conn = (
+            w.cell(m.SPOOL_BYTES),
+            w.cell(m.SPOOL_EVENTS),
+            w.cell(m.KAFKA_CONNECTED),
+        )
+
+        def gauges(sp: Spool, connected: bool) -> None:
+            sbytes.set(sp.bytes_used)
+            sevents.set(sp.pending)
+            conn.set(1.0 if connected else 0.0)
+            if sp.corrupt + sp.torn > corrupt.get_int():
+                corrupt.set(sp.corrupt + sp.torn)
+
+        c.gauges = gauges
+        sinks.append(
+            KafkaSink(
+                config.kafka,
+                spool,
+                c,
+                alert=extra.events.append,
+                beat=ctx.beat,
+                alert_ratio=out.spool_alert_ratio,
+            )
+        )
+    return sinks
+
+
+class _Snapshots:
+    """Metrics snapshot events: every stage's cell table of this run, by name."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.period = ctx.config.outputs.metrics_interval_s
+        parsed = parse_segment_name(ctx.spec.cells) if ctx.spec.cells else None
+        self.run_id = parsed.run_id if parsed else ""
+        self.next_at = time.monotonic() + self.period
+        self.host = socket.gethostname()
+
+    def due(self) -> bool:
+        return self.period > 0 and bool(self.run_id) and time.monotonic() >= self.next_at
+
+    def take(self) -> EventRecord:
+        self.next_at = time.monotonic() + self.period
+        samples: list[tuple[str, dict[str, str], float]] = []
+        prefix = f"itsd-{self.run_id}-cells-"
+        with contextlib.suppress(FileNotFoundError):
+            names = sorted(n for n in os.listdir(shm_dir()) if n.startswith(prefix))
+            for name in names:
+                try:
+                    table = CellTable.attach(name)
+                except (OSError, ValueError):
+                    continue  # a stage that is just going away
+                try:
+                    for s in read_table(table):
+                        if s.defn.exported:
+                            samples.append((s.defn.name, dict(s.labels), s.value))
+                finally:
+                    table.close()
+        return metrics_snapshot_event(samples, host=self.host)
+
+
+def _offer(
+    ctx: StageContext, outs: Sequence[_Out], events: Sequence[EventRecord], done: list[bool]
+) -> None:
+    """Offer ``events`` to each sink that has not accepted them yet; mark who took them."""
+    for i, o in enumerate(outs):
+        if done[i]:
+            continue
+        t0 = time.monotonic_ns()
         try:
-            now = os.stat(self.path)
-        except OSError:
-            return False
-        mine = os.fstat(fh.fileno())
-        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
-
-    def write(self, payloads: list[bytes]) -> None:
-        """Write and flush; raises OSError (the caller keeps the batch and retries)."""
-        fh = self._open()
-        try:
-            fh.write(b"".join(p + b"\n" for p in payloads))
-            fh.flush()
-        except OSError:
-            self._drop_handle()
-            raise
-
-    def _drop_handle(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-
-    def sync(self) -> None:
-        """Flush to stable storage."""
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        """Sync and close."""
-        if self._fh is not None:
-            try:
-                self.sync()
-            finally:
-                self._drop_handle()
+            if events:
+                o.sink.write(events)
+        except (OSError, SinkError) as err:
+            o.errors.inc()
+            o.held.set(len(events))
+            now = time.monotonic()
+            if not o.failing:
+                o.failing = True
+                ctx.describe(
+                    error=f"cannot write events to {o.sink.describe()}: {err}",
+                    error_at=time.time(),
+                )
+            if now - o.last_log > 10.0:
+                o.last_log = now
+                log.error(
+                    "cannot write %d event(s) to %s: %s; holding them, retrying every %.0f s",
+                    len(events),
+                    o.sink.describe(),
+                    err,
+                    RETRY_S,
+                )
+            continue
+        done[i] = True
+        o.busy.inc((time.monotonic_ns() - t0) // 1000)
+        o.written.inc(len(events))
+        if o.failing:
+            o.failing = False
+            o.held.set(0)
+            if not any(x.failing for x in outs):
+                ctx.describe(error="")
+            log.info("writing to %s works again", o.sink.describe())
 
 
 def run(ctx: StageContext) -> int:
     """Publish events until stopped and drained."""
     config = ctx.config
     ring = RecordRing.attach(ctx.spec.event_ring)
-    path = config.outputs.jsonl_path
-    sink = JsonlSink(path) if path is not None else None
-    if sink is None:
-        log.warning("no output is configured (outputs.jsonl_path is null): events are discarded")
-    else:
-        log.info("writing events to %s", path)
     assert ctx.metrics is not None
-    written = ctx.metrics.cell(m.PUBLISH_EVENTS, sink="jsonl")
-    errors = ctx.metrics.cell(m.PUBLISH_ERRORS, sink="jsonl")
-    busy = ctx.metrics.cell(m.PUBLISH_SECONDS, sink="jsonl")
-    held = ctx.metrics.cell(m.PUBLISH_HELD, sink="jsonl")
+    w: MetricWriter = ctx.metrics
+    extra = _Extra()
+    sinks = build_sinks(ctx, extra)
+    if not sinks:
+        log.warning(
+            "no output is configured (outputs.jsonl_path is null, kafka disabled): "
+            "events are discarded"
+        )
+    for s in sinks:
+        log.info("writing events to %s", s.describe())
+    outs = [
+        _Out(
+            s,
+            w.cell(m.PUBLISH_EVENTS, sink=s.name),
+            w.cell(m.PUBLISH_ERRORS, sink=s.name),
+            w.cell(m.PUBLISH_SECONDS, sink=s.name),
+            w.cell(m.PUBLISH_HELD, sink=s.name),
+        )
+        for s in sinks
+    ]
+    batch_records = KAFKA_BATCH_RECORDS if config.kafka.enabled else BATCH_RECORDS
+    snapshots = _Snapshots(ctx)
     ctx.ack(ctx.spec.cmd_seq)
-    ctx.describe(outputs={"jsonl": str(path) if path is not None else None}, error="")
+    ctx.describe(
+        outputs={s.name: s.describe() for s in sinks},
+        error="",
+    )
     slot = ctx.slot
-    last_error_log = 0.0
-    failing = False
     ctx.set_running()
+
+    def housekeeping() -> None:
+        for o in outs:
+            try:
+                o.sink.poll()
+            except (OSError, SinkError) as err:
+                log.error("%s: %s", o.sink.describe(), err)
+        if snapshots.due():
+            extra.events.append(snapshots.take())
+        if extra.events:
+            mine, extra.events = extra.events, []
+            done = [False] * len(outs)
+            _offer(ctx, outs, mine, done)  # best effort: not on the ring, not retried
+
     try:
-        # Events leave the ring only once written: a failed write or a crash means
-        # they are written again later (at least once), never lost.
-        while (raw := ctx.next_records(ring, BATCH_RECORDS)) is not None:
-            pending: list[bytes] = []
+        # Events leave the ring only once every sink accepted them: a failed write or a
+        # crash means they are written again later (at least once), never lost.
+        while True:
+            draining = ctx.check_drain()
+            raw = ring.peek_many(batch_records)
+            if not raw:
+                if draining:
+                    break
+                housekeeping()
+                slot.beat()
+                time.sleep(IDLE_SLEEP_S)
+                continue
+            pending: list[EventRecord] = []
             acks: list[int] = []
             for r in raw:
                 if record_magic(r) == CMD_MAGIC:
@@ -140,51 +288,36 @@ def run(ctx: StageContext) -> int:
                     except ValueError as err:
                         log.error("skipping a malformed command record: %s", err)
                     continue
-                pending.append(EventRecord.unpack(r).payload)
-            t0 = time.monotonic_ns()
-            try:
-                if sink is not None and pending:
-                    sink.write(pending)
-            except OSError as err:
-                errors.inc()
-                held.set(len(pending))
-                now = time.monotonic()
-                if not failing:
-                    failing = True
-                    ctx.describe(
-                        error=f"cannot write events to {path}: {err}", error_at=time.time()
-                    )
-                if now - last_error_log > 10.0:
-                    last_error_log = now
-                    log.error(
-                        "cannot write %d event(s) to %s: %s; holding them, retrying every %.0f s",
-                        len(pending),
-                        path,
-                        err,
-                        RETRY_S,
-                    )
+                try:
+                    pending.append(EventRecord.unpack(r))
+                except ValueError as err:
+                    log.error("skipping a malformed event record: %s", err)
+            done = [False] * len(outs)
+            gave_up = False
+            while True:
+                _offer(ctx, outs, pending, done)
+                if all(done):
+                    break
                 if ctx.parent_gone() and ctx.draining:
                     log.error("supervisor gone; %d event(s) could not be written", len(pending))
+                    gave_up = True
                     break
                 slot.beat()
                 time.sleep(RETRY_S)
-                continue
+            if gave_up:
+                break
             ring.advance(len(raw))
-            if failing:
-                failing = False
-                held.set(0)
-                ctx.describe(error="")
-                log.info("writing to %s works again", path)
             for seq in acks:
                 ctx.ack(seq)
-            busy.inc((time.monotonic_ns() - t0) // 1000)
-            written.inc(len(pending))
+            housekeeping()
             slot.beat()
     finally:
-        if sink is not None:
+        if extra.events:  # alerts raised by the last batches
+            _offer(ctx, outs, extra.events, [False] * len(outs))
+        for s in sinks:
             try:
-                sink.close()
-            except OSError as err:
-                log.error("cannot sync %s: %s", path, err)
+                s.close()
+            except (OSError, SinkError) as err:
+                log.error("cannot close %s: %s", s.describe(), err)
         ring.close()
     return EXIT_OK

@@ -1045,12 +1045,11 @@ def _kill(pid: int, sig: signal.Signals) -> None:
 
 
 def check_supported(config: Config) -> None:
-    """Refuse settings this version cannot honour (ConfigError names the key)."""
-    if config.kafka.enabled:
-        raise ConfigError(
-            "kafka.enabled: Kafka publishing is not available in this version of itsd; "
-            "set kafka.enabled: false (or pass --no-kafka) and use outputs.jsonl_path"
-        )
+    """Refuse settings this version cannot honour (ConfigError names the key).
+
+    Every setting of this version is honoured (Kafka included); kept as the one place for
+    such checks.
+    """
 
 
 def check_outputs(config: Config) -> None:

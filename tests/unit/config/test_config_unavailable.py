@@ -49,11 +49,6 @@ def line(key: str) -> str:
         ({"performance": {"batch_size": 4}}, "performance.batch_size"),
         ({"model": {"tensorrt": False}}, "model.tensorrt"),
         ({"model": {"precision": "int8"}}, "model.precision"),
-        ({"outputs": {"spool_dir": "/var/spool/itsd"}}, "outputs.spool_dir"),
-        ({"kafka": {"bootstrap_servers": "k:9092"}}, "kafka.bootstrap_servers"),
-        ({"kafka": {"topic_prefix": "city."}}, "kafka.topic_prefix"),
-        ({"kafka": {"producer": {"linger.ms": 5}}}, "kafka.producer"),
-        ({"kafka": {"topics": {"alert_events": "alerts"}}}, "kafka.topics.alert_events"),
     ],
 )
 def test_each_key_is_refused_with_its_reason(data: dict[str, object], key: str) -> None:
@@ -85,9 +80,15 @@ def test_default_values_are_accepted() -> None:
     assert parse_config(data, "f.yaml").cameras[0].id == "a"
 
 
-def test_kafka_enabled_is_left_to_the_supervisor() -> None:
-    # kafka.enabled: true is refused when the daemon starts, with its own message.
-    assert parse_config({"kafka": {"enabled": True}}).kafka.enabled is True
+def test_kafka_and_the_spool_are_available() -> None:
+    c = parse_config(
+        {
+            "kafka": {"enabled": True, "topic_prefix": "city.", "producer": {"linger.ms": 5}},
+            "outputs": {"spool_dir": "/var/spool/itsd", "spool_fsync": "interval"},
+        }
+    )
+    assert c.kafka.enabled is True
+    assert c.kafka.producer == {"linger.ms": 5}
 
 
 def test_validation_errors_come_first() -> None:

@@ -11,9 +11,9 @@ import pytest
 from itsd.analytics import COCO_NAMES
 from itsd.config import CameraConfig
 from itsd.records import DetectionRecord, Topic
+from itsd.sinks.jsonl import JsonlSink
 from itsd.stages.analyze import CameraAnalytics
 from itsd.stages.decode import fit_within, is_live
-from itsd.stages.publish import JsonlSink
 
 
 @pytest.mark.parametrize(
@@ -97,8 +97,8 @@ def test_detection_events_can_be_turned_off() -> None:
 def test_jsonl_sink_appends_lines(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "e.jsonl"
     sink = JsonlSink(path)
-    sink.write([b'{"a":1}', b'{"b":2}'])
-    sink.write([b'{"c":3}'])
+    sink.write_payloads([b'{"a":1}', b'{"b":2}'])
+    sink.write_payloads([b'{"c":3}'])
     sink.close()
     assert path.read_text().splitlines() == ['{"a":1}', '{"b":2}', '{"c":3}']
 
@@ -106,5 +106,5 @@ def test_jsonl_sink_appends_lines(tmp_path: Path) -> None:
 def test_jsonl_sink_reports_a_full_disk() -> None:
     sink = JsonlSink(Path("/dev/full"))
     with pytest.raises(OSError, match="No space left"):
-        sink.write([b"x" * 100_000])
+        sink.write_payloads([b"x" * 100_000])
     sink.close()

@@ -1,0 +1,430 @@
+"""Kafka sink: events to the broker with confluent-kafka, the disk spool while it is away.
+
+Producer settings: ``acks=all``, ``enable.idempotence=true`` (no duplicates from the
+producer's own retries, order kept per partition), compression and a bounded linger from
+the config, ``message.timeout.ms`` = ``kafka.delivery_timeout_s``; every
+``kafka.producer`` setting is applied last, as given. Topic = prefix + the configured
+name of the event's stream; key = camera id (one camera's events stay in one partition,
+in order); headers ``event_type`` and ``schema_version``.
+
+Acceptance (what lets the publisher take a batch off its ring): each event of the batch
+is either acknowledged by the broker (a delivery report without error, tracked per
+event) or durably in the spool. ``write`` produces the whole batch, serves delivery
+reports until every event has one, and spools the failed ones, in order.
+
+Two modes:
+
+* direct: the spool is empty; batches go to the broker;
+* spooling: the spool holds events, so new batches are appended behind them (never sent
+  ahead of older events of the same camera), and ``poll`` replays the spool in rounds of
+  ``kafka.replay_batch`` once a metadata request says the broker answers again. A round's
+  delivered events are committed (the spool's cursor moves past them); when the spool is
+  empty the sink returns to direct mode. The spool is replayed before anything new after
+  a restart for the same reason.
+
+Duplicates: a delivery report can be lost when the broker fails after writing an event
+(then the event is spooled and sent again), and a crash between a replay round's
+delivery and its cursor commit replays that round again. So delivery is at least once,
+with at most ``replay_batch`` events sent twice per crash and the events in flight when
+a broker failed.
+
+When the spool is full (its size limit, or the disk), events that can be neither
+delivered nor spooled are counted as dropped (``itsd_spool_dropped_total``), an alert
+event is raised (near full at ``outputs.spool_alert_ratio``, then full) and logged; the
+pipeline keeps running.
+
+This module must never import a stage or the JSONL sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from itsd.config import KafkaConfig
+from itsd.events import SCHEMA_VERSION
+from itsd.records import EventRecord, EventType, Topic
+from itsd.sinks.base import Sink
+from itsd.sinks.spool import Position, Spool, SpoolFullError
+
+log = logging.getLogger("itsd.sinks.kafka")
+
+
+class Counters:
+    """Callables the sink reports through (metric cells in the daemon, no-ops in tests)."""
+
+    def __init__(self) -> None:
+        noop: Callable[[int], None] = lambda n: None  # noqa: E731
+        self.produced = noop
+        self.delivered = noop
+        self.failed = noop
+        self.spooled = noop
+        self.replayed = noop
+        self.dropped = noop
+        self.latency_us = noop
+        self.gauges: Callable[[Spool, bool], None] = lambda spool, connected: None
+
+
+def topic_names(cfg: KafkaConfig) -> dict[Topic, str]:
+    """Topic of each stream: prefix + configured name."""
+    t = cfg.topics
+    names = {
+        Topic.DETECTION: t.detection_events,
+        Topic.ANALYTICS: t.analytics_events,
+        Topic.METRICS: t.metrics_events,
+        Topic.ALERT: t.alert_events,
+    }
+    return {k: cfg.topic_prefix + v for k, v in names.items()}
+
+
+def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
+    """librdkafka settings: ours first, then every ``kafka.producer`` setting as given."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": cfg.bootstrap_servers,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": cfg.compression,
+        "linger.ms": cfg.linger_ms,
+        "message.timeout.ms": int(cfg.delivery_timeout_s * 1000),
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "client.id": "itsd",
+    }
+    conf.update(cfg.producer)
+    return conf
+
+
+class KafkaSink(Sink):
+    """Events to Kafka, the spool as the fallback (see the module docstring)."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        spool: Spool,
+        counters: Counters | None = None,
+        alert: Callable[[EventRecord], None] | None = None,
+        beat: Callable[[], None] | None = None,
+        alert_ratio: float = 0.8,
+        producer: Producer | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.c = counters or Counters()
+        self.alert = alert
+        self.beat = beat or (lambda: None)
+        self.alert_ratio = alert_ratio
+        self.topics = topic_names(cfg)
+        self._fatal: KafkaError | None = None
+        self._own_producer = producer is None
+        self.producer = producer if producer is not None else self._new_producer()
+        self._headers: dict[EventType, list[tuple[str, str | bytes | None]]] = {
+            kind: [
+                ("event_type", kind.wire_name.encode()),
+                ("schema_version", SCHEMA_VERSION.encode()),
+            ]
+            for kind in EventType
+        }
+        self._next_try = 0.0
+        self._spool_state = "ok"  # ok | near_full | full
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
+        self._delivered_ahead: set[Position] = set()
+        self._done = 0
+        self._t0 = 0
+        self.connected = spool.is_empty()
+        if not self.connected:
+            log.info("the spool holds %d event(s): they are replayed first", spool.pending)
+        self.c.gauges(self.spool, self.connected)
+
+    def describe(self) -> str:
+        return f"kafka {self.cfg.bootstrap_servers} (spool {self.spool.dir})"
+
+    # -- delivery ------------------------------------------------------------------------
+    def _new_producer(self) -> Producer:
+        conf = producer_config(self.cfg)
+        rd = logging.getLogger("itsd.sinks.rdkafka")
+        if not log.isEnabledFor(logging.DEBUG):
+            # librdkafka logs every failed reconnect; this sink logs the outage once and
+            # fatal errors arrive through error_cb.
+            rd.setLevel(logging.CRITICAL)
+        conf.setdefault("logger", rd)
+        conf.setdefault("error_cb", self._on_error)
+        return Producer(conf)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+        elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            log.warning("kafka: %s", err.str())
+
+    def _recover(self) -> None:
+        """After a fatal producer error (e.g. the broker lost the idempotent producer's
+        state): drop the producer with what it still holds, start a new one."""
+        err, self._fatal = self._fatal, None
+        log.warning("kafka producer failed (%s): starting a new one", err.str() if err else "")
+        old = self.producer
+        with contextlib.suppress(KafkaException):
+            old.purge()
+        self.producer = self._new_producer()
+
+    def _report(self, ok: list[bool], i: int, err: KafkaError | None, msg: Any) -> None:
+        self._done += 1
+        if err is None:
+            ok[i] = True
+
+    def _deliver(self, batch: Sequence[EventRecord]) -> list[bool]:
+        """Produce ``batch`` and wait for a delivery report of every event; True = acked."""
+        n = len(batch)
+        if self._fatal is not None:
+            self._recover()
+        ok: list[bool] = [False] * n
+        self._done = 0
+        self._t0 = time.monotonic_ns()
+        produce = self.producer.produce
+        report = self._report
+        topics = self.topics
+        headers = self._headers
+        for i, ev in enumerate(batch):
+            while True:
+                try:
+                    produce(
+                        topics[ev.topic],
+                        ev.payload,
+                        ev.key.encode(),
+                        headers=headers[ev.kind],
+                        on_delivery=functools.partial(report, ok, i),
+                    )
+                    break
+                except BufferError:
+                    self._poll(0.05)  # the local queue is full: serve reports, then retry
+                except KafkaException as err:  # a message larger than allowed, a fatal error
+                    if self._fatal is None:
+                        log.error("kafka refused an event of %s: %s", ev.key, err)
+                    self._done += 1
+                    break
+            if self._fatal is not None:
+                break
+        self.c.produced(n)
+        deadline = time.monotonic() + self.cfg.delivery_timeout_s + 10.0
+        beat_at = 0.0
+        while self._done < n and self._fatal is None:
+            self._poll(0.05)
+            now = time.monotonic()
+            if now - beat_at > 1.0:
+                beat_at = now
+                self.beat()
+            if now > deadline:  # librdkafka should have timed them out by now
+                log.error("no delivery report for %d event(s): purging", n - self._done)
+                self.producer.purge()
+                self._poll(0.5)
+                break
+        if self._fatal is not None:
+            self._recover()  # what it did not report is treated as not delivered
+        delivered = sum(ok)
+        if delivered:
+            self.c.delivered(delivered)
+            self.c.latency_us(delivered * ((time.monotonic_ns() - self._t0) // 1000))
+        if delivered < n:
+            self.c.failed(n - delivered)
+        return ok
+
+    def _poll(self, timeout: float) -> None:
+        try:
+            self.producer.poll(timeout)
+        except KafkaException as err:
+            kerr = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else None
+            if kerr is not None and kerr.fatal():
+                self._fatal = kerr
+            else:
+                log.warning("kafka: %s", err)
+
+    # -- the sink ------------------------------------------------------------------------
+    def write(self, batch: Sequence[EventRecord]) -> None:
+        if not batch:
+            return
+        if not self.connected:
+            self._spool(batch)
+            return
+        ok = self._deliver(batch)
+        failed = [ev for ev, good in zip(batch, ok, strict=True) if not good]
+        if failed:
+            self.connected = False
+            self._next_try = time.monotonic() + self.cfg.retry_s
+            log.warning(
+                "kafka %s: %d of %d event(s) not delivered within %.0f s: spooling to %s "
+                "until the broker is back",
+                self.cfg.bootstrap_servers,
+                len(failed),
+                len(batch),
+                self.cfg.delivery_timeout_s,
+                self.spool.dir,
+            )
+            self._spool(failed)
+        self.c.gauges(self.spool, self.connected)
+
+    def _spool(self, events: Sequence[EventRecord]) -> None:
+        try:
+            kept = self.spool.append([ev.pack() for ev in events])
+        except SpoolFullError:
+            kept = 0
+            self._full("its size limit outputs.spool_max_mib")
+        except OSError as err:
+            kept = 0
+            self._full(f"a write error: {err.strerror or err}")
+        else:
+            if kept < len(events):
+                self._full("its size limit outputs.spool_max_mib")
+        if kept:
+            self.c.spooled(kept)
+        lost = len(events) - kept
+        if lost:
+            self.c.dropped(lost)
+            self._dropped_since_log += lost
+            now = time.monotonic()
+            if now - self._last_drop_log >= 10.0:
+                self._last_drop_log = now
+                log.error(
+                    "spool %s full: %d event(s) could be neither delivered nor kept (lost)",
+                    self.spool.dir,
+                    self._dropped_since_log,
+                )
+                self._dropped_since_log = 0
+        else:
+            self._check_level()
+        self.c.gauges(self.spool, self.connected)
+
+    def _check_level(self) -> None:
+        ratio = self.spool.bytes_used / max(1, self.spool.max_bytes)
+        if ratio >= self.alert_ratio and self._spool_state == "ok":
+            self._spool_state = "near_full"
+            msg = (
+                f"the event spool {self.spool.dir} is {ratio:.0%} full "
+                f"({self.spool.bytes_used} of {self.spool.max_bytes} bytes) while the broker "
+                f"{self.cfg.bootstrap_servers} is away"
+            )
+            log.warning("%s", msg)
+            self._raise_alert("ALERT_TYPE_SPOOL_NEAR_FULL", "ALERT_SEVERITY_WARNING", msg)
+        elif ratio < self.alert_ratio * 0.5 and self._spool_state != "ok":
+            self._spool_state = "ok"
+
+    def _full(self, why: str) -> None:
+        if self._spool_state == "full":
+            return
+        self._spool_state = "full"
+        msg = (
+            f"the event spool {self.spool.dir} is full ({why}) while the broker "
+            f"{self.cfg.bootstrap_servers} is away: new events are counted in "
+            "itsd_spool_dropped_total and lost until the broker is back"
+        )
+        log.error("%s", msg)
+        self._raise_alert("ALERT_TYPE_SPOOL_FULL", "ALERT_SEVERITY_CRITICAL", msg)
+
+    def _raise_alert(self, kind: str, severity: str, msg: str) -> None:
+        if self.alert is None:
+            return
+        from itsd.events import alert_event
+
+        self.alert(
+            alert_event(
+                kind,
+                severity,
+                msg,
+                details={
+                    "spool_dir": str(self.spool.dir),
+                    "spool_bytes": self.spool.bytes_used,
+                    "spool_max_bytes": self.spool.max_bytes,
+                },
+            )
+        )
+
+    def broker_answers(self, timeout: float = 1.0) -> bool:
+        """True when a metadata request gets an answer from a broker."""
+        try:
+            md = self.producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return bool(md.brokers)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks; replay the spool when the broker is back."""
+        self.spool.poll()
+        if self.connected:
+            return
+        now = time.monotonic()
+        if now < self._next_try:
+            return
+        if not self.broker_answers():
+            self._next_try = time.monotonic() + self.cfg.retry_s
+            return
+        budget = time.monotonic() + 1.0  # leave the ring some attention between rounds
+        while not self.spool.is_empty() and time.monotonic() < budget:
+            if not self._replay_round():
+                self._next_try = time.monotonic() + self.cfg.retry_s
+                return
+            self.beat()
+        if self.spool.is_empty():
+            self.connected = True
+            self._spool_state = "ok"
+            log.info(
+                "kafka %s: the spool is replayed; sending directly", self.cfg.bootstrap_servers
+            )
+        self.c.gauges(self.spool, self.connected)
+
+    def _replay_round(self) -> bool:
+        """Replay one round from the spool; True when all of it was delivered."""
+        recs = self.spool.read(self.cfg.replay_batch)
+        todo: list[tuple[Position, EventRecord]] = []
+        for pos, body in recs:
+            if pos in self._delivered_ahead:
+                continue
+            try:
+                todo.append((pos, EventRecord.unpack(body)))
+            except ValueError as err:
+                log.error("skipping a malformed spooled event: %s", err)
+                self._delivered_ahead.add(pos)  # nothing to send: treat it as done
+        ok = self._deliver([ev for _, ev in todo]) if todo else []
+        replayed = sum(ok)
+        if replayed:
+            self.c.replayed(replayed)
+        # Commit the delivered prefix; remember the rest that was delivered so the next
+        # round does not send it twice.
+        prefix = 0
+        for (pos, _), good in zip(todo, ok, strict=True):
+            if good:
+                self._delivered_ahead.add(pos)
+        for pos, _ in recs:
+            if pos in self._delivered_ahead:
+                prefix += 1
+            else:
+                break
+        if prefix:
+            last = recs[prefix - 1][0]
+            self.spool.commit(last, prefix)
+            self._delivered_ahead = {p for p in self._delivered_ahead if _after(p, last)}
+        self.c.gauges(self.spool, self.connected)
+        return prefix == len(recs)
+
+    def flush(self) -> None:
+        self.spool.sync()
+
+    def close(self) -> None:
+        """Nothing is in flight between batches (``write`` waits for every report): sync
+        the spool and let the producer go."""
+        try:
+            self.producer.flush(0.5)
+        except KafkaException as err:
+            log.warning("kafka: %s", err)
+        finally:
+            self.spool.close()
+
+
+def _after(p: Position, q: Position) -> bool:
+    return (p.segment, p.offset) > (q.segment, q.offset)
