@@ -208,7 +208,7 @@ def _decode_loop(
                 next_due = rel + period
             if pace:
                 delay = wall0 + rel - time.monotonic()
-                if delay > 0 and not ctx.sleep(delay, step=0.05):
+                if delay > 0 and not ctx.sleep(delay, step=0.5):
                     return False
             if lossless and not _wait_for_slot(ctx, ring, cells):
                 return False
