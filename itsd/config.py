@@ -135,6 +135,15 @@ class PerformanceConfig(_Model):
     target_fps: float = Field(
         30.0, gt=0.0, le=240.0, description="Frames per second taken from each camera by default."
     )
+    inference_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Inference processes; each owns a share of the cameras (placed by hashing the "
+            "camera id). 0: one per core on the CPU (each single-threaded), one per listed GPU."
+        ),
+    )
     cpu_threads: int = Field(
         1, ge=1, le=256, description="Intra-op threads of the CPU inference backend."
     )
@@ -482,6 +491,15 @@ class Config(_Model):
             return Path("/var/lib/itsd")
         pid_file = self.resolved_pid_file()
         return pid_file.parent / f"{pid_file.stem}.state"
+
+    def resolved_inference_workers(self) -> int:
+        """Inference processes to run: the setting, else one per GPU or per CPU core."""
+        if self.performance.inference_workers:
+            return self.performance.inference_workers
+        if self.gpus:
+            return len(self.gpus)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(8, (cores or 1) // max(1, self.performance.cpu_threads)))
 
     def camera_fps(self, camera: CameraConfig) -> float:
         """Frames per second taken from ``camera``."""

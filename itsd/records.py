@@ -241,21 +241,36 @@ class CameraBinding:
     camera_id: str
     ring: str
     config: dict[str, Any]
+    #: The inference worker that reads the camera's ring.
+    worker: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for a command."""
-        return {"key": self.key, "id": self.camera_id, "ring": self.ring, "config": self.config}
+        return {
+            "key": self.key,
+            "id": self.camera_id,
+            "ring": self.ring,
+            "config": self.config,
+            "worker": self.worker,
+        }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> CameraBinding:
         """Inverse of :meth:`to_json`; KeyError/TypeError/ValueError on bad data."""
-        return cls(int(obj["key"]), str(obj["id"]), str(obj["ring"]), dict(obj["config"]))
+        return cls(
+            int(obj["key"]),
+            str(obj["id"]),
+            str(obj["ring"]),
+            dict(obj["config"]),
+            int(obj.get("worker", 0)),
+        )
 
 
 class CommandOp(enum.StrEnum):
     """What a command asks of the stages."""
 
-    #: The whole camera table (a stage that restarted tells the next stages its state).
+    #: The whole camera table of one inference worker (sent when it starts, so the next
+    #: stages match it after any restart).
     SYNC = "sync"
     #: Start serving a camera (its ring exists; decode starts after the acknowledgement).
     ATTACH = "attach"
@@ -277,11 +292,18 @@ class CommandRecord:
     seq: int
     op: CommandOp
     cameras: tuple[CameraBinding, ...] = ()
+    #: For ``sync``: the inference worker whose cameras ``cameras`` are (all of them).
+    worker: int = 0
 
     def pack(self) -> bytes:
         """Serialise for a record ring."""
         body = json.dumps(
-            {"seq": self.seq, "op": str(self.op), "cameras": [c.to_json() for c in self.cameras]},
+            {
+                "seq": self.seq,
+                "op": str(self.op),
+                "cameras": [c.to_json() for c in self.cameras],
+                "worker": self.worker,
+            },
             separators=(",", ":"),
         ).encode()
         return struct.pack("<I", CMD_MAGIC) + body
@@ -297,6 +319,7 @@ class CommandRecord:
                 int(obj["seq"]),
                 CommandOp(obj["op"]),
                 tuple(CameraBinding.from_json(c) for c in obj["cameras"]),
+                int(obj.get("worker", 0)),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as err:
             raise ValueError(f"malformed command record: {err}") from None

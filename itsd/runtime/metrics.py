@@ -294,6 +294,13 @@ SUP_STAGE_RUNNING = define(
 )
 SUP_CAMERAS = define("itsd_cameras", G, "Cameras registered.", (), "supervisor")
 SUP_CAMERA_UP = define("itsd_camera_up", G, "1 while a camera delivers frames.", CAM, "supervisor")
+SUP_CAMERA_INFO = define(
+    "itsd_camera_info",
+    G,
+    "Always 1; the labels say which inference worker reads the camera and where it came from.",
+    ("camera", "worker", "origin"),
+    "supervisor",
+)
 SUP_CAMERA_FPS = define(
     "itsd_camera_fps", G, "Frames per second per camera and step.", ("camera", "step"), "supervisor"
 )

@@ -66,7 +66,7 @@ from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import RecordRing
 from itsd.shm.board import Board
-from itsd.stages.runtime import StageContext
+from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
 log = logging.getLogger("itsd.analyze")
 
@@ -192,6 +192,7 @@ class _Cam:
     crossings: Cell
     tracks: Cell
     store: TotalsStore
+    worker: int = 0
 
     def lines_state(self) -> dict[str, tuple[list[Any], LineTotals]]:
         totals = self.a.counter.totals()
@@ -248,6 +249,7 @@ class _State:
         cur = self.cams.get(b.key)
         if cur is not None:
             cur.a.reconfigure(camera)
+            cur.worker = b.worker
             return
         w, cid = self.metrics, camera.id
         cam = _Cam(
@@ -257,6 +259,7 @@ class _State:
             w.cell(m.ANALYZE_CROSSINGS, camera=cid),
             w.cell(m.ANALYZE_TRACKS, camera=cid),
             TotalsStore(self.state_dir, cid),
+            b.worker,
         )
         cam.restore()
         self.cams[b.key] = cam
@@ -273,8 +276,11 @@ class _State:
         if cmd.seq <= self.base_seq and cmd.op is not CommandOp.SYNC:
             return  # already part of the table this process was spawned with
         if cmd.op is CommandOp.SYNC:
+            # The whole table of one inference worker: only its cameras are touched.
             keep = {b.key for b in cmd.cameras}
-            for key in [k for k in self.cams if k not in keep]:
+            for key in [
+                k for k, c in self.cams.items() if c.worker == cmd.worker and k not in keep
+            ]:
                 self.remove(key)
             for b in cmd.cameras:
                 self.add(b)
@@ -288,7 +294,8 @@ class _State:
 
 def run(ctx: StageContext) -> int:
     """Analyse detection records until stopped and drained."""
-    det_ring = RecordRing.attach(ctx.spec.detection_ring)
+    names = ctx.spec.detection_rings or (ctx.spec.detection_ring,)
+    det_rings = [RecordRing.attach(n) for n in names]
     evt_ring = RecordRing.attach(ctx.spec.event_ring)
     state = _State(ctx)
     for b in ctx.spec.cameras:
@@ -302,18 +309,21 @@ def run(ctx: StageContext) -> int:
     try:
         # Records are dropped from the ring only after their events are queued, so a
         # crash here means those frames are analysed again (at least once).
-        while (batch := ctx.next_records(det_ring, BATCH_RECORDS)) is not None:
-            for data in batch:
-                if record_magic(data) == CMD_MAGIC:
-                    if not _command(ctx, state, evt_ring, data):
-                        return EXIT_OK
-                    if board is not None:
-                        _publish_board(board, state)
-                    continue
-                for ev in _handle(ctx, state, data):
-                    if not ctx.put(evt_ring, ev.pack()):
-                        return EXIT_OK
-            det_ring.advance(len(batch))
+        # One detection ring per inference worker; a camera's records all come from the
+        # ring of its worker, so each camera is analysed in order.
+        while (batches := _next_batches(ctx, det_rings)) is not None:
+            for det_ring, batch in batches:
+                for data in batch:
+                    if record_magic(data) == CMD_MAGIC:
+                        if not _command(ctx, state, evt_ring, data):
+                            return EXIT_OK
+                        if board is not None:
+                            _publish_board(board, state)
+                        continue
+                    for ev in _handle(ctx, state, data):
+                        if not ctx.put(evt_ring, ev.pack()):
+                            return EXIT_OK
+                det_ring.advance(len(batch))
             slot.beat()
             now = time.monotonic()
             if board is not None and now - last_board >= BOARD_PERIOD_S:
@@ -325,9 +335,28 @@ def run(ctx: StageContext) -> int:
         if board is not None:
             _publish_board(board, state)
             board.close()
-        det_ring.close()
+        for r in det_rings:
+            r.close()
         evt_ring.close()
     return EXIT_OK
+
+
+def _next_batches(
+    ctx: StageContext, rings: list[RecordRing]
+) -> list[tuple[RecordRing, list[bytes]]] | None:
+    """The oldest records of every ring that has some (peeked: advance after handling).
+
+    Waits (beating) while all are empty; None once draining and all are empty.
+    """
+    while True:
+        draining = ctx.check_drain()
+        out = [(r, b) for r in rings if (b := r.peek_many(BATCH_RECORDS))]
+        if out:
+            return out
+        if draining:
+            return None
+        ctx.beat()
+        time.sleep(IDLE_SLEEP_S)
 
 
 def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes) -> bool:

@@ -182,7 +182,8 @@ def run(ctx: StageContext) -> int:
     base_seq = ctx.spec.cmd_seq
     # Tell the next stages the camera table this process starts from.
     ctx.put(det_ring, info.pack())
-    ctx.put(det_ring, CommandRecord(base_seq, CommandOp.SYNC, ctx.spec.cameras).pack())
+    sync = CommandRecord(base_seq, CommandOp.SYNC, ctx.spec.cameras, ctx.spec.worker)
+    ctx.put(det_ring, sync.pack())
     ctx.ack(base_seq)
     batches = metrics.cell(m.INFER_BATCHES)
     busy = metrics.cell(m.INFER_SECONDS)

@@ -69,7 +69,9 @@ class StageSpec:
     cameras: tuple[CameraBinding, ...] = ()  # decode: its camera; others: the table
     cmd_seq: int = 0  # the last command whose effect ``cameras`` includes
     command_ring: str = ""  # inference: commands from the supervisor
-    detection_ring: str = ""
+    detection_ring: str = ""  # inference: where its detections go
+    detection_rings: tuple[str, ...] = ()  # analytics: one per inference worker
+    worker: int = 0  # inference: this worker's index
     event_ring: str = ""
     model_path: str = ""
     extra: dict[str, str] = field(default_factory=dict)

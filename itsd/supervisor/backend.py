@@ -122,6 +122,10 @@ class SupervisorBackend:
         stages = []
         for s in st.stages:
             detail = s.last_exit
+            if s.kind == "infer":
+                mine = [c.camera_id for c in st.cameras if c.worker == s.name]
+                shown = ", ".join(mine[:32]) + (", ..." if len(mine) > 32 else "")
+                detail = f"{len(mine)} camera(s): {shown}" + (f"; {detail}" if detail else "")
             if s.kind == "decode":
                 cam = next((c for c in st.cameras if c.camera_id == s.camera_id), None)
                 if cam is not None and cam.last_error:

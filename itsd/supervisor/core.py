@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -103,11 +104,9 @@ LOOP_TICK_S = 0.5
 OP_TICK_S = 0.005  # loop period while a camera change is in progress
 ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
 DECODER_STOP_S = 10.0  # a decoder that does not exit on SIGTERM by then is killed
-CORE_SLOTS = 3
 
 # Flow order: what a graceful stop stops first.
 GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH = 0, 1, 2, 3
-CORE_KINDS = (("infer", GROUP_INFER), ("analyze", GROUP_ANALYZE), ("publish", GROUP_PUBLISH))
 
 #: Camera settings that only the decoder uses: a change restarts that decoder alone.
 DECODER_KEYS = frozenset({"source", "target_fps", "loop", "realtime", "open_timeout_s"})
@@ -145,6 +144,7 @@ class StageHandle:
     retired: bool = False  # being removed: an exit is expected, never restarted
     last_exit: str = ""
     ack_index: int = -1  # entry of the stage's applied-command cell
+    worker: int = -1  # inference worker index (inference stages only)
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -160,12 +160,17 @@ class CameraEntry:
     origin: str  # "file" or "registered"
     ring: FrameRing
     handle: StageHandle
+    worker: int = 0
     removing: bool = False
 
     def binding(self) -> CameraBinding:
         """The camera as the stages know it."""
         return CameraBinding(
-            self.key, self.config.id, self.ring.name, self.config.model_dump(mode="json")
+            self.key,
+            self.config.id,
+            self.ring.name,
+            self.config.model_dump(mode="json"),
+            self.worker,
         )
 
 
@@ -207,8 +212,10 @@ class Supervisor:
         self.core: list[StageHandle] = []
         self.cameras: dict[str, CameraEntry] = {}
         self.control: ControlBlock | None = None
-        self.record_rings: list[RecordRing] = []
-        self.command_ring: RecordRing | None = None
+        self.workers = config.resolved_inference_workers()
+        self.n_core = self.workers + 2  # inference workers, analytics, publisher
+        self.record_rings: list[RecordRing] = []  # detections of each worker, then events
+        self.command_rings: list[RecordRing] = []  # one per inference worker
         self.board: Board | None = None
         self.notifier = Notifier()
         self.started_mono = time.monotonic()
@@ -247,10 +254,13 @@ class Supervisor:
         for name in removed:
             log.info("removed shared memory left by a dead run: %s", name)
         ring_bytes = cfg.performance.record_ring_mib * 1024 * 1024
-        n_slots = cfg.supervisor.max_cameras + CORE_SLOTS
-        needed = ControlBlock.required_size(n_slots) + 2 * RecordRing.required_size(ring_bytes)
-        needed += RecordRing.required_size(COMMAND_RING_BYTES) + Board.required_size(BOARD_BYTES)
-        needed += CORE_SLOTS * (
+        n_slots = cfg.supervisor.max_cameras + self.n_core
+        n_rings = self.workers + 1
+        needed = ControlBlock.required_size(n_slots)
+        needed += n_rings * RecordRing.required_size(ring_bytes)
+        needed += self.workers * RecordRing.required_size(COMMAND_RING_BYTES)
+        needed += Board.required_size(BOARD_BYTES)
+        needed += self.n_core * (
             CellTable.required_size(self._core_cells()) + Board.required_size(INFO_BYTES)
         )
         try:
@@ -260,19 +270,27 @@ class Supervisor:
         rid = self.run_id
         try:
             self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_slots)
-            self._free_slots = list(range(n_slots - 1, CORE_SLOTS - 1, -1))
-            for name in ("detections", "events"):
+            self._free_slots = list(range(n_slots - 1, self.n_core - 1, -1))
+            for name in [f"detections{k}" for k in range(self.workers)] + ["events"]:
                 self.record_rings.append(
                     RecordRing.create(segment_name(rid, "records", name), ring_bytes)
                 )
-            self.command_ring = RecordRing.create(
-                segment_name(rid, "records", "commands"), COMMAND_RING_BYTES
-            )
+            for k in range(self.workers):
+                self.command_rings.append(
+                    RecordRing.create(
+                        segment_name(rid, "records", f"commands{k}"), COMMAND_RING_BYTES
+                    )
+                )
             self.board = Board.create(segment_name(rid, "board", "analytics"), BOARD_BYTES)
         except ShmSpaceError as err:
             self._destroy_shared_memory()
             raise ResourceError(str(err)) from None
-        log.info("shared memory ready: run %s, %.1f MiB for the core", rid, needed / 2**20)
+        log.info(
+            "shared memory ready: run %s, %.1f MiB for the core, %d inference worker(s)",
+            rid,
+            needed / 2**20,
+            self.workers,
+        )
 
     def _core_cells(self) -> int:
         return 8 * self.config.supervisor.max_cameras + 64
@@ -283,13 +301,14 @@ class Supervisor:
         for h in self.core:
             _close_unlink(h.cells)
             _close_unlink(h.info)
-        for rring in self.record_rings:
+        for rring in self.record_rings + self.command_rings:
             _close_unlink(rring)
         self.record_rings.clear()
-        for obj in (self.command_ring, self.board, self.control):
+        self.command_rings.clear()
+        for obj in (self.board, self.control):
             if obj is not None:
                 _close_unlink(obj)
-        self.command_ring = self.board = self.control = None
+        self.board = self.control = None
 
     def _stage_memory(self, kind: str, key: str, cells: int) -> tuple[CellTable, Board]:
         rid = self.run_id
@@ -308,40 +327,71 @@ class Supervisor:
             "control_name": self.control.name,
             "parent_pid": os.getpid(),
             "config_json": self._stage_config_json(),
-            "detection_ring": self.record_rings[0].name,
-            "event_ring": self.record_rings[1].name,
+            "detection_rings": tuple(r.name for r in self.record_rings[: self.workers]),
+            "event_ring": self.record_rings[-1].name,
             "model_path": self.model_path,
             "extra": {"board": self.board.name},
         }
 
-    def _table(self) -> tuple[CameraBinding, ...]:
-        return tuple(e.binding() for e in self.cameras.values() if not e.removing)
+    def _table(self, worker: int | None = None) -> tuple[CameraBinding, ...]:
+        return tuple(
+            e.binding()
+            for e in self.cameras.values()
+            if not e.removing and (worker is None or e.worker == worker)
+        )
+
+    def worker_name(self, k: int) -> str:
+        """Stage name of inference worker ``k`` ("infer" when there is only one)."""
+        return "infer" if self.workers == 1 else f"infer:{k}"
+
+    def place(self, camera_id: str) -> int:
+        """The inference worker of a camera: rendezvous hashing of its id, so a camera
+        stays on one worker across restarts and only ~1/N cameras move when N changes."""
+        return max(
+            range(self.workers),
+            key=lambda k: hashlib.blake2b(f"{camera_id}/{k}".encode(), digest_size=8).digest(),
+        )
 
     def _build_core(self) -> None:
-        assert self.control is not None and self.command_ring is not None
-        for slot, (kind, group) in enumerate(CORE_KINDS):
-            cells, info = self._stage_memory(kind, "", self._core_cells())
+        assert self.control is not None
+        kinds = [("infer", GROUP_INFER, k) for k in range(self.workers)]
+        kinds += [("analyze", GROUP_ANALYZE, -1), ("publish", GROUP_PUBLISH, -1)]
+        for slot, (kind, group, worker) in enumerate(kinds):
+            name = self.worker_name(worker) if kind == "infer" else kind
+            cells, info = self._stage_memory(kind, str(max(worker, 0)), self._core_cells())
             ack = cells.cell(m.series_key(m.STAGE_COMMAND_SEQ, {}))
 
             def make(
-                kind: str = kind, slot: int = slot, cells: CellTable = cells, info: Board = info
+                kind: str = kind,
+                name: str = name,
+                slot: int = slot,
+                worker: int = worker,
+                cells: CellTable = cells,
+                info: Board = info,
             ) -> StageSpec:
+                common = self._common_spec()
+                extra: dict[str, Any] = {}
+                if kind == "infer":
+                    extra = {
+                        "worker": worker,
+                        "command_ring": self.command_rings[worker].name,
+                        "detection_ring": common["detection_rings"][worker],
+                    }
                 return StageSpec(
-                    name=kind,
+                    name=name,
                     kind=kind,
                     slot=slot,
                     cells=cells.name,
                     info_board=info.name,
-                    cameras=self._table(),
+                    cameras=self._table(worker if kind == "infer" else None),
                     cmd_seq=self._seq,
-                    command_ring=self.command_ring.name
-                    if (kind == "infer" and self.command_ring is not None)
-                    else "",
-                    **self._common_spec(),
+                    **common,
+                    **extra,
                 )
 
-            h = StageHandle(kind, kind, group, slot, cells, info, make, ack_index=ack)
-            self.control.slot(slot).set_name(kind)
+            h = StageHandle(name, kind, group, slot, cells, info, make, ack_index=ack)
+            h.worker = worker
+            self.control.slot(slot).set_name(name)
             self.core.append(h)
 
     def _new_camera(self, cfg: CameraConfig, origin: str) -> CameraEntry:
@@ -397,7 +447,7 @@ class Supervisor:
         h = StageHandle(
             f"decode:{cfg.id}", "decode", GROUP_DECODE, slot, cells, info, make, camera_id=cfg.id
         )
-        entry = CameraEntry(cfg, key, origin, ring, h)
+        entry = CameraEntry(cfg, key, origin, ring, h, self.place(cfg.id))
         entry_box.append(entry)
         self.cameras[cfg.id] = entry
         return entry
@@ -605,24 +655,29 @@ class Supervisor:
         return self.submit(self._op_reload)
 
     # -- operations (run by the loop, one at a time) -----------------------------------
-    def _send(self, op: CommandOp, bindings: tuple[CameraBinding, ...]) -> int:
-        assert self.command_ring is not None
+    def _send(self, op: CommandOp, binding: CameraBinding) -> tuple[int, int]:
+        """Put a command for one camera on its worker's command ring; (seq, worker)."""
         self._seq += 1
-        payload = CommandRecord(self._seq, op, bindings).pack()
-        if not self.command_ring.put(payload, timeout=5.0):
+        payload = CommandRecord(self._seq, op, (binding,), binding.worker).pack()
+        if not self.command_rings[binding.worker].put(payload, timeout=5.0):
             raise ChangeTimeoutError(
-                "the inference stage does not take commands (command ring full)"
+                f"{self.worker_name(binding.worker)} does not take commands (command ring full)"
             )
-        return self._seq
+        return self._seq, binding.worker
 
-    def _acked(self, seq: int) -> list[str]:
-        """Core stages that have not applied command ``seq`` yet."""
-        return [h.name for h in self.core if h.cells.load(h.ack_index) < seq]
+    def _acked(self, seq: int, worker: int) -> list[str]:
+        """Stages on the command's path that have not applied command ``seq`` yet."""
+        return [
+            h.name
+            for h in self.core
+            if (h.kind != "infer" or h.worker == worker) and h.cells.load(h.ack_index) < seq
+        ]
 
-    def _wait_acks(self, seq: int, what: str) -> Op:
+    def _wait_acks(self, sent: tuple[int, int], what: str) -> Op:
+        seq, worker = sent
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while True:
-            late = self._acked(seq)
+            late = self._acked(seq, worker)
             if not late:
                 return
             if self.stopping:
@@ -655,7 +710,7 @@ class Supervisor:
             raise StreamExistsError(f"camera {cfg.id!r} is already registered")
         entry = self._new_camera(cfg, origin)
         try:
-            seq = self._send(CommandOp.ATTACH, (entry.binding(),))
+            seq = self._send(CommandOp.ATTACH, entry.binding())
         except BaseException:
             self._free_camera(entry)
             raise
@@ -676,7 +731,7 @@ class Supervisor:
         if persist:
             self._persist_remove(entry)
         yield from self._stop_decoder(entry.handle)
-        seq = self._send(CommandOp.DETACH, (entry.binding(),))
+        seq = self._send(CommandOp.DETACH, entry.binding())
         try:
             yield from self._wait_acks(seq, f"camera {camera_id}")
         finally:
@@ -700,7 +755,7 @@ class Supervisor:
             yield from self._op_add(cfg, origin, persist=False)
             return True
         entry.config = cfg
-        seq = self._send(CommandOp.UPDATE, (entry.binding(),))
+        seq = self._send(CommandOp.UPDATE, entry.binding())
         yield from self._wait_acks(seq, f"camera {cfg.id}")
         if changed & DECODER_KEYS and self.decoders_started:
             h = entry.handle
@@ -926,7 +981,9 @@ class Supervisor:
                     and now >= h.next_start_at
                 ):
                     self._start(h)
-            if not self.decoders_started and self.stage_running(self.core[0]):
+            if not self.decoders_started and all(
+                self.stage_running(h) for h in self.core if h.kind == "infer"
+            ):
                 # Decoders start once inference is ready, so no source loses its first
                 # frames while the model loads.
                 self.decoders_started = True

@@ -227,7 +227,7 @@ class Snapshotter:
                 Sample(m.SUP_COMMANDS, MappingProxyType({"op": op}), float(sup.op_counts[op]))
             )
         self._forget_unseen()
-        infer_about = abouts.get("infer", {})
+        infer_about = next((abouts.get(h.name, {}) for h in sup.core if h.kind == "infer"), {})
         return DaemonState(
             taken_at=now,
             started_at=sup.started_wall,
@@ -308,6 +308,7 @@ class Snapshotter:
         view = CameraView(
             camera_id=cid,
             key=entry.key,
+            worker=sup.worker_name(entry.worker),
             source=redact_url(cfg.source),
             target_fps=sup.config.camera_fps(cfg),
             priority=cfg.priority,
@@ -348,6 +349,13 @@ class Snapshotter:
         lab = MappingProxyType({"camera": view.camera_id})
         out = [
             Sample(m.SUP_CAMERA_UP, lab, 1.0 if view.connected else 0.0),
+            Sample(
+                m.SUP_CAMERA_INFO,
+                MappingProxyType(
+                    {"camera": view.camera_id, "worker": view.worker, "origin": view.origin}
+                ),
+                1.0,
+            ),
             Sample(m.RING_WRITTEN, lab, float(view.frames_decoded)),
             Sample(m.RING_READ, lab, float(view.frames_inferred)),
             Sample(m.RING_DROPPED, lab, float(view.frames_dropped)),

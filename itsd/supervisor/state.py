@@ -49,6 +49,8 @@ class CameraView:
 
     camera_id: str
     key: int
+    #: The inference worker that reads the camera's frames (its stage name).
+    worker: str
     #: Source URL with credentials replaced by ``***``.
     source: str
     target_fps: float

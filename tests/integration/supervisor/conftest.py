@@ -136,7 +136,8 @@ def start_daemon(
         }
         cfg = {
             "model": {"path": str(model_path), "confidence": 0.3},
-            "performance": {"target_fps": 15},
+            # One inference worker unless a test asks for more: these tests name "infer".
+            "performance": {"target_fps": 15, "inference_workers": 1},
             "outputs": {"jsonl_path": jsonl_path or str(workdir / "events.jsonl")},
             "server": {"grpc_port": grpc_port, "monitoring_port": http_port},
             "pid_file": str(workdir / "itsd.pid"),

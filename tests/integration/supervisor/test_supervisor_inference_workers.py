@@ -1,0 +1,86 @@
+"""Several inference workers: cameras placed by hashing, a worker restart, changes routed.
+
+Two workers on four cameras: each camera is read by one worker (the placement shows in
+/api/state and holds across restarts); killing one worker restarts it while the other
+worker's cameras go on untouched; adding and removing cameras on either worker works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Daemon, wait_until
+
+from itsd.control import client
+
+pytestmark = pytest.mark.slow
+
+
+def _state(d: Daemon) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/api/state", timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def _frames(d: Daemon) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for e in d.detections():
+        out.setdefault(e["camera_id"], []).append(int(e["frame_id"]))
+    return out
+
+
+def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> None:
+    src = "pattern://moving?width=160&height=120&fps=5"
+    cams = [{"id": f"c{i}", "source": src, "target_fps": 5.0} for i in range(4)]
+    d = start_daemon(cameras=cams, extra={"performance": {"inference_workers": 2}})
+    d.wait_log(r"2 inference worker\(s\)", timeout=30)
+    d.wait_log(r"all stages running", timeout=90)
+    wait_until(lambda: len(_frames(d)) == 4, 60, "frames of every camera", d.log_path)
+
+    # Placement: the inference stages' health lists their cameras; /metrics labels them.
+    by_worker: dict[int, list[str]] = {}
+    for st in d.status_json()["stages"]:
+        if st["name"].startswith("infer:"):
+            w = int(st["name"].split(":")[1])
+            listed = st["detail"].split(":", 1)[1].split(";")[0]
+            by_worker[w] = [c.strip() for c in listed.split(",") if c.strip()]
+    assert sorted(by_worker[0] + by_worker[1]) == ["c0", "c1", "c2", "c3"], by_worker
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for w, cams_w in by_worker.items():
+        for cam in cams_w:
+            assert (
+                f'itsd_camera_info{{camera="{cam}",origin="file",worker="infer:{w}"}} 1.0' in text
+            )
+
+    # Kill worker 1: it restarts; worker 0's cameras go on without a gap.
+    before = {c: max(v) for c, v in _frames(d).items()}
+    os.kill(d.stage_pid("infer:1"), signal.SIGKILL)
+    d.wait_log(r"infer:1 died \(killed by SIGKILL\); restarting in")
+    d.wait_log(r"started infer:1 \(pid", count=2)
+    wait_until(
+        lambda: all(max(_frames(d)[c]) > before[c] + 5 for c in before),
+        60,
+        "frames of every camera after the restart",
+        d.log_path,
+    )
+    for cam in by_worker[0]:
+        ids = _frames(d)[cam]
+        assert ids == sorted(set(ids))
+    t = f"127.0.0.1:{d.grpc_port}"
+    # Changes reach the right worker: add two cameras, remove one of each worker.
+    client.register_stream(t, 60, "n0", src, 5.0)
+    client.register_stream(t, 60, "n1", src, 5.0)
+    for w in (0, 1):
+        if by_worker[w]:
+            assert client.unregister_stream(t, 60, by_worker[w][0]) is True
+    wait_until(lambda: {"n0", "n1"} <= set(_frames(d)), 60, "frames of the new cameras", d.log_path)
+    assert all(
+        st["restarts"] == (1 if st["name"] == "infer:1" else 0) for st in d.status_json()["stages"]
+    )
+    assert d.stop().returncode == 0
