@@ -20,7 +20,9 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 
 def tansu_binary() -> Path | None:
@@ -141,6 +143,61 @@ class TansuBroker:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    timeout: float = 60.0,
+    idle: float = 3.0,
+) -> list[tuple[bytes, bytes, int, int, list[tuple[str, bytes]]]]:
+    """Every message of ``topic``: (key, value, partition, offset, headers), in offset order
+    per partition. Stops at ``expected`` messages, else after ``idle`` s without one."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        parts: list[int] = []
+        while time.monotonic() < deadline:
+            md = c.list_topics(topic, timeout=5)
+            t = md.topics.get(topic)
+            if t is not None and t.error is None and t.partitions:
+                parts = sorted(t.partitions)
+                break
+            time.sleep(0.2)
+        if not parts:
+            return []
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[Any] = []
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = c.consume(10000, 0.5)
+            for msg in msgs:
+                if msg.error() is None:
+                    out.append(
+                        (msg.key(), msg.value(), msg.partition(), msg.offset(), msg.headers() or [])
+                    )
+            if msgs:
+                last = time.monotonic()
+            if expected is not None and len(out) >= expected:
+                # a little longer, to see duplicates beyond the count
+                if time.monotonic() - last > 1.0:
+                    break
+            elif expected is None and time.monotonic() - last > idle:
+                break
+        return out
+    finally:
+        c.close()
 
 
 def main() -> None:

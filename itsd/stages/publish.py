@@ -262,7 +262,8 @@ def run(ctx: StageContext) -> int:
         if snapshots.due():
             extra.events.append(snapshots.take())
         if extra.events:
-            mine, extra.events = extra.events, []
+            mine = list(extra.events)
+            extra.events.clear()  # the same list: the sinks hold its append
             done = [False] * len(outs)
             _offer(ctx, outs, mine, done)  # best effort: not on the ring, not retried
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import read_topic
-from tansu_broker import TansuBroker
+from tansu_broker import TansuBroker, read_topic
 
 from itsd.config import KafkaConfig
 from itsd.events import SCHEMA_VERSION, detection_event, detection_item, load_schema
