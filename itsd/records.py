@@ -142,6 +142,8 @@ class DetectionRecord:
 
 
 _EVT_HEADER = struct.Struct("<BBH")
+_TOPICS = tuple(Topic)  # by value: the enum members are 0..n-1
+_EVENT_TYPES = tuple(EventType)
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,15 +171,13 @@ class EventRecord:
         end = _EVT_HEADER.size + klen
         if end > len(data):
             raise ValueError("event record key runs past its end")
+        if topic >= len(_TOPICS) or kind >= len(_EVENT_TYPES):
+            raise ValueError(f"malformed event record: topic {topic}, type {kind}")
         try:
-            return cls(
-                Topic(topic),
-                bytes(data[_EVT_HEADER.size : end]).decode(),
-                bytes(data[end:]),
-                EventType(kind),
-            )
-        except (ValueError, UnicodeDecodeError) as err:
+            key = bytes(data[_EVT_HEADER.size : end]).decode()
+        except UnicodeDecodeError as err:
             raise ValueError(f"malformed event record: {err}") from None
+        return cls(_TOPICS[topic], key, bytes(data[end:]), _EVENT_TYPES[kind])
 
 
 def rfc3339_from_ns(wall_ns: int) -> str:

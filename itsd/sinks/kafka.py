@@ -39,7 +39,6 @@ This module must never import a stage or the JSONL sink.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -137,8 +136,8 @@ class KafkaSink(Sink):
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
         self._delivered_ahead: set[Position] = set()
-        self._done = 0
-        self._t0 = 0
+        self._n_ok = 0
+        self._failed_msgs: list[tuple[str, bytes | None, bytes | None]] = []
         self.connected = spool.is_empty()
         if not self.connected:
             log.info("the spool holds %d event(s): they are replayed first", spool.pending)
@@ -157,6 +156,7 @@ class KafkaSink(Sink):
             rd.setLevel(logging.CRITICAL)
         conf.setdefault("logger", rd)
         conf.setdefault("error_cb", self._on_error)
+        conf["on_delivery"] = self._report
         return Producer(conf)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -173,67 +173,93 @@ class KafkaSink(Sink):
         old = self.producer
         with contextlib.suppress(KafkaException):
             old.purge()
+        with contextlib.suppress(KafkaException):
+            old.poll(0.1)  # purged messages report as failed
         self.producer = self._new_producer()
 
-    def _report(self, ok: list[bool], i: int, err: KafkaError | None, msg: Any) -> None:
-        self._done += 1
+    def _report(self, err: KafkaError | None, msg: Any) -> None:
+        """The producer's one delivery callback (served inside ``poll``)."""
         if err is None:
-            ok[i] = True
+            self._n_ok += 1
+        else:
+            self._failed_msgs.append((msg.topic(), msg.key(), msg.value()))
 
     def _deliver(self, batch: Sequence[EventRecord]) -> list[bool]:
-        """Produce ``batch`` and wait for a delivery report of every event; True = acked."""
+        """Produce ``batch`` and wait for a delivery report of every event; True = acked.
+
+        One delivery callback serves every message (a closure per message costs more
+        than the produce call); failures, which are rare, are matched back to their
+        events by topic, key and payload.
+        """
         n = len(batch)
         if self._fatal is not None:
             self._recover()
-        ok: list[bool] = [False] * n
-        self._done = 0
-        self._t0 = time.monotonic_ns()
+        self._n_ok = 0
+        self._failed_msgs = []
+        refused: list[int] = []  # not sent because the producer failed: offered again
+        rejected: list[int] = []  # refused for good (too large): dropped and counted
+        t0 = time.monotonic_ns()
         produce = self.producer.produce
-        report = self._report
         topics = self.topics
         headers = self._headers
         for i, ev in enumerate(batch):
             while True:
                 try:
-                    produce(
-                        topics[ev.topic],
-                        ev.payload,
-                        ev.key.encode(),
-                        headers=headers[ev.kind],
-                        on_delivery=functools.partial(report, ok, i),
-                    )
+                    produce(topics[ev.topic], ev.payload, ev.key.encode(), headers=headers[ev.kind])
                     break
                 except BufferError:
                     self._poll(0.05)  # the local queue is full: serve reports, then retry
                 except KafkaException as err:  # a message larger than allowed, a fatal error
                     if self._fatal is None:
-                        log.error("kafka refused an event of %s: %s", ev.key, err)
-                    self._done += 1
+                        # It would be refused again after any replay: counted as lost.
+                        log.error("kafka refused an event of %s (dropped): %s", ev.key, err)
+                        rejected.append(i)
+                    else:
+                        refused.append(i)
                     break
             if self._fatal is not None:
+                refused.extend(range(i + 1, n))
                 break
         self.c.produced(n)
         deadline = time.monotonic() + self.cfg.delivery_timeout_s + 10.0
         beat_at = 0.0
-        while self._done < n and self._fatal is None:
+        expected = n - len(refused) - len(rejected)
+        while self._n_ok + len(self._failed_msgs) < expected and self._fatal is None:
             self._poll(0.05)
             now = time.monotonic()
             if now - beat_at > 1.0:
                 beat_at = now
                 self.beat()
             if now > deadline:  # librdkafka should have timed them out by now
-                log.error("no delivery report for %d event(s): purging", n - self._done)
+                log.error("no delivery report for some event(s): purging")
                 self.producer.purge()
                 self._poll(0.5)
                 break
         if self._fatal is not None:
-            self._recover()  # what it did not report is treated as not delivered
-        delivered = sum(ok)
+            self._recover()  # serves the old producer's reports of what it still held
+        ok = [True] * n
+        for i in refused:
+            ok[i] = False
+        if self._n_ok + len(self._failed_msgs) < expected:
+            # Reports missing (a producer that failed for good): nothing is known to be
+            # delivered, so all of it is offered again (duplicates, not loss).
+            ok = [False] * n
+        elif self._failed_msgs:
+            where: dict[tuple[str, bytes, bytes], list[int]] = {}
+            for i, ev in enumerate(batch):
+                where.setdefault((topics[ev.topic], ev.key.encode(), ev.payload), []).append(i)
+            for t, k, v in self._failed_msgs:
+                idx = where.get((t, k or b"", v or b""))
+                if idx:
+                    ok[idx.pop(0)] = False
+        delivered = sum(ok) - len(rejected)
+        if rejected:
+            self.c.dropped(len(rejected))
         if delivered:
             self.c.delivered(delivered)
-            self.c.latency_us(delivered * ((time.monotonic_ns() - self._t0) // 1000))
-        if delivered < n:
-            self.c.failed(n - delivered)
+            self.c.latency_us(delivered * ((time.monotonic_ns() - t0) // 1000))
+        if delivered + len(rejected) < n:
+            self.c.failed(n - delivered - len(rejected))
         return ok
 
     def _poll(self, timeout: float) -> None:

@@ -1,0 +1,163 @@
+"""Benchmark: events/s through the publisher's Kafka path beside a raw producer loop.
+
+Both run against the same Tansu broker (started here on a free port), in the same run,
+in rotated order each round (publisher first in even rounds, raw first in odd ones):
+
+- publisher: the publisher stage's loop on real shared memory: events (real detection
+  events from ``itsd.events``, 20 cameras) are packed on a ``RecordRing`` before the clock
+  starts; timed: ``peek_many(4096)``, ``EventRecord.unpack``, ``KafkaSink.write`` (produce
+  with key and headers, wait for every delivery report: acks=all, idempotence, lz4,
+  linger 5 ms) and ``advance``, until the ring is empty. Nothing leaves the ring before
+  the broker acknowledged it.
+- raw: ``Producer.produce`` of the same payloads, keys and an event-type header in a
+  plain loop with the same producer settings (``poll(0)`` every 1000 messages), then
+  ``flush()``: the limit, with no per-batch wait, no delivery tracking and no ring.
+
+The table gives the median events/s of each over ``--rounds`` and the ratio
+publisher/raw (the goal is at least 0.8).
+
+    .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--json FILE]
+
+This script must never be imported by itsd; it only measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from confluent_kafka import Producer  # noqa: E402
+from tansu_broker import TansuBroker  # noqa: E402
+
+from itsd.config import KafkaConfig  # noqa: E402
+from itsd.events import detection_event, detection_item  # noqa: E402
+from itsd.records import EventRecord  # noqa: E402
+from itsd.shm import RecordRing, new_run_id, segment_name  # noqa: E402
+from itsd.sinks.kafka import KafkaSink, producer_config, topic_names  # noqa: E402
+from itsd.sinks.spool import Spool  # noqa: E402
+
+BATCH = 4096  # the publisher's batch with Kafka (itsd.stages.publish.KAFKA_BATCH_RECORDS)
+
+
+def make_events(n: int, cameras: int = 20) -> list[EventRecord]:
+    out = []
+    for i in range(n):
+        cam = i % cameras
+        dets = [
+            detection_item("car", 0.9, (10.0 + k, 20.0, 110.0, 90.0), 100 + k, True)
+            for k in range(3)
+        ]
+        out.append(
+            detection_event(
+                f"cam-{cam:02d}", i // cameras, time.time_ns(), dets, 640, 360, 8.5, 41.2, 4
+            )
+        )
+    return out
+
+
+def run_publisher(
+    cfg: KafkaConfig, ring: RecordRing, events: list[EventRecord], tmp: Path
+) -> float:
+    for ev in events:
+        if not ring.try_put(ev.pack()):
+            raise SystemExit("ring too small for --events")
+    sink = KafkaSink(cfg, Spool(tmp / f"spool-{time.monotonic_ns()}", 1 << 30))
+    sink.write(events[:1])  # connect and learn the topics before the clock starts
+    t0 = time.perf_counter()
+    while batch := ring.peek_many(BATCH):
+        sink.write([EventRecord.unpack(r) for r in batch])
+        ring.advance(len(batch))
+    dt = time.perf_counter() - t0
+    if not sink.connected or not sink.spool.is_empty():
+        raise SystemExit("the broker did not take every event")
+    sink.close()
+    return len(events) / dt
+
+
+def run_raw(cfg: KafkaConfig, events: list[EventRecord]) -> float:
+    conf = producer_config(cfg)
+    p = Producer(conf)
+    topics = topic_names(cfg)
+    items = [
+        (topics[e.topic], e.payload, e.key.encode(), [("event_type", e.kind.wire_name.encode())])
+        for e in events
+    ]
+    p.produce(items[0][0], items[0][1], items[0][2])
+    p.flush()
+    t0 = time.perf_counter()
+    for i, (topic, value, key, headers) in enumerate(items):
+        while True:
+            try:
+                p.produce(topic, value, key, headers=headers)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    left = p.flush(60)
+    dt = time.perf_counter() - t0
+    if left:
+        raise SystemExit(f"{left} message(s) not delivered")
+    return len(events) / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    events = make_events(args.events)
+    size = sum(len(e.pack()) + 16 for e in events)
+    broker = TansuBroker()
+    broker.start()
+    cfg = KafkaConfig(enabled=True, bootstrap_servers=broker.bootstrap)
+    name = segment_name(new_run_id(), "records", "benchevents")
+    ring = RecordRing.create(name, 1 << max(20, (size * 2).bit_length()))
+    results: dict[str, list[float]] = {"publisher": [], "raw": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                order = ["publisher", "raw"] if r % 2 == 0 else ["raw", "publisher"]
+                for which in order:
+                    if which == "publisher":
+                        rate = run_publisher(cfg, ring, events, Path(tmp))
+                    else:
+                        rate = run_raw(cfg, events)
+                    results[which].append(rate)
+                    print(f"round {r + 1} {which:9s} {rate:10.0f} events/s", flush=True)
+    finally:
+        ring.close()
+        ring.unlink()
+        broker.stop()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratio = med["publisher"] / med["raw"]
+    print(f"\n{'path':10s} {'median events/s':>16s}")
+    for k in ("publisher", "raw"):
+        print(f"{k:10s} {med[k]:16.0f}")
+    print(f"ratio publisher/raw: {ratio:.2f} (goal >= 0.80)")
+    if args.json:
+        out: dict[str, Any] = {
+            "events": args.events,
+            "rounds": args.rounds,
+            "per_round": results,
+            "median": med,
+            "ratio": ratio,
+            "machine": platform.platform(),
+            "python": platform.python_version(),
+        }
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
