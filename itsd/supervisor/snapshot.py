@@ -205,8 +205,9 @@ class Snapshotter:
             "inference_fps": sum(c.fps_out for c in cameras),
             "batch_size_mean": infer_frames / batches if batches else 0.0,
             "pipeline_latency_mean_ms": lat_mean * 1000,
-            "events_published": sum(
-                v for (n, _), v in by_series.items() if n == m.PUBLISH_EVENTS.name
+            # Every event goes to every sink: the busiest sink's count is the events.
+            "events_published": max(
+                (x.value for x in samples if x.defn is m.PUBLISH_EVENTS), default=0.0
             ),
             "stage_restarts": float(sum(s.restarts for s in stages)),
             "cameras": float(len(cameras)),
