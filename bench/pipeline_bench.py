@@ -1,30 +1,32 @@
-"""Benchmark: the whole daemon on a clip, beside the raw model loop on the same machine.
+"""Benchmark: the whole daemon on clips, beside the raw model loop on the same machine.
 
-    python bench/pipeline_bench.py --model M [--clip C] [--rounds R]
+    python bench/pipeline_bench.py --model M [--clip C] [--cameras 4] [--rounds R]
 
 Each round runs, in rotation:
 
-* ``raw``: one ONNX Runtime session (1 thread) looping over pre-decoded, pre-letterboxed
-  frames of the clip: the ceiling for one inference process;
-* ``pipeline``: ``itsd start`` on the clip as fast as it decodes (no pacing), through
-  decode -> frame ring -> inference -> detection ring -> analytics -> event ring ->
-  JSONL, until the clip ends. Frames per second are counted from the events written,
-  over the time between the first and the last event.
+* ``raw x1``: one ONNX Runtime session (1 thread) looping over pre-decoded,
+  pre-letterboxed frames of the clip: the ceiling of one inference process;
+* ``raw all cores``: one such loop per core, in parallel processes: the machine's limit;
+* ``pipeline, W workers``: ``itsd start`` with ``--cameras`` copies of the clip as
+  lossless file sources (``realtime: false``: every frame, as fast as the machine
+  allows), for W = 1 and W = the default (one inference worker per core). Frames per
+  second = detection events / wall time from the first decoder's start to the end.
 
-It prints median frames/s of both, their ratio, and the capture-to-analytics latency
-percentiles of the pipeline (a paced run at the clip's own rate, where latency means
-something: with unpaced input the newest frame always waits for the previous batch).
+It prints median frames/s, the ratios to the limits, and the capture-to-analytics
+latency percentiles of a paced run (one camera at the clip's own rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,7 @@ DEFAULT_CLIP = REPO.parent / "shared" / "media" / "street_overhead_dusk.mp4"
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "yolo11n_int8_320.onnx"
 
 
-def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
-    """Frames/s of a bare session.run loop on letterboxed frames of the clip."""
+def _tensors(model: Path, clip: Path, frames: int) -> tuple[ort.InferenceSession, str, list[Any]]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
@@ -57,32 +58,73 @@ def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
             t = np.empty((1, 3, h, w), np.float32)
             letterbox_into(img, t[0], letterbox_params(img.shape[0], img.shape[1], h, w))
             tensors.append(t)
-    sess.run(None, {inp.name: tensors[0]})
+    return sess, inp.name, tensors
+
+
+def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
+    """Frames/s of a bare session.run loop on letterboxed frames of the clip."""
+    sess, name, tensors = _tensors(model, clip, frames)
+    sess.run(None, {name: tensors[0]})
     t0 = time.perf_counter()
     for t in tensors:
-        sess.run(None, {inp.name: t})
+        sess.run(None, {name: t})
     return len(tensors) / (time.perf_counter() - t0)
 
 
-def run_pipeline(model: Path, clip: Path, realtime: bool) -> list[dict[str, Any]]:
-    """Run the daemon on the clip until it ends; return its detection events."""
+def _raw_worker(model: str, clip: str, frames: int, q: Any) -> None:
+    q.put(raw_fps(Path(model), Path(clip), frames))
+
+
+def raw_all_cores(model: Path, clip: Path, frames: int = 120) -> float:
+    """Sum of frames/s of one raw loop per core, run at the same time."""
+    import multiprocessing as mp
+
+    n = len(os.sched_getaffinity(0))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [
+        ctx.Process(target=_raw_worker, args=(str(model), str(clip), frames, q)) for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    out = [q.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return float(sum(out))
+
+
+def _log_time(line: str) -> float:
+    stamp = line[:23]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def run_pipeline(
+    model: Path, clip: Path, realtime: bool, cameras: int = 1, workers: int = 0
+) -> tuple[list[dict[str, Any]], float]:
+    """Run the daemon on ``cameras`` copies of the clip until they end.
+
+    Returns the detection events and the wall time from the first decoder's start to the
+    end of the last source.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         cfg = {
             "model": {"path": str(model)},
-            "performance": {"target_fps": 240},
+            "performance": {"target_fps": 240, "inference_workers": workers},
             "outputs": {"jsonl_path": str(d / "events.jsonl")},
             "server": {"grpc_port": 0, "monitoring_port": 0},
             "pid_file": str(d / "itsd.pid"),
-            "logging": {"level": "WARNING"},
+            "state_dir": str(d / "state"),
+            "logging": {"level": "INFO"},
             "supervisor": {"exit_when_sources_end": True},
             "cameras": [
                 {
-                    "id": "bench",
+                    "id": f"bench{i}",
                     "source": str(clip),
                     "realtime": realtime,
                     "lines": [{"id": "mid", "start": [0.5, 0.0], "end": [0.5, 1.0]}],
                 }
+                for i in range(cameras)
             ],
         }
         (d / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -90,47 +132,51 @@ def run_pipeline(model: Path, clip: Path, realtime: bool) -> list[dict[str, Any]
             [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=900,
         )
         if proc.returncode != 0:
             raise SystemExit(f"itsd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        log = proc.stderr.splitlines()
+        t0 = min(_log_time(x) for x in log if "started decode:" in x)
+        t1 = max(_log_time(x) for x in log if "every source has ended" in x)
         lines = (d / "events.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in lines]
-    return [e for e in events if e["event_type"] == "detection"]
-
-
-def pipeline_fps(dets: list[dict[str, Any]]) -> float:
-    """Frames/s over the span of the events' capture times."""
-    from datetime import datetime
-
-    def t(e: dict[str, Any]) -> float:
-        return datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
-
-    span = t(dets[-1]) - t(dets[0])
-    return (len(dets) - 1) / span if span > 0 else 0.0
+    return [e for e in events if e["event_type"] == "detection"], t1 - t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
+    ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    raws: list[float] = []
-    pipes: list[float] = []
+    results: dict[str, list[float]] = {
+        "raw x1": [],
+        "raw all cores": [],
+        "pipeline 1 worker": [],
+        "pipeline default workers": [],
+    }
     for r in range(args.rounds):
-        raws.append(raw_fps(args.model, args.clip))
-        dets = run_pipeline(args.model, args.clip, realtime=False)
-        pipes.append(pipeline_fps(dets))
-        print(f"round {r + 1}: raw {raws[-1]:.1f} frames/s, pipeline {pipes[-1]:.1f} frames/s")
-    paced = run_pipeline(args.model, args.clip, realtime=True)
+        results["raw x1"].append(raw_fps(args.model, args.clip))
+        results["raw all cores"].append(raw_all_cores(args.model, args.clip))
+        for key, workers in (("pipeline 1 worker", 1), ("pipeline default workers", 0)):
+            dets, wall = run_pipeline(args.model, args.clip, False, args.cameras, workers)
+            results[key].append(len(dets) / wall)
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in results.items()}
+    paced, _ = run_pipeline(args.model, args.clip, realtime=True)
     lat = np.array([e["data"]["latency_ms"]["capture_to_analytics"] for e in paced])
-    raw_m, pipe_m = statistics.median(raws), statistics.median(pipes)
     print()
-    print(f"{'contender':<28}{'frames/s':>10}")
-    print(f"{'raw model loop (1 thread)':<28}{raw_m:>10.1f}")
-    print(f"{'whole pipeline (unpaced)':<28}{pipe_m:>10.1f}")
-    print(f"pipeline / raw model        {pipe_m / raw_m:>10.2f}")
+    print(f"{'contender':<34}{'frames/s':>10}")
+    for k, v in med.items():
+        print(f"{k:<34}{v:>10.1f}")
+    limit = med["raw all cores"]
+    for k in ("pipeline 1 worker", "pipeline default workers"):
+        print(f"{k} / raw all cores{'':<2}{med[k] / limit:>10.2f}")
     p50, p90, p99, mx = np.percentile(lat, [50, 90, 99, 100])
     print(
         f"paced run, {len(lat)} frames: capture->analytics latency ms "
