@@ -49,7 +49,7 @@ lint: venv
 	$(BIN)/python tools/gen_proto.py --check
 
 test: lint system-deps
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
