@@ -454,12 +454,7 @@ class Supervisor:
 
     def _free_camera(self, entry: CameraEntry) -> None:
         h = entry.handle
-        if h.process is not None:
-            if h.process.is_alive() and h.process.pid is not None:
-                _kill(h.process.pid, signal.SIGKILL)
-            h.process.join(5)
-            h.process.close()
-            h.process = None
+        _kill_handle(h)
         _close_unlink(entry.ring)
         _close_unlink(h.cells)
         _close_unlink(h.info)
@@ -1058,12 +1053,7 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         for h in self.handles():
-            if h.process is not None:
-                if h.process.is_alive() and h.process.pid is not None:
-                    _kill(h.process.pid, signal.SIGKILL)
-                h.process.join(5)
-                h.process.close()
-                h.process = None
+            _kill_handle(h)
 
     def uptime_s(self) -> float:
         """Seconds since the supervisor started."""
@@ -1094,6 +1084,16 @@ def _close_unlink(obj: Any) -> None:
         obj.close()
     with contextlib.suppress(OSError):
         obj.unlink()
+
+
+def _kill_handle(h: StageHandle) -> None:
+    """SIGKILL a stage's process if it runs, reap it and forget it."""
+    if h.process is not None:
+        if h.process.is_alive() and h.process.pid is not None:
+            _kill(h.process.pid, signal.SIGKILL)
+        h.process.join(5)
+        h.process.close()
+        h.process = None
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
