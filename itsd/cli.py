@@ -532,6 +532,54 @@ def reload(config_path: str | None, target: str | None, timeout: float) -> None:
     )
 
 
+# --------------------------------------------------------------------------- events
+@main.group()
+def events() -> None:
+    """Events a daemon publishes."""
+
+
+@events.command("tail")
+@click.option(
+    "--topic",
+    required=True,
+    help="detection_events, analytics_events, metrics_events or alert_events (or its name).",
+)
+@click.option("--camera", help="Only this camera's events.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The daemon's.")
+@click.option("--lines", "-n", type=int, default=10, show_default=True, help="JSONL: last N.")
+@click.option("--from-beginning", is_flag=True, help="Kafka: from the oldest message.")
+@click.option("--no-follow", is_flag=True, help="Print what is there and stop (JSONL).")
+def events_tail(
+    topic: str,
+    camera: str | None,
+    config_path: str | None,
+    lines: int,
+    from_beginning: bool,
+    no_follow: bool,
+) -> None:
+    """Follow events as JSON lines: from Kafka when kafka.enabled, else from the JSONL file."""
+    from itsd.events.tail import resolve_stream, tail_jsonl, tail_kafka
+
+    cfg = _load(config_path, {}) if config_path else Config()
+    try:
+        kind, name = resolve_stream(cfg, topic)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--topic") from None
+    try:
+        if cfg.kafka.enabled:
+            tail_kafka(cfg, name, camera, from_beginning, click.echo)
+        else:
+            path = cfg.outputs.jsonl_path
+            if path is None:
+                _fail("neither Kafka nor outputs.jsonl_path is configured: nothing to tail")
+                return
+            tail_jsonl(Path(path), kind, camera, lines, not no_follow, click.echo)
+    except KeyboardInterrupt:
+        pass
+    except ValueError as err:
+        _fail(str(err))
+
+
 # --------------------------------------------------------------------------- models
 @main.group()
 def models() -> None:
