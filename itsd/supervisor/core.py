@@ -345,10 +345,13 @@ class Supervisor:
         return "infer" if self.workers == 1 else f"infer:{k}"
 
     def place(self, camera_id: str) -> int:
-        """The inference worker of a camera: rendezvous hashing of its id, so a camera
-        stays on one worker across restarts and only ~1/N cameras move when N changes."""
+        """The inference worker of a camera: rendezvous hashing of its id over the workers
+        not given up, so a camera stays on one worker across restarts and only the cameras
+        of a lost worker move."""
+        dead = {h.worker for h in self.core if h.kind == "infer" and h.given_up}
+        candidates = [k for k in range(self.workers) if k not in dead] or list(range(self.workers))
         return max(
-            range(self.workers),
+            candidates,
             key=lambda k: hashlib.blake2b(f"{camera_id}/{k}".encode(), digest_size=8).digest(),
         )
 
@@ -551,6 +554,19 @@ class Supervisor:
             h.restarts.popleft()
         if len(h.restarts) >= self.config.supervisor.max_restarts:
             h.given_up = True
+            alive = [w.worker for w in self.core if w.kind == "infer" and not w.given_up]
+            if h.kind == "infer" and alive:
+                log.error(
+                    "%s died (%s) %d times within %.0f s: giving up on it; its cameras move to %s",
+                    h.name,
+                    h.last_exit,
+                    len(h.restarts) + 1,
+                    window,
+                    ", ".join(self.worker_name(k) for k in alive),
+                )
+                fut = self.submit(lambda: self._op_move_off(h.worker))
+                fut.add_done_callback(_log_op_failure)
+                return
             what = "giving up on this camera" if h.group == GROUP_DECODE else "stopping itsd"
             log.error(
                 "%s died (%s) %d times within %.0f s: %s",
@@ -761,6 +777,20 @@ class Supervisor:
         self.op_counts["update"] += 1
         log.info("camera %s updated (%s)", cfg.id, ", ".join(sorted(changed)))
         return True
+
+    def _op_move_off(self, worker: int) -> Op:
+        """Move every camera of a worker that was given up to the others (attach there)."""
+        moved = []
+        for entry in list(self.cameras.values()):
+            if entry.worker != worker or entry.removing:
+                continue
+            entry.ring.recover_reader()  # slots the dead worker held
+            entry.worker = self.place(entry.config.id)
+            sent = self._send(CommandOp.ATTACH, entry.binding())
+            yield from self._wait_acks(sent, f"camera {entry.config.id}")
+            moved.append(entry.config.id)
+            log.info("camera %s moved to %s", entry.config.id, self.worker_name(entry.worker))
+        return moved
 
     def _op_reload(self) -> Op:
         if self.config_path is None:
@@ -1058,6 +1088,12 @@ class Supervisor:
     def uptime_s(self) -> float:
         """Seconds since the supervisor started."""
         return time.monotonic() - self.started_mono
+
+
+def _log_op_failure(fut: Future[Any]) -> None:
+    err = fut.exception()
+    if err is not None:
+        log.error("%s", err)
 
 
 def _log_reload_failure(fut: Future[Any]) -> None:

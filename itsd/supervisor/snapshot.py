@@ -161,7 +161,15 @@ class Snapshotter:
                     rr.used_bytes() / max(1, rr.capacity_bytes),
                 )
             )
-        core_down = [sv for sv in stages if sv.kind != "decode" and sv.state != "running"]
+        # A lost inference worker whose cameras moved leaves the daemon degraded, not down.
+        infer_up = any(sv.kind == "infer" and sv.state == "running" for sv in stages)
+        core_down = [
+            sv
+            for sv in stages
+            if sv.kind != "decode"
+            and sv.state != "running"
+            and not (sv.kind == "infer" and sv.state == "failed" and infer_up)
+        ]
         for sv in stages:
             if sv.kind == "decode":
                 continue

@@ -37,7 +37,7 @@ def _frames(d: Daemon) -> dict[str, list[int]]:
 def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> None:
     src = "pattern://moving?width=160&height=120&fps=5"
     cams = [{"id": f"c{i}", "source": src, "target_fps": 5.0} for i in range(4)]
-    d = start_daemon(cameras=cams, extra={"performance": {"inference_workers": 2}})
+    d = start_daemon(cameras=cams, max_restarts=1, extra={"performance": {"inference_workers": 2}})
     d.wait_log(r"2 inference worker\(s\)", timeout=30)
     d.wait_log(r"all stages running", timeout=90)
     wait_until(lambda: len(_frames(d)) == 4, 60, "frames of every camera", d.log_path)
@@ -83,4 +83,19 @@ def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> N
     assert all(
         st["restarts"] == (1 if st["name"] == "infer:1" else 0) for st in d.status_json()["stages"]
     )
+
+    # Worker 1 dies again, past its restart cap: its cameras move to worker 0.
+    live = {st["camera_id"] for st in _state(d)["streams"]}
+    before = {c: max(v) for c, v in _frames(d).items() if c in live}
+    os.kill(d.stage_pid("infer:1"), signal.SIGKILL)
+    d.wait_log(r"infer:1 died .* giving up on it; its cameras move to infer:0", timeout=30)
+    wait_until(
+        lambda: all(max(_frames(d)[c]) > before[c] + 5 for c in before),
+        60,
+        "frames of every camera on the one worker left",
+        d.log_path,
+    )
+    health = _state(d)["health"]
+    assert health["status"] == "degraded"
+    assert any("infer:1" in r for r in health["reasons"]), health["reasons"]
     assert d.stop().returncode == 0
