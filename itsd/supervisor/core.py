@@ -99,6 +99,7 @@ log = logging.getLogger("itsd.supervisor")
 ABORT_GRACE_S = 3.0
 BOARD_BYTES = 1 << 20  # analytics' live state (line counts) for the control API
 INFO_BYTES = 16 << 10  # a stage's self-description
+DECODE_CELLS = 64  # named cells of one decoder
 COMMAND_RING_BYTES = 1 << 20
 LOOP_TICK_S = 0.5
 OP_TICK_S = 0.005  # loop period while a camera change is in progress
@@ -406,7 +407,7 @@ class Supervisor:
                 f"(supervisor.max_cameras is {self.config.supervisor.max_cameras})"
             )
         slots = self.config.performance.frame_ring_slots
-        cells_n = 64
+        cells_n = DECODE_CELLS
         needed = FrameRing.required_size(slots, cfg.max_width, cfg.max_height)
         needed += CellTable.required_size(cells_n) + Board.required_size(INFO_BYTES)
         try:
@@ -921,6 +922,18 @@ class Supervisor:
                 f"{len(wanted)} cameras (configuration file and {self.store.path}) but "
                 f"supervisor.max_cameras is {self.config.supervisor.max_cameras}"
             )
+        # All the cameras' memory is checked at once, before any is created.
+        slots = self.config.performance.frame_ring_slots
+        needed = sum(
+            FrameRing.required_size(slots, c.max_width, c.max_height)
+            + CellTable.required_size(DECODE_CELLS)
+            + Board.required_size(INFO_BYTES)
+            for c, _ in wanted
+        )
+        try:
+            check_free_space(needed)
+        except ShmSpaceError as err:
+            raise ResourceError(f"{len(wanted)} camera(s): {err}") from None
         for cfg, origin in wanted:
             self._new_camera(cfg, origin)
         self.config = self.config.model_copy(update={"cameras": [c for c, _ in wanted]})
