@@ -728,9 +728,13 @@ class Supervisor:
             raise
         if persist:
             self._persist_add(cfg)
-        yield from self._wait_acks(seq, f"camera {cfg.id}")
-        if self.decoders_started:
-            self._start(entry.handle)
+        try:
+            yield from self._wait_acks(seq, f"camera {cfg.id}")
+        finally:
+            # Also when a stage is slow to acknowledge: the camera stays registered and
+            # the command applies when that stage is back, so its decoder must run.
+            if self.decoders_started and not self.stopping:
+                self._start(entry.handle)
         self.op_counts["add"] += 1
         log.info("camera %s added (%s)", cfg.id, origin)
         return cfg.id
