@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from itsd.config import CameraConfig, is_live_source
+from itsd.config import CameraConfig
 
 
 class SourceFrame(Protocol):
@@ -50,11 +50,6 @@ class Source(Protocol):
     def close(self) -> None:
         """Release the source."""
         ...
-
-
-def is_live(source: str) -> bool:
-    """True for network streams (paced by the camera), False for files and patterns."""
-    return is_live_source(source)
 
 
 def open_source(camera: CameraConfig) -> Source:

@@ -18,10 +18,9 @@ from typing import Any
 import av
 import numpy as np
 
-from itsd.config import CameraConfig
+from itsd.config import CameraConfig, is_live_source
 from itsd.errors import SourceError
 from itsd.samples import resolve_source
-from itsd.sources import is_live
 
 log = logging.getLogger("itsd.decode")
 
@@ -64,7 +63,7 @@ class PyAVSource:
     def open(cls, camera: CameraConfig) -> PyAVSource:
         """Open the camera; SourceError with a plain reason when that fails."""
         source = resolve_source(camera.source).removeprefix("file://")
-        live = is_live(source)
+        live = is_live_source(source)
         if not live:
             if os.path.isdir(source):
                 raise SourceError(

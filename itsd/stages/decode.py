@@ -33,7 +33,7 @@ from itsd.errors import EXIT_NO_INPUT, EXIT_OK, SourceError
 from itsd.runtime import metrics as m
 from itsd.shm import FrameRing
 from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
-from itsd.sources import Source, is_live, open_source
+from itsd.sources import Source, open_source
 from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.decode")
@@ -81,7 +81,7 @@ def run(ctx: StageContext) -> int:
         log.info("camera %s: recovered %d slot(s) left half-written", camera.id, recovered)
     cells = _Cells(ctx, camera.id)
     fps = ctx.config.camera_fps(camera)
-    live = is_live(camera.source)
+    live = camera.live
     end_with_sources = ctx.config.supervisor.exit_when_sources_end
     backoff = BACKOFF_START_S
     ctx.describe(camera=camera.id, state="opening", last_error="", last_error_at=None)

@@ -109,12 +109,6 @@ class StageContext:
         except ValueError as err:
             self.log.warning("self-description not published: %s", err)
 
-    def command_seq(self) -> int:
-        """The sequence number of the last command this stage applied."""
-        if self.metrics is None:
-            return 0
-        return self.metrics.cell(STAGE_COMMAND_SEQ).get_int()
-
     def ack(self, seq: int) -> None:
         """Record command ``seq`` as applied (never moves backwards)."""
         if self.metrics is not None:

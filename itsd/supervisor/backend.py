@@ -13,6 +13,7 @@ This module must never import a stage module, and never write to shared memory.
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from itsd import __version__
-from itsd.config import CameraConfig, format_validation_error
+from itsd.config import CameraConfig, format_validation_error, unavailable_camera_keys
 from itsd.control.backend import (
     CameraHealth,
     HealthSnapshot,
@@ -32,8 +33,9 @@ from itsd.control.backend import (
     TrafficSnapshot,
     UnavailableError,
 )
-from itsd.errors import ConfigError, ResourceError
+from itsd.errors import ConfigError, ResourceError, SourceError
 from itsd.redact import redact_text
+from itsd.samples import resolve_source
 from itsd.supervisor.core import ChangeTimeoutError
 from itsd.supervisor.state import CameraView, DaemonState
 
@@ -61,8 +63,6 @@ def camera_from_request(stream: StreamInfo, options: dict[str, Any] | None = Non
     except ValidationError as err:
         text = format_validation_error(err, "config").replace("config: id:", "config: camera_id:")
         raise ValueError(text.replace("config: source:", "config: source_url:")) from None
-    from itsd.config import unavailable_camera_keys
-
     problems = unavailable_camera_keys(cfg)
     if problems:
         raise ValueError("; ".join(problems))
@@ -72,11 +72,6 @@ def camera_from_request(stream: StreamInfo, options: dict[str, Any] | None = Non
 
 def _check_source(cfg: CameraConfig) -> None:
     """Refuse sources that can never work (unknown scheme, a missing file)."""
-    import os
-
-    from itsd.errors import SourceError
-    from itsd.samples import resolve_source
-
     src = cfg.source.strip()
     if "://" in src:
         scheme = src.split("://", 1)[0].lower()

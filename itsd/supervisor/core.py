@@ -398,6 +398,15 @@ class Supervisor:
             self.control.slot(slot).set_name(name)
             self.core.append(h)
 
+    def _camera_bytes(self, cfg: CameraConfig) -> int:
+        """Shared memory one camera needs: its frame ring, cell table and info board."""
+        slots = self.config.performance.frame_ring_slots
+        return (
+            FrameRing.required_size(slots, cfg.max_width, cfg.max_height)
+            + CellTable.required_size(DECODE_CELLS)
+            + Board.required_size(INFO_BYTES)
+        )
+
     def _new_camera(self, cfg: CameraConfig, origin: str) -> CameraEntry:
         """Create a camera's shared memory and handle (its decoder is not started)."""
         assert self.control is not None
@@ -407,11 +416,8 @@ class Supervisor:
                 f"(supervisor.max_cameras is {self.config.supervisor.max_cameras})"
             )
         slots = self.config.performance.frame_ring_slots
-        cells_n = DECODE_CELLS
-        needed = FrameRing.required_size(slots, cfg.max_width, cfg.max_height)
-        needed += CellTable.required_size(cells_n) + Board.required_size(INFO_BYTES)
         try:
-            check_free_space(needed)
+            check_free_space(self._camera_bytes(cfg))
         except ShmSpaceError as err:
             raise ResourceError(f"camera {cfg.id}: {err}") from None
         key = self._next_key
@@ -424,7 +430,7 @@ class Supervisor:
             max_height=cfg.max_height,
         )
         try:
-            cells, info = self._stage_memory("decode", tag, cells_n)
+            cells, info = self._stage_memory("decode", tag, DECODE_CELLS)
         except BaseException:
             _close_unlink(ring)
             raise
@@ -927,15 +933,8 @@ class Supervisor:
                 f"supervisor.max_cameras is {self.config.supervisor.max_cameras}"
             )
         # All the cameras' memory is checked at once, before any is created.
-        slots = self.config.performance.frame_ring_slots
-        needed = sum(
-            FrameRing.required_size(slots, c.max_width, c.max_height)
-            + CellTable.required_size(DECODE_CELLS)
-            + Board.required_size(INFO_BYTES)
-            for c, _ in wanted
-        )
         try:
-            check_free_space(needed)
+            check_free_space(sum(self._camera_bytes(c) for c, _ in wanted))
         except ShmSpaceError as err:
             raise ResourceError(f"{len(wanted)} camera(s): {err}") from None
         for cfg, origin in wanted:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from itsd.redact import redact_text, redact_url
 from itsd.runtime import metrics as m
-from itsd.runtime.metrics import REGISTRY, Kind, Sample
+from itsd.runtime.metrics import Kind, Sample
 from itsd.shm.control import STATE_DRAINING, STATE_RUNNING, STATE_STARTING
 from itsd.supervisor.state import CameraView, DaemonState, RingView, StageView
 
@@ -397,8 +397,3 @@ class Snapshotter:
                         )
                     )
         return out
-
-
-def known_metrics() -> list[str]:
-    """Names of every exported metric (for tests and documentation)."""
-    return sorted(n for n, d in REGISTRY.items() if d.exported)

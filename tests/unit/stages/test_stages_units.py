@@ -10,10 +10,11 @@ import pytest
 
 from itsd.analytics import COCO_NAMES
 from itsd.config import CameraConfig
+from itsd.config import is_live_source as is_live
 from itsd.records import DetectionRecord, Topic
 from itsd.sinks.jsonl import JsonlSink
 from itsd.stages.analyze import CameraAnalytics
-from itsd.stages.decode import fit_within, is_live
+from itsd.stages.decode import fit_within
 
 
 @pytest.mark.parametrize(
