@@ -24,11 +24,25 @@ from itsd.config import CameraConfig
 class SourceFrame(Protocol):
     """One decoded frame."""
 
-    #: Presentation time in seconds (stream clock), or None when unknown.
-    time: float | None
-    pts: int
-    width: int
-    height: int
+    @property
+    def time(self) -> float | None:
+        """Presentation time in seconds (stream clock), or None when unknown."""
+        ...
+
+    @property
+    def pts(self) -> int:
+        """Presentation timestamp in stream units."""
+        ...
+
+    @property
+    def width(self) -> int:
+        """Picture width in pixels."""
+        ...
+
+    @property
+    def height(self) -> int:
+        """Picture height in pixels."""
+        ...
 
     def rgb(self, width: int, height: int) -> np.ndarray:
         """The picture as RGB24, scaled to ``width`` x ``height``."""
@@ -57,7 +71,7 @@ def open_source(camera: CameraConfig) -> Source:
     if camera.source.startswith("pattern://"):
         from itsd.sources.pattern import PatternSource
 
-        return PatternSource.open(camera)  # type: ignore[return-value]
+        return PatternSource.open(camera)
     from itsd.sources.pyav import PyAVSource
 
     return PyAVSource.open(camera)
