@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from itsd.errors import ConfigError
 
@@ -30,6 +38,8 @@ Point = tuple[
 #: A point on the ground plane, in metres.
 GroundPoint = tuple[float, float]
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Source of a camera whose frames clients push over gRPC (StreamFrames-style calls).
+PUSH_SCHEME = "push://"
 
 #: Largest configuration file read; anything bigger is not a configuration.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -81,6 +91,108 @@ class ServerConfig(_Model):
     monitoring_port: int = Field(
         8080, ge=0, le=65535, description="HTTP monitoring port; 0 disables it."
     )
+
+
+class SecurityConfig(_Model):
+    """TLS and bearer tokens of the gRPC control API (``itsd.control.auth``).
+
+    With no token configured every call is allowed (keep the bind local then); with any
+    token configured every call but health checking needs ``authorization: Bearer
+    <token>``: a read token for reads, an admin token for calls that change the daemon
+    or push frames. Tokens never appear in logs, metrics or answers.
+    """
+
+    tls_cert: Path | None = Field(
+        None,
+        description="Server certificate chain (PEM) of the gRPC API; with tls_key turns TLS on.",
+    )
+    tls_key: Path | None = Field(None, description="Private key (PEM) of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description=(
+            "CA bundle (PEM): clients must present a certificate signed by it (mutual TLS). "
+            "Needs tls_cert and tls_key."
+        ),
+    )
+    admin_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens allowed every call (streams, frames, reload).",
+    )
+    read_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens allowed read-only calls (health, metrics, lists, results).",
+    )
+    tokens_file: Path | None = Field(
+        None,
+        description=(
+            "File of further tokens, one per line: 'admin TOKEN' or 'read TOKEN' (# comments); "
+            "read at start and on reload."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> SecurityConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "tls_client_ca needs tls_cert and tls_key (client certificates need TLS)"
+            )
+        for tok in (*self.admin_tokens, *self.read_tokens):
+            value = tok.get_secret_value()
+            if len(value) < 16 or any(c.isspace() for c in value):
+                raise ValueError("tokens must be at least 16 characters without spaces")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the gRPC API serves TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def has_tokens(self) -> bool:
+        """True when any bearer token is configured (in the file or a tokens file)."""
+        return bool(self.admin_tokens or self.read_tokens or self.tokens_file)
+
+
+class ApiConfig(_Model):
+    """Limits of the gRPC control API: concurrency, message sizes, pushed frames."""
+
+    max_concurrent_unary: int = Field(
+        32, ge=1, le=1024, description="Unary calls served at once; more get RESOURCE_EXHAUSTED."
+    )
+    max_concurrent_streams: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "Streaming calls open at once (frame streams, result streams, reflection, health "
+            "watches); kept apart from unary calls so long streams never starve them."
+        ),
+    )
+    max_message_mib: float = Field(
+        16.0, gt=0.0, le=256.0, description="Largest request or response message, in MiB."
+    )
+    max_inflight_frames: int = Field(
+        2,
+        ge=1,
+        le=63,
+        description=(
+            "Frames pushed to one camera that may wait for their result at once (at most "
+            "performance.frame_ring_slots - 1): a faster client is slowed down (streams) or "
+            "refused with RESOURCE_EXHAUSTED (unary calls)."
+        ),
+    )
+    result_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="Longest wait for the result of one pushed frame."
+    )
+    max_push_width: int = Field(
+        1920,
+        ge=16,
+        le=8192,
+        description="Frames pushed for ad-hoc inference larger than this are scaled down.",
+    )
+    max_push_height: int = Field(1080, ge=16, le=8192, description="See max_push_width.")
 
 
 class ModelConfig(_Model):
@@ -146,6 +258,21 @@ class PerformanceConfig(_Model):
     )
     cpu_threads: int = Field(
         1, ge=1, le=256, description="Intra-op threads of the CPU inference backend."
+    )
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Decode processes; each runs many cameras, one thread per camera (the decoder "
+            "releases the GIL). 0: one per CPU core, at most 32."
+        ),
+    )
+    cameras_per_decode_worker: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Most cameras one decode process runs; adding more when all are full fails.",
     )
     frame_ring_slots: int = Field(
         4, ge=3, le=64, description="Slots in each camera's frame ring (newest frame wins)."
@@ -275,6 +402,62 @@ class OutputsConfig(_Model):
     )
 
 
+#: URL schemes of ``store.url``: SQLite files and PostgreSQL servers.
+STORE_URL_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+class StoreConfig(_Model):
+    """The aggregates store: per-interval traffic aggregates in SQLite or PostgreSQL."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Write each analytics_summary interval to the store (served by "
+            "GetAggregatedMetrics and `itsd report`)."
+        ),
+    )
+    url: str | None = Field(
+        None,
+        description=(
+            "Database URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; "
+            "null: a SQLite file store.sqlite3 in the state directory."
+        ),
+    )
+    retention_days: float = Field(
+        90.0, ge=0.0, description="Intervals older than this are deleted; 0 keeps them forever."
+    )
+    pool_size: int = Field(
+        4, ge=1, le=64, description="Connections kept open per process (PostgreSQL)."
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0.0, le=300.0, description="Timeout of opening a database connection."
+    )
+    query_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description="Longest a read of GetAggregatedMetrics or GetTrafficMetrics may run.",
+    )
+    buffer_max_mib: float = Field(
+        256.0,
+        gt=0.0,
+        description=(
+            "Largest disk buffer of intervals waiting while the database is away "
+            "(in the state directory); past it events are held on the event ring."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+        if scheme not in STORE_URL_SCHEMES:
+            raise ValueError("must be a sqlite:///PATH or postgresql://USER@HOST:PORT/DB URL")
+        return url
+
+
 class LoggingConfig(_Model):
     """Logging."""
 
@@ -366,7 +549,12 @@ class CameraConfig(_Model):
 
     id: str = Field(..., pattern=CAMERA_ID_PATTERN, description="Camera id (letters, digits, _.-).")
     source: str = Field(
-        ..., min_length=1, description="Video source: file path, rtsp://, http(s):// URL."
+        ...,
+        min_length=1,
+        description=(
+            "Video source: file path, rtsp://, http(s):// URL; push:// for frames clients send "
+            "over gRPC (ProcessFrame, ProcessCameraStream)."
+        ),
     )
     target_fps: float | None = Field(
         None, gt=0.0, le=240.0, description="Frames per second taken; null uses the default."
@@ -388,6 +576,11 @@ class CameraConfig(_Model):
     open_timeout_s: float = Field(
         10.0, gt=0.0, description="Timeout of opening and reading a network source."
     )
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="A live source that delivers no frame for this long is closed and reopened.",
+    )
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones.")
     calibration: CalibrationConfig | None = Field(None, description="Ground-plane calibration.")
@@ -406,7 +599,14 @@ class CameraConfig(_Model):
     def lossless(self) -> bool:
         """True for recorded footage processed frame by frame (a file with realtime false):
         decode waits for inference instead of dropping frames."""
+        if self.source.startswith(PUSH_SCHEME):
+            return True  # pushed frames wait for a slot in the API; none is ever overwritten
         return not self.live and not self.realtime and not self.source.startswith("pattern://")
+
+    @property
+    def push(self) -> bool:
+        """True for a camera whose frames clients push over gRPC (``push://``): no decoder."""
+        return self.source.startswith(PUSH_SCHEME)
 
     @field_validator("source")
     @classmethod
@@ -420,6 +620,10 @@ class Config(_Model):
     """The whole configuration of one itsd daemon."""
 
     server: ServerConfig = Field(default_factory=ServerConfig, description="Network endpoints.")
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig, description="TLS and tokens of the gRPC API."
+    )
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the gRPC API.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
     performance: PerformanceConfig = Field(
         default_factory=PerformanceConfig, description="Batching and pacing."
@@ -429,6 +633,9 @@ class Config(_Model):
     )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka publishing.")
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Local outputs.")
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="The aggregates store (SQLite or PostgreSQL)."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Process supervision."
@@ -501,9 +708,44 @@ class Config(_Model):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, min(8, (cores or 1) // max(1, self.performance.cpu_threads)))
 
+    def resolved_decode_workers(self) -> int:
+        """Decode processes to run: the setting, else one per CPU core (at most 32)."""
+        if self.performance.decode_workers:
+            return self.performance.decode_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(32, cores or 1))
+
     def camera_fps(self, camera: CameraConfig) -> float:
         """Frames per second taken from ``camera``."""
         return camera.target_fps if camera.target_fps is not None else self.performance.target_fps
+
+
+_LOCAL_BINDS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "ip6-localhost"})
+
+
+def is_local_bind(bind: str) -> bool:
+    """True for an address only this machine can reach (loopback or a unix socket)."""
+    host = bind.strip()
+    return host in _LOCAL_BINDS or host.startswith(("127.", "unix:"))
+
+
+def security_warnings(config: Config) -> list[str]:
+    """Warnings about settings that expose the daemon (``itsd config check`` prints them)."""
+    out = []
+    sec = config.security
+    if not is_local_bind(config.server.grpc_bind) and not sec.tls and not sec.has_tokens:
+        out.append(
+            f"server.grpc_bind is {config.server.grpc_bind}, reachable from other machines, "
+            "but the gRPC API has neither TLS (security.tls_cert/tls_key) nor a token "
+            "(security.admin_tokens/read_tokens): anyone who reaches the port can add, remove "
+            "and reload cameras"
+        )
+    elif not is_local_bind(config.server.grpc_bind) and sec.has_tokens and not sec.tls:
+        out.append(
+            f"server.grpc_bind is {config.server.grpc_bind} without TLS: bearer tokens cross "
+            "the network in clear text (set security.tls_cert and security.tls_key)"
+        )
+    return out
 
 
 def is_live_source(source: str) -> bool:
@@ -702,8 +944,11 @@ def apply_overrides(
 
 
 def config_to_json(config: Config) -> str:
-    """Serialise for a child process (the reverse is :func:`config_from_json`)."""
-    return config.model_dump_json()
+    """Serialise for a child process (the reverse is :func:`config_from_json`).
+
+    The ``security`` section stays behind: stages never need tokens or key paths.
+    """
+    return config.model_copy(update={"security": SecurityConfig()}).model_dump_json()
 
 
 def config_from_json(text: str) -> Config:

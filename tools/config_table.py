@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
 from itsd.config import Config, GroundPoint, Point, not_yet_available_reason
@@ -36,6 +36,7 @@ _SCALARS: dict[Any, str] = {
     float: "float",
     bool: "bool",
     Path: "path",
+    SecretStr: "str (secret)",
     type(None): "null",
 }
 
