@@ -4,7 +4,7 @@
 "yolo11s.pt", "yolo11n.onnx") into a model file on disk: a path must exist; a name is
 looked up in the model cache (`$ITSD_MODEL_DIR`, else `$XDG_CACHE_HOME/itsd/models`, else
 ~/.cache/itsd/models) and, when allowed and possible, downloaded with Ultralytics and
-exported to ONNX. `create_engine` picks the backend for a model file and builds it.
+exported to ONNX. Which backend runs a file is decided in `itsd.engines.registry`.
 
 This module must never import ultralytics, torch or tensorrt at import time (only inside
 the optional download/export path), never download without `allow_download`, never
@@ -27,9 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from itsd.engines.base import Engine, EngineOptions
 from itsd.engines.manifest import FileEntry, ModelEntry, load_manifest
-from itsd.engines.onnx_backend import OnnxEngine
 from itsd.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -262,50 +260,3 @@ def _download(stem: str, suffix: str, entry: ModelEntry, cache: Path) -> Path:
                 raise ModelError(f"ultralytics did not export {pt.name} to ONNX. {how}")
             os.replace(exported, target)
         return target
-
-
-def create_engine(model: Path, backend: str, options: EngineOptions) -> Engine:
-    """Build the engine for a model file. backend: "auto" | "onnxruntime" | "torch" | "tensorrt".
-
-    "auto" picks by suffix: .onnx -> onnxruntime, .pt -> torch, .engine -> tensorrt.
-    Raises ModelError for an unknown backend, a file the backend cannot load, or a
-    backend that is not available here (saying why).
-    """
-    if backend not in BACKENDS:
-        raise ModelError(
-            f"unknown inference backend {backend!r}; choose one of {', '.join(BACKENDS)}"
-        )
-    model = Path(model)
-    if not model.is_file():
-        raise ModelError(f"model file {model} does not exist")
-    chosen = backend
-    if backend == "auto":
-        by_suffix = {suffix: name for name, suffix in BACKEND_SUFFIX.items()}
-        if model.suffix not in by_suffix:
-            raise ModelError(
-                f"cannot pick a backend for {model}: the file name must end in "
-                f"{', '.join(MODEL_SUFFIXES)} (or name the backend explicitly)"
-            )
-        chosen = by_suffix[model.suffix]
-    expected = BACKEND_SUFFIX[chosen]
-    if model.suffix != expected:
-        hint = (
-            f"; export it with `yolo export model={model.name} format=onnx`"
-            if chosen == "onnxruntime" and model.suffix == ".pt"
-            else ""
-        )
-        raise ModelError(f"backend {chosen} loads {expected} files, got {model}{hint}")
-
-    if chosen == "onnxruntime":
-        return OnnxEngine(model, options)
-    required = {"torch": ("torch", "ultralytics"), "tensorrt": ("tensorrt",)}[chosen]
-    missing = [p for p in required if not package_available(p)]
-    if missing:
-        raise ModelError(
-            f"backend {chosen} is unavailable: package(s) {', '.join(missing)} not installed. "
-            f"Export the model to ONNX and use backend onnxruntime instead"
-        )
-    raise ModelError(
-        f"backend {chosen} is not implemented yet in this version of itsd; export "
-        f"{model.name} to ONNX and use backend onnxruntime"
-    )

@@ -3,8 +3,9 @@
 Takes any Ultralytics YOLOv8/YOLO11 detection export: static or dynamic batch, fixed or
 dynamic image size, fp32/fp16 input, int8-quantized graphs. A static-batch model is run
 in chunks of its batch size through one reused input buffer; a dynamic-batch model gets
-one run per call of up to `DYNAMIC_MAX_BATCH` frames. Pre- and postprocessing are the
-shared ones in `preprocess` and `postprocess`, so results match the other backends.
+one run per call of up to `DYNAMIC_MAX_BATCH` frames. The frame path (letterbox, output
+checks, decode and NMS) is the shared one of `yolo.YoloEngine`; this module adds only the
+session and its forward pass, so results match the other backends.
 
 The model is checked when the engine is made (inputs, outputs, class names, and one run
 on a blank input), so a bad model fails at start with ModelError, not in the frame loop.
@@ -18,17 +19,14 @@ from __future__ import annotations
 
 import ast
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from itsd.engines.base import COCO_NAMES, Detections, EngineOptions
-from itsd.engines.postprocess import decode_yolo
-from itsd.engines.preprocess import check_frame, letterbox_into, letterbox_params
+from itsd.engines.base import COCO_NAMES, EngineOptions
+from itsd.engines.yolo import YoloEngine, check_yolo_output
 from itsd.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -37,8 +35,6 @@ log = logging.getLogger(__name__)
 DYNAMIC_MAX_BATCH = 32
 #: Input size used for a model with dynamic height/width and no `imgsz` metadata.
 DEFAULT_IMGSZ = 640
-#: Detection head strides of YOLOv8/YOLO11 (anchors = sum of (H/s) * (W/s)).
-HEAD_STRIDES = (8, 16, 32)
 #: Options used when none are given (a module constant: one frozen instance).
 DEFAULT_OPTIONS = EngineOptions()
 
@@ -151,7 +147,7 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-class OnnxEngine:
+class OnnxEngine(YoloEngine):
     """YOLO detection with ONNX Runtime; implements `itsd.engines.base.Engine`.
 
     Not thread-safe (one input buffer per engine): use one engine per thread or process.
@@ -254,17 +250,10 @@ class OnnxEngine:
         slots = static_batch or 1
         self._buffer = np.full((slots, 3, h, w), 114 / 255, dtype=np.float32)
         try:
-            probe = self._run(self._buffer)
+            probe = self._forward(self._buffer)
         except Exception as exc:
             raise ModelError(f"{where} loads but fails to run on a blank input: {exc}") from exc
-        expected_anchors = sum((h // s) * (w // s) for s in HEAD_STRIDES)
-        if probe.ndim != 3 or probe.shape[1] < 5 or probe.shape[2] != expected_anchors:
-            raise ModelError(
-                f"{where}: output {out.name} is {probe.shape} for a {h}x{w} input; expected "
-                f"(batch, 4 + classes, {expected_anchors}) (YOLOv8/YOLO11 detection head). "
-                "Transposed outputs and models with NMS inside the graph are not supported"
-            )
-        num_classes = int(probe.shape[1]) - 4
+        num_classes = check_yolo_output(tuple(probe.shape), (h, w), f"{where}, output {out.name}")
         self.class_names: list[str] = parse_class_names(meta.get("names"), num_classes, where)
         if options.classes is not None and any(c >= num_classes for c in options.classes):
             raise ConfigError(
@@ -305,56 +294,15 @@ class OnnxEngine:
             return "int8"
         return "fp32"
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise RuntimeError(f"OnnxEngine for {self.model_path} is closed")
         feed = batch if self._input_dtype == np.float32 else batch.astype(self._input_dtype)
         result = self._session.run([self._output_name], {self._input_name: feed})[0]
         return np.asarray(result)
 
-    def infer(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect objects in (H, W, 3) uint8 RGB frames of any sizes; one result per frame.
-
-        Any number of frames is accepted: they are split into runs of `max_batch`.
-        """
-        if self._session is None:
-            raise RuntimeError(f"OnnxEngine for {self.model_path} is closed")
-        for i, frame in enumerate(frames):
-            check_frame(frame, f"frame {i}")
-        results: list[Detections] = []
-        dst_h, dst_w = self.input_size
-        for start in range(0, len(frames), self.max_batch):
-            chunk = frames[start : start + self.max_batch]
-            if self._buffer.shape[0] < len(chunk):
-                self._buffer = np.empty((len(chunk), 3, dst_h, dst_w), dtype=np.float32)
-            # A static batch always runs full (unused slots keep old pixels, results are
-            # ignored); a dynamic batch runs exactly the frames it has.
-            batch = self._buffer if self.static_batch else self._buffer[: len(chunk)]
-            boxes = []
-            for slot, frame in enumerate(chunk):
-                lb = letterbox_params(frame.shape[0], frame.shape[1], dst_h, dst_w)
-                letterbox_into(frame, batch[slot], lb)
-                boxes.append(lb)
-            output = self._run(batch)
-            for slot, lb in enumerate(boxes):
-                results.append(decode_yolo(output[slot], lb, lb.src_h, lb.src_w, self.options))
-        return results
-
-    def close(self) -> None:
-        """Release the session and buffers; later `infer` calls raise RuntimeError."""
+    def _close(self) -> None:
         self._session = None
-        self._buffer = np.empty((0, 3, 0, 0), dtype=np.float32)
-
-    def __enter__(self) -> OnnxEngine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._session is None else self.provider

@@ -11,8 +11,9 @@ import pytest
 
 from itsd.engines.base import COCO_NAMES, Detections, Engine, EngineOptions
 from itsd.engines.manifest import load_manifest
-from itsd.engines.model_source import create_engine, file_sha256, resolve_model
+from itsd.engines.model_source import file_sha256, resolve_model
 from itsd.engines.onnx_backend import OnnxEngine
+from itsd.engines.registry import create_engine
 from itsd.errors import EXIT_CONFIG, ModelError
 
 CAR, TRUCK, PERSON, BICYCLE = 2, 7, 0, 1

@@ -11,15 +11,11 @@ from typing import Any
 
 import pytest
 
-from itsd.engines import model_source
+from itsd.engines import model_source, registry
 from itsd.engines.base import EngineOptions
 from itsd.engines.manifest import load_manifest
-from itsd.engines.model_source import (
-    create_engine,
-    default_model_dir,
-    file_sha256,
-    resolve_model,
-)
+from itsd.engines.model_source import default_model_dir, file_sha256, resolve_model
+from itsd.engines.registry import create_engine
 from itsd.errors import EXIT_CONFIG, ModelError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -284,7 +280,7 @@ def test_create_engine_missing_file_and_unknown_suffix(
 
 
 def test_create_engine_backend_and_suffix_must_agree(files: dict[str, Path]) -> None:
-    with pytest.raises(ModelError, match=r"yolo export model=model\.pt format=onnx"):
+    with pytest.raises(ModelError, match=r"itsd models export model\.pt --format onnx"):
         create_engine(files[".pt"], "onnxruntime", EngineOptions())
     with pytest.raises(ModelError, match=r"backend tensorrt loads \.engine files"):
         create_engine(files[".onnx"], "tensorrt", EngineOptions())
@@ -292,7 +288,7 @@ def test_create_engine_backend_and_suffix_must_agree(files: dict[str, Path]) -> 
 
 @pytest.mark.parametrize(
     ("suffix", "backend", "packages"),
-    [(".pt", "torch", "torch, ultralytics"), (".engine", "tensorrt", "tensorrt")],
+    [(".pt", "torch", "torch, ultralytics"), (".engine", "tensorrt", "tensorrt, cuda")],
 )
 def test_create_engine_optional_backends_say_why_they_are_unavailable(
     files: dict[str, Path],
@@ -301,12 +297,10 @@ def test_create_engine_optional_backends_say_why_they_are_unavailable(
     backend: str,
     packages: str,
 ) -> None:
-    monkeypatch.setattr(model_source, "package_available", lambda name: False)
+    monkeypatch.setattr(registry, "package_available", lambda name: False)
     with pytest.raises(ModelError, match=f"backend {backend} is unavailable.*{packages}"):
         create_engine(files[suffix], "auto", EngineOptions())
-    monkeypatch.setattr(model_source, "package_available", lambda name: True)
-    with pytest.raises(ModelError, match=f"backend {backend} is not implemented yet"):
-        create_engine(files[suffix], backend, EngineOptions())
+    assert registry.available_backends()[backend] == f"missing {packages}"
 
 
 def test_create_engine_onnx_garbage_is_a_model_error(files: dict[str, Path]) -> None:
