@@ -576,6 +576,13 @@ class CameraConfig(_Model):
     open_timeout_s: float = Field(
         10.0, gt=0.0, description="Timeout of opening and reading a network source."
     )
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp",
+        description=(
+            "RTSP transport: tcp (one connection, no loss) or udp (lower latency, loses "
+            "packets on a busy network)."
+        ),
+    )
     stall_timeout_s: float = Field(
         10.0,
         gt=0.0,
@@ -616,6 +623,62 @@ class CameraConfig(_Model):
         return source
 
 
+class AlertRuleConfig(_Model):
+    """One alert rule of the daemon: a threshold held for a duration."""
+
+    enabled: bool = Field(True, description="Evaluate this rule.")
+    threshold: float = Field(..., ge=0.0, description="The value that breaks the rule.")
+    for_s: float = Field(
+        ..., ge=0.0, le=86400.0, description="How long the rule must be broken before it fires."
+    )
+
+
+def _rule(threshold: float, for_s: float) -> Any:
+    return Field(
+        default_factory=lambda: AlertRuleConfig(threshold=threshold, for_s=for_s),
+        description=f"Default threshold {threshold:g}, for {for_s:g} s.",
+    )
+
+
+class AlertsConfig(_Model):
+    """Alert rules evaluated in the daemon (``itsd.runtime.alerts``), published as alert
+    events (topic alert_events) and shown on the dashboard. The same rules for a
+    Prometheus server are in ``deploy/prometheus/itsd-rules.yml``."""
+
+    enabled: bool = Field(True, description="Evaluate the alert rules.")
+    window_s: float = Field(
+        60.0,
+        ge=5.0,
+        le=3600.0,
+        description="Window of the latency percentile and the error rate, in seconds.",
+    )
+    latency_quantile: float = Field(
+        0.95, gt=0.0, lt=1.0, description="Percentile of inference latency the rules compare."
+    )
+    inference_latency_critical: AlertRuleConfig = _rule(0.1, 300.0)
+    inference_latency_warning: AlertRuleConfig = _rule(0.075, 300.0)
+    gpu_utilization_low: AlertRuleConfig = _rule(50.0, 300.0)
+    error_rate_high: AlertRuleConfig = _rule(0.05, 60.0)
+    queue_depth_high: AlertRuleConfig = _rule(1000.0, 60.0)
+    throughput_low: AlertRuleConfig = _rule(0.9, 120.0)
+    memory_high: AlertRuleConfig = _rule(0.9, 120.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_rules(cls, data: Any) -> Any:
+        """A rule given in part keeps the defaults of the rest (``{threshold: 0.2}``)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            given = out.get(name)
+            if isinstance(given, dict) and field.default_factory is not None:
+                default = field.default_factory()  # type: ignore[call-arg]
+                if isinstance(default, AlertRuleConfig):
+                    out[name] = {**default.model_dump(), **given}
+        return out
+
+
 class Config(_Model):
     """The whole configuration of one itsd daemon."""
 
@@ -639,6 +702,10 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Process supervision."
+    )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="Alert rules: thresholds in seconds (latency), percent (GPU), ratios.",
     )
     production: bool = Field(
         False,
