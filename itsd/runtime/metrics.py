@@ -13,17 +13,26 @@ Kinds:
 * ``counter``: only grows during a run (u64 in the cell);
 * ``gauge``: a float that goes up and down (the cell holds the float64's bits);
 * ``state``: an internal word (next frame id, end-of-file flag, applied command
-  sequence); shown by ``shm_inspect`` but not exported to Prometheus.
+  sequence); shown by ``shm_inspect`` but not exported to Prometheus;
+* ``histogram``: observations counted in fixed buckets (``MetricDef.buckets``). The
+  writer keeps one counter cell per bucket (``<name>_bucket{...,le="0.1"}``, the count
+  of observations in that bucket alone, not cumulative, so an observation is one
+  increment), ``<name>_sum`` (in units of ``scale``) and ``<name>_count``. Readers get
+  ``Sample``s with ``part`` set and merge them with ``merge_histograms`` (several
+  writers of one series add up; buckets become cumulative there), and ``quantile``
+  estimates a percentile the way Prometheus' ``histogram_quantile`` does.
 
 This module must never import a stage, the supervisor, ``control`` or ``monitor``.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from itsd.shm.cells import CellTable
@@ -35,6 +44,7 @@ class Kind(enum.StrEnum):
     COUNTER = "counter"
     GAUGE = "gauge"
     STATE = "state"
+    HISTOGRAM = "histogram"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,8 @@ class MetricDef:
     source: str = ""
     #: Exported value = stored integer x scale (time counters store microseconds).
     scale: float = 1.0
+    #: Upper bounds of a histogram's buckets, ascending (``+Inf`` is implied).
+    buckets: tuple[float, ...] = ()
 
     @property
     def exported(self) -> bool:
@@ -68,20 +80,28 @@ def define(
     labels: tuple[str, ...] = (),
     source: str = "",
     scale: float = 1.0,
+    buckets: tuple[float, ...] = (),
 ) -> MetricDef:
     """Register a metric; a name may be defined once."""
+    if kind is Kind.HISTOGRAM:
+        if not buckets or list(buckets) != sorted(set(buckets)) or not math.isfinite(buckets[-1]):
+            raise ValueError(f"histogram {name!r} needs finite buckets in ascending order")
+        if name.endswith(("_total", "_bucket", "_sum", "_count")) or "le" in labels:
+            raise ValueError(f"histogram {name!r}: reserved suffix or label 'le'")
+    elif buckets:
+        raise ValueError(f"metric {name!r}: only histograms have buckets")
     if not _NAME_RE.match(name):
         raise ValueError(f"metric name {name!r} is not a valid Prometheus name")
     if name in REGISTRY:
         raise ValueError(f"metric {name!r} is defined twice")
     if kind is Kind.COUNTER and not name.endswith("_total"):
         raise ValueError(f"counter {name!r} must end in _total")
-    d = MetricDef(name, kind, help, labels, source, scale)
+    d = MetricDef(name, kind, help, labels, source, scale, tuple(float(b) for b in buckets))
     REGISTRY[name] = d
     return d
 
 
-C, G, S = Kind.COUNTER, Kind.GAUGE, Kind.STATE
+C, G, S, H = Kind.COUNTER, Kind.GAUGE, Kind.STATE, Kind.HISTOGRAM
 CAM = ("camera",)
 
 # -- decode (one table per camera) -------------------------------------------------------
@@ -138,6 +158,37 @@ DECODE_NEXT_FRAME_ID = define(
     "decode",
 )
 DECODE_EOF = define("itsd_decode_eof", S, "1 once a non-looping file source ended.", CAM, "decode")
+DECODE_FAILED = define(
+    "itsd_decode_source_failed",
+    S,
+    "1 once the camera was given up: its file cannot be opened in a run that ends with its "
+    "sources.",
+    CAM,
+    "decode",
+)
+DECODE_STALLS = define(
+    "itsd_decode_stalls_total",
+    C,
+    "Times the source delivered nothing for the camera's stall_timeout_s and was reopened.",
+    CAM,
+    "decode",
+)
+DECODE_TIME = define(
+    "itsd_decode_seconds_total",
+    C,
+    "Seconds spent decoding and converting the frames kept (divide by frames written for "
+    "the mean decode time).",
+    CAM,
+    "decode",
+    1e-6,
+)
+DECODE_WORKER_CAMERAS = define(
+    "itsd_decode_worker_cameras",
+    G,
+    "Cameras a decode worker runs.",
+    (),
+    "decode",
+)
 
 # -- inference -----------------------------------------------------------------------------
 INFER_FRAMES = define(
@@ -325,6 +376,85 @@ SUP_COMMANDS = define(
     "itsd_commands_total", C, "Camera changes applied (add, remove, update).", ("op",), "supervisor"
 )
 
+# -- the service metrics of the original design (names kept as the design has them) -------
+#: Buckets hold the alert thresholds (75 and 100 ms) as bounds, so rules on them are exact.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+PROCESSING_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ML_INFER_LATENCY = define(
+    "ml_inference_latency_seconds",
+    H,
+    "Time the detector took to run one batch, seconds.",
+    (),
+    "infer",
+    1e-6,
+    LATENCY_BUCKETS,
+)
+ML_PROCESSING = define(
+    "ml_processing_seconds",
+    H,
+    "Total processing time per frame: from capture to the end of analytics, seconds.",
+    (),
+    "analyze",
+    1e-6,
+    PROCESSING_BUCKETS,
+)
+ML_THROUGHPUT = define(
+    "ml_throughput_fps",
+    G,
+    "Frames per second through the detector, per camera.",
+    ("camera_id",),
+    "supervisor",
+)
+ML_TARGET_FPS = define(
+    "ml_target_fps",
+    G,
+    "Frames per second asked of each camera (the throughput alert compares against it).",
+    ("camera_id",),
+    "supervisor",
+)
+ML_ERROR_RATE = define(
+    "ml_error_rate",
+    G,
+    "Errors per item over the last minute, 0..1: decode errors, bad records and failed "
+    "or dropped writes, over frames decoded plus those errors.",
+    (),
+    "supervisor",
+)
+QUEUE_DEPTH = define(
+    "queue_depth",
+    G,
+    "Items waiting: unread frames of a camera's frame ring, unread records of a record ring.",
+    ("queue",),
+    "supervisor",
+)
+GPU_UTILIZATION = define(
+    "gpu_utilization",
+    G,
+    "GPU busy time over NVML's last sample period, percent (only with an NVIDIA GPU).",
+    ("gpu",),
+    "supervisor",
+)
+GPU_MEMORY_USED = define(
+    "gpu_memory_used_bytes", G, "GPU memory in use, bytes (NVML).", ("gpu",), "supervisor"
+)
+GPU_MEMORY_TOTAL = define(
+    "gpu_memory_total_bytes", G, "GPU memory installed, bytes (NVML).", ("gpu",), "supervisor"
+)
+MEMORY_USED = define(
+    "memory_used_ratio",
+    G,
+    "Host memory in use, 0..1 (1 - MemAvailable / MemTotal).",
+    (),
+    "supervisor",
+)
+ALERTS_FIRING = define(
+    "itsd_alert_firing",
+    G,
+    "1 while an alert rule of the daemon fires (itsd.runtime.alerts), else 0.",
+    ("rule", "severity"),
+    "supervisor",
+)
+
 
 # -- keys ---------------------------------------------------------------------------------------
 def _escape(value: str) -> str:
@@ -373,6 +503,14 @@ class Sample:
     defn: MetricDef
     labels: Mapping[str, str]
     value: float
+    #: For a histogram: "bucket" (``labels`` has ``le``; the count in that bucket alone),
+    #: "sum" or "count"; empty for other kinds.
+    part: str = ""
+
+    @property
+    def series_name(self) -> str:
+        """The exposition name: ``<name>_bucket`` etc. for histogram parts."""
+        return f"{self.defn.name}_{self.part}" if self.part else self.defn.name
 
 
 class Cell:
@@ -419,6 +557,30 @@ class MetricWriter:
             self._cells[key] = cell
         return cell
 
+    def histogram(self, defn: MetricDef, **labels: str) -> HistogramCells:
+        """The cells of one histogram series (created at 0 the first time)."""
+        if defn.kind is not Kind.HISTOGRAM:
+            raise ValueError(f"metric {defn.name} is not a histogram")
+        series_key(defn, labels)  # checks the label names
+        bucket_def = MetricDef(f"{defn.name}_bucket", Kind.COUNTER, "", (*defn.labels, "le"))
+        part_def = MetricDef(f"{defn.name}_sum", Kind.COUNTER, "", defn.labels)
+        count_def = MetricDef(f"{defn.name}_count", Kind.COUNTER, "", defn.labels)
+        les = [_format_le(b) for b in defn.buckets] + ["+Inf"]
+        buckets = [self._raw_cell(series_key(bucket_def, {**labels, "le": le})) for le in les]
+        return HistogramCells(
+            defn,
+            buckets,
+            self._raw_cell(series_key(part_def, labels)),
+            self._raw_cell(series_key(count_def, labels)),
+        )
+
+    def _raw_cell(self, key: str) -> Cell:
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = Cell(self.table, self.table.cell(key), False)
+            self._cells[key] = cell
+        return cell
+
     def retire_label(self, label: str, value: str) -> int:
         """Retire every series whose ``label`` equals ``value`` (a removed camera)."""
         n = 0
@@ -431,14 +593,149 @@ class MetricWriter:
         return n
 
 
+def _histogram_part(name: str) -> tuple[MetricDef, str] | None:
+    """(histogram, part) of a cell name such as ``x_bucket``; None for other names."""
+    for part in ("bucket", "sum", "count"):
+        base = name.removesuffix(f"_{part}")
+        defn = REGISTRY.get(base) if base != name else None
+        if defn is not None and defn.kind is Kind.HISTOGRAM:
+            return defn, part
+    return None
+
+
+def _format_le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``0.1``, ``1.0``)."""
+    return repr(float(bound))
+
+
+class HistogramCells:
+    """A writer's handle on one histogram series: ``observe`` is three increments."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_scale", "_sum")
+
+    def __init__(self, defn: MetricDef, buckets: list[Cell], sum_: Cell, count: Cell) -> None:
+        self._bounds = defn.buckets
+        self._scale = defn.scale
+        self._buckets = buckets
+        self._sum = sum_
+        self._count = count
+
+    def observe(self, value: float) -> None:
+        """Count one observation (negative values count as 0)."""
+        value = max(0.0, value)
+        self._buckets[bisect.bisect_left(self._bounds, value)].inc()
+        self._sum.inc(round(value / self._scale))
+        self._count.inc()
+
+
 def read_table(table: CellTable) -> list[Sample]:
-    """Every live series of a table whose metric is registered (others are skipped)."""
+    """Every live series of a table whose metric is registered (others are skipped).
+
+    A histogram gives one sample per cell, with ``part`` set (see the module docstring).
+    """
     out = []
     for key, raw in table.items():
         name, labels = parse_key(key)
         defn = REGISTRY.get(name)
         if defn is None:
+            hp = _histogram_part(name)
+            if hp is None:
+                continue
+            defn, part = hp
+            value = raw * defn.scale if part == "sum" else float(raw)
+            out.append(Sample(defn, labels, value, part))
             continue
         value = _u2f(raw) if defn.kind is Kind.GAUGE else raw * defn.scale
         out.append(Sample(defn, labels, value))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramValue:
+    """One histogram series: cumulative bucket counts (one per bound, then +Inf)."""
+
+    defn: MetricDef
+    labels: Mapping[str, str]
+    cumulative: tuple[float, ...]
+    sum: float
+    count: float
+
+    def minus(self, older: HistogramValue | None) -> HistogramValue:
+        """What was observed since ``older`` (the whole of it if the counts restarted)."""
+        if older is None or older.count > self.count:
+            return self
+        return HistogramValue(
+            self.defn,
+            self.labels,
+            tuple(a - b for a, b in zip(self.cumulative, older.cumulative, strict=True)),
+            self.sum - older.sum,
+            self.count - older.count,
+        )
+
+    def quantile(self, q: float) -> float:
+        """Estimated ``q`` quantile (NaN without observations); see ``quantile``."""
+        return quantile(self.defn.buckets, self.cumulative, q)
+
+
+class _HistAcc:
+    __slots__ = ("buckets", "count", "defn", "labels", "sum")
+
+    def __init__(self, defn: MetricDef, labels: dict[str, str]) -> None:
+        self.defn = defn
+        self.labels = labels
+        self.buckets = [0.0] * (len(defn.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0.0
+
+
+def merge_histograms(samples: Iterable[Sample]) -> list[HistogramValue]:
+    """Histogram samples (any number of writers) merged per series, buckets cumulative."""
+    acc: dict[tuple[str, tuple[tuple[str, str], ...]], _HistAcc] = {}
+    for smp in samples:
+        if smp.defn.kind is not Kind.HISTOGRAM or not smp.part:
+            continue
+        labels = {k: v for k, v in smp.labels.items() if k != "le"}
+        key = (smp.defn.name, tuple(sorted(labels.items())))
+        entry = acc.get(key)
+        if entry is None:
+            entry = acc[key] = _HistAcc(smp.defn, labels)
+        if smp.part == "bucket":
+            le = smp.labels.get("le", "")
+            bounds = smp.defn.buckets
+            try:
+                idx = len(bounds) if le == "+Inf" else bisect.bisect_left(bounds, float(le))
+            except ValueError:
+                continue
+            entry.buckets[idx] += smp.value
+        elif smp.part == "sum":
+            entry.sum += smp.value
+        elif smp.part == "count":
+            entry.count += smp.value
+    out = []
+    for entry in acc.values():
+        cum, total = [], 0.0
+        for v in entry.buckets:
+            total += v
+            cum.append(total)
+        out.append(HistogramValue(entry.defn, entry.labels, tuple(cum), entry.sum, entry.count))
+    return out
+
+
+def quantile(bounds: tuple[float, ...], cumulative: tuple[float, ...], q: float) -> float:
+    """The ``q`` quantile of a histogram, interpolated linearly inside its bucket.
+
+    Same estimate as Prometheus' ``histogram_quantile``: an answer in the +Inf bucket is
+    the largest finite bound; NaN without observations.
+    """
+    if not cumulative or cumulative[-1] <= 0:
+        return math.nan
+    rank = q * cumulative[-1]
+    idx = bisect.bisect_left(cumulative, rank)
+    if idx >= len(bounds):
+        return bounds[-1]
+    lower = bounds[idx - 1] if idx > 0 else 0.0
+    below = cumulative[idx - 1] if idx > 0 else 0.0
+    inside = cumulative[idx] - below
+    if inside <= 0:
+        return bounds[idx]
+    return lower + (bounds[idx] - lower) * (rank - below) / inside

@@ -233,6 +233,7 @@ class _State:
         self.class_names: Sequence[str] = COCO_NAMES
         self.bad = self.metrics.cell(m.ANALYZE_ERRORS)
         self.latency = self.metrics.cell(m.ANALYZE_LATENCY_SUM)
+        self.processing = self.metrics.histogram(m.ML_PROCESSING)
         self.base_seq = ctx.spec.cmd_seq
         self.state_dir = ctx.config.resolved_state_dir()
         self.last_save = 0.0
@@ -416,7 +417,9 @@ def _handle(ctx: StageContext, state: _State, data: bytes) -> list[EventRecord]:
     cam.frames.inc()
     cam.events.inc(len(events))
     cam.tracks.set(cam.a.in_view)
-    state.latency.inc(max(0, (time.time_ns() - rec.capture_wall_ns) // 1000))
+    total_us = max(0, (time.time_ns() - rec.capture_wall_ns) // 1000)
+    state.latency.inc(total_us)
+    state.processing.observe(total_us / 1e6)
     crossings = sum(1 for e in events if e.topic == Topic.ANALYTICS)
     if crossings:
         cam.crossings.inc(crossings)

@@ -187,6 +187,7 @@ def run(ctx: StageContext) -> int:
     ctx.ack(base_seq)
     batches = metrics.cell(m.INFER_BATCHES)
     busy = metrics.cell(m.INFER_SECONDS)
+    latency = metrics.histogram(m.ML_INFER_LATENCY)
     max_batch = ctx.config.performance.max_batch_size
     slot = ctx.slot
     start = 0
@@ -220,6 +221,7 @@ def run(ctx: StageContext) -> int:
             n_frames += len(taken)
             batches.inc()
             busy.inc(busy_us)
+            latency.observe(busy_us / 1e6)
             for payload in records:
                 if not ctx.put(det_ring, payload):
                     return EXIT_OK
