@@ -10,14 +10,16 @@ This module must never import PyAV or anything heavy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from itsd.config import CameraConfig
 from itsd.errors import SourceError
+from itsd.sources import DEFAULT_OPTIONS, Sampler, SourceOptions
 
 
 @dataclass
@@ -29,6 +31,8 @@ class PatternFrame:
     width: int
     height: int
     base: np.ndarray
+    options: SourceOptions = DEFAULT_OPTIONS
+    capture_ns: int = field(default_factory=time.time_ns)
 
     @property
     def time(self) -> float:
@@ -40,8 +44,11 @@ class PatternFrame:
         """The frame index."""
         return self.index
 
-    def rgb(self, width: int, height: int) -> np.ndarray:
-        """The frame at the requested size (block position moves with the index)."""
+    def rgb(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """The frame at the requested size (block position moves with the index); without
+        a size, at the options' output size."""
+        if width is None or height is None:
+            width, height = self.options.output_size(self.width, self.height)
         img = (
             self.base
             if (width, height) == (self.width, self.height)
@@ -60,14 +67,22 @@ class PatternSource:
 
     live = False
 
-    def __init__(self, width: int, height: int, fps: float, frames: int | None) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: float,
+        frames: int | None,
+        options: SourceOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.width, self.height, self.fps, self.n_frames = width, height, fps, frames
+        self.options = options
         self.description = f"pattern {width}x{height} at {fps:g} fps"
         ramp = np.linspace(20, 90, width, dtype=np.uint8)
         self._base = np.repeat(np.repeat(ramp[None, :, None], height, axis=0), 3, axis=2)
 
     @classmethod
-    def open(cls, camera: CameraConfig) -> PatternSource:
+    def open(cls, camera: CameraConfig, options: SourceOptions = DEFAULT_OPTIONS) -> PatternSource:
         """Parse the URL; SourceError names what is wrong."""
         url = urlsplit(camera.source)
         if url.netloc not in ("moving", ""):
@@ -94,13 +109,17 @@ class PatternSource:
                 f"camera {camera.id}: pattern size must be 16..8192 and fps 0..240, "
                 f"got {width}x{height} at {fps}"
             )
-        return cls(width, height, fps, frames)
+        return cls(width, height, fps, frames, options)
 
     def frames(self, stats: dict[str, int]) -> Iterator[PatternFrame]:
-        """Frames until ``frames`` is reached (or forever)."""
+        """Frames until ``frames`` is reached (or forever), at most ``options.fps``."""
+        sampler = Sampler(self.options.fps)
         i = 0
         while self.n_frames is None or i < self.n_frames:
-            yield PatternFrame(i, self.fps, self.width, self.height, self._base)
+            if sampler.keep(i / self.fps):
+                yield PatternFrame(i, self.fps, self.width, self.height, self._base, self.options)
+            else:
+                stats["sampled_out"] = stats.get("sampled_out", 0) + 1
             i += 1
 
     def close(self) -> None:

@@ -1,114 +1,314 @@
-"""PyAV source: files, RTSP over TCP, HTTP(S), decoded by FFmpeg on the CPU.
+"""PyAV source: files, RTSP (TCP or UDP), HTTP(S) MJPEG, HLS, decoded by FFmpeg on the CPU.
 
-A network source is opened with a timeout (a dead camera never blocks the open for
-long). Corrupt packets are counted and skipped. An open that fails raises
-``SourceError`` with the reason in words: no such file, a directory, not a video, a
-connection refused.
+What each kind of URL gets:
+
+* ``rtsp://`` / ``rtsps://``: ``rtsp_transport`` from ``cameras[].rtsp_transport``
+  (``tcp``: one connection, no loss; ``udp``: lower latency, loses packets on a busy
+  network, and needs UDP to pass firewalls), with a larger UDP buffer and reorder queue;
+* ``http://`` / ``https://``: FFmpeg finds the format from the answer: an MJPEG camera
+  (``multipart/x-mixed-replace``, FFmpeg's ``mpjpeg`` demuxer), an HLS playlist
+  (``.m3u8``, the ``hls`` demuxer, segments fetched as the playlist grows) or any
+  container FFmpeg reads over HTTP;
+* anything else: a file (``file://`` taken off, ``sample:NAME`` resolved).
+
+A network source is opened with a timeout for the open and for each read (a dead
+camera never blocks the open, a stalled one ends the stream after ``open_timeout_s``
+without data; the decode loop reopens it). The open also decodes the first frame, so
+"opened" means "a picture came out": a server that answers with garbage, a corrupt
+file or a playlist without video fails the open with ``SourceError``. Its message names
+the camera and the source (credentials redacted) and says what went wrong in words:
+no such file, a directory, not a video, unknown host, connection refused, no answer,
+bad credentials (HTTP 401/403, RTSP 401), wrong path (HTTP or RTSP 404).
+
+Frames are converted to RGB (and scaled) by one libswscale context kept per source,
+only for frames the caller asks pixels of: sampled-out frames are decoded, never
+converted. See ``itsd.sources`` for the options (resize, fps, skip when behind, threads).
 
 This module must never write to shared memory or import a stage.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
-from itsd.config import CameraConfig, is_live_source
+from itsd.config import CameraConfig
 from itsd.errors import SourceError
+from itsd.redact import redact_text, redact_url
 from itsd.samples import resolve_source
+from itsd.sources import DEFAULT_OPTIONS, Sampler, SourceOptions
 
 log = logging.getLogger("itsd.decode")
 
+#: Packets read at open without a decodable frame before the source is called unreadable.
+PEEK_PACKETS = 300
+#: Demux errors in a row while streaming before the stream is given up.
+MAX_DEMUX_ERRORS = 20
+_NETWORK = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
 
 class PyAVFrame:
-    """A decoded PyAV frame."""
+    """A decoded PyAV frame; pixels are converted only when asked for."""
 
-    __slots__ = ("_frame", "height", "pts", "time", "width")
+    __slots__ = ("_frame", "_source", "capture_ns", "height", "index", "pts", "time", "width")
 
-    def __init__(self, frame: Any, live: bool) -> None:
+    def __init__(
+        self, frame: Any, source: PyAVSource, index: int, capture_ns: int, live: bool
+    ) -> None:
         self._frame = frame
+        self._source = source
         self.time: float | None = frame.time if not live else None
         self.pts = int(frame.pts or 0)
         self.width = int(frame.width)
         self.height = int(frame.height)
+        self.index = index
+        self.capture_ns = capture_ns
 
-    def rgb(self, width: int, height: int) -> np.ndarray:
-        """RGB24 pixels scaled by libswscale when the size differs."""
-        if (width, height) != (self.width, self.height):
-            out: np.ndarray = self._frame.reformat(
-                width=width, height=height, format="rgb24"
-            ).to_ndarray()
-            return out
-        pixels: np.ndarray = self._frame.to_ndarray(format="rgb24")
-        return pixels
+    def rgb(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """RGB24 pixels, scaled by libswscale in the same pass when the size differs;
+        without a size, at the source's output size."""
+        if width is None or height is None:
+            width, height = self._source.options.output_size(self.width, self.height)
+        return self._source.convert(self._frame, width, height)
 
 
 class PyAVSource:
     """One opened PyAV container."""
 
-    def __init__(self, camera: CameraConfig, container: Any, live: bool) -> None:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        container: Any,
+        live: bool,
+        options: SourceOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.camera = camera
         self.container = container
         self.live = live
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        self.description = f"{ctx.name} {ctx.width}x{ctx.height}"
+        self.options = options
+        self.where = redact_url(camera.source)
+        self.stream = container.streams.video[0]
+        ctx = self.stream.codec_context
+        if options.threads == 1:
+            self.stream.thread_type = "SLICE"
+            ctx.thread_count = 1
+        else:
+            self.stream.thread_type = "AUTO"
+            ctx.thread_count = options.threads
+        fmt = getattr(container.format, "name", "?").split(",")[0]
+        self.description = f"{ctx.name} {ctx.width}x{ctx.height} ({fmt})"
+        self._scaler = VideoReformatter()
+        self._interpolation = options.interpolation
+        self._packets: Iterator[Any] = container.demux(self.stream)
+        self._pending: list[Any] = []  # frames decoded at open, delivered first
+
+    # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, camera: CameraConfig) -> PyAVSource:
-        """Open the camera; SourceError with a plain reason when that fails."""
-        source = resolve_source(camera.source).removeprefix("file://")
-        live = is_live_source(source)
+    def open(cls, camera: CameraConfig, options: SourceOptions = DEFAULT_OPTIONS) -> PyAVSource:
+        """Open the camera and decode its first frame; SourceError with a plain reason."""
+        where = redact_url(camera.source)
+
+        def fail(reason: str) -> SourceError:
+            return SourceError(f"camera {camera.id}: cannot open {where}: {reason}")
+
+        try:
+            source = resolve_source(camera.source).removeprefix("file://")
+        except SourceError as err:
+            raise fail(str(err)) from None
+        live = source.startswith(_NETWORK)
         if not live:
             if os.path.isdir(source):
-                raise SourceError(
-                    f"camera {camera.id}: cannot open {camera.source}: it is a directory"
-                )
+                raise fail("it is a directory")
             if not os.path.exists(source):
-                raise SourceError(f"camera {camera.id}: cannot open {camera.source}: no such file")
-        options: dict[str, str] = {}
+                raise fail("no such file")
+        else:
+            _check_host(source, fail)
+        options_av: dict[str, str] = {}
         kwargs: dict[str, Any] = {}
         if source.startswith(("rtsp://", "rtsps://")):
-            options["rtsp_transport"] = "tcp"
+            transport = camera.rtsp_transport
+            options_av["rtsp_transport"] = transport
+            if transport == "udp":
+                options_av["buffer_size"] = str(4 << 20)
+                options_av["reorder_queue_size"] = "64"
         if live:
             kwargs["timeout"] = (camera.open_timeout_s, camera.open_timeout_s)
         try:
-            container = av.open(source, options=options, **kwargs)
+            container = av.open(source, options=options_av, **kwargs)
         except (av.error.FFmpegError, OSError) as err:
-            reason = str(err)
-            if isinstance(err, av.error.InvalidDataError):
-                reason = "not a video FFmpeg can read (invalid data)"
-            raise SourceError(
-                f"camera {camera.id}: cannot open {camera.source}: {reason}"
-            ) from None
+            raise fail(describe_error(err, camera.open_timeout_s)) from None
         if not container.streams.video:
             container.close()
-            raise SourceError(f"camera {camera.id}: {camera.source} has no video stream")
-        return cls(camera, container, live)
+            raise fail("it has no video stream")
+        src = cls(camera, container, live, options)
+        try:
+            src._peek()
+        except SourceError as err:
+            src.close()
+            raise fail(str(err)) from None
+        except (av.error.FFmpegError, OSError) as err:
+            src.close()
+            raise fail(describe_error(err, camera.open_timeout_s)) from None
+        return src
 
-    def frames(self, stats: dict[str, int]) -> Iterator[PyAVFrame]:
-        """Decoded frames; corrupt packets are counted in ``stats['corrupt']`` and skipped."""
-        stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for packet in self.container.demux(stream):
+    def _peek(self) -> None:
+        """Decode until the first frame (kept for ``frames``); SourceError when none comes."""
+        bad = 0
+        for n, packet in enumerate(self._packets):
+            try:
+                self._pending = list(packet.decode())
+            except av.error.InvalidDataError:
+                bad += 1
+                continue
+            if self._pending:
+                return
+            if n >= PEEK_PACKETS:
+                break
+        if bad:
+            raise SourceError(f"corrupt: no frame could be decoded ({bad} bad packet(s))")
+        raise SourceError("no video frame in it")
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def convert(self, frame: Any, width: int, height: int) -> np.ndarray:
+        """``frame`` as RGB24 at ``width`` x ``height`` (one libswscale pass)."""
+        out: np.ndarray = self._scaler.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation=self._interpolation
+        ).to_ndarray()
+        return out
+
+    def _decoded(self, stats: dict[str, int]) -> Iterator[Any]:
+        """Every decoded frame: the ones kept at open, then the rest of the stream.
+
+        Corrupt packets are counted in ``stats['corrupt']`` and skipped; demux errors too,
+        until MAX_DEMUX_ERRORS come in a row (then the error is raised).
+        """
+        yield from self._pending
+        self._pending = []
+        errors_in_row = 0
+        while True:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return
+            except av.error.InvalidDataError as err:
+                errors_in_row += 1
+                self._count_corrupt(stats, err)
+                if errors_in_row >= MAX_DEMUX_ERRORS:
+                    raise
+                continue
+            except (av.error.ExitError, TimeoutError) as err:
+                raise TimeoutError(
+                    f"no data for {self.camera.open_timeout_s:g} s (stalled): "
+                    f"{redact_text(str(err))}"
+                ) from None
+            errors_in_row = 0
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError as err:
-                stats["corrupt"] = stats.get("corrupt", 0) + 1
-                n = stats["corrupt"]
-                if n <= 3 or n % 100 == 0:
-                    log.warning(
-                        "camera %s: corrupt data skipped (%d so far): %s", self.camera.id, n, err
-                    )
+                self._count_corrupt(stats, err)
                 continue
-            for frame in frames:
-                yield PyAVFrame(frame, self.live)
+            yield from frames
+
+    def _count_corrupt(self, stats: dict[str, int], err: Exception) -> None:
+        stats["corrupt"] = stats.get("corrupt", 0) + 1
+        n = stats["corrupt"]
+        if n <= 3 or n % 100 == 0:
+            log.warning(
+                "camera %s: corrupt data skipped (%d so far): %s",
+                self.camera.id,
+                n,
+                redact_text(str(err)),
+            )
+
+    def frames(self, stats: dict[str, int]) -> Iterator[PyAVFrame]:
+        """Decoded frames (at most ``options.fps``); counts in ``stats``: ``corrupt``
+        packets skipped, ``sampled_out`` frames above the fps, ``behind`` times the
+        decoder started skipping non-reference frames."""
+        opts = self.options
+        sampler = Sampler(opts.fps)
+        watch_lag = self.live and opts.behind_s > 0
+        ctx = self.stream.codec_context
+        skipping = False
+        for index, frame in enumerate(self._decoded(stats)):
+            capture_ns = time.time_ns()
+            t = frame.time
+            if t is None:
+                t = capture_ns / 1e9
+            if watch_lag:
+                lag = sampler.lag(t, capture_ns / 1e9)
+                if not skipping and lag > opts.behind_s:
+                    skipping = True
+                    ctx.skip_frame = "NONREF"
+                    stats["behind"] = stats.get("behind", 0) + 1
+                    log.info(
+                        "camera %s: %.1f s behind the stream; skipping non-reference frames",
+                        self.camera.id,
+                        lag,
+                    )
+                elif skipping and lag < opts.behind_s / 2:
+                    skipping = False
+                    ctx.skip_frame = "DEFAULT"
+            if not sampler.keep(t):
+                stats["sampled_out"] = stats.get("sampled_out", 0) + 1
+                continue
+            yield PyAVFrame(frame, self, index, capture_ns, self.live)
 
     def close(self) -> None:
         """Close the container."""
         self.container.close()
+
+
+def _check_host(url: str, fail: Any) -> None:
+    """Raise ``fail(reason)`` when the URL's host name does not resolve (FFmpeg only says
+    "Input/output error" then)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as err:
+        raise fail(f"not a valid URL ({err})") from None
+    if not host:
+        raise fail("no host in the URL")
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise fail(f"unknown host {host!r} (the name does not resolve)") from None
+
+
+def describe_error(err: BaseException, timeout_s: float) -> str:
+    """FFmpeg's error in words an operator can act on (credentials redacted)."""
+    name = type(err).__name__
+    code = getattr(err, "errno", None)
+    text = getattr(err, "strerror", None) or str(err)  # strerror: without the URL
+
+    def says(status: str) -> bool:
+        return re.search(rf"\b{status}\b", text) is not None
+
+    if name == "HTTPUnauthorizedError" or says("401"):
+        return "bad or missing credentials (401 Unauthorized)"
+    if name == "HTTPForbiddenError" or says("403"):
+        return "access refused (403 Forbidden): bad credentials or no permission"
+    if name == "HTTPNotFoundError" or says("404"):
+        return "wrong path (404 Not Found)"
+    if name == "HTTPBadRequestError" or name.startswith("HTTP"):
+        return f"the server refused the request ({redact_text(text)})"
+    if isinstance(err, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return "connection refused (nothing listens at that host and port)"
+    if isinstance(err, av.error.ExitError | TimeoutError) or code == errno.ETIMEDOUT:
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(err, av.error.InvalidDataError):
+        return "not a video FFmpeg can read (invalid data)"
+    if isinstance(err, av.error.PermissionError) or code in (errno.EACCES, errno.EPERM):
+        return "permission denied (bad credentials, or a file that cannot be read)"
+    return redact_text(text)
