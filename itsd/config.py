@@ -53,14 +53,8 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 #: item's index, ``cameras[2].zones``); ``*`` stands for every key of a section, down to
 #: its leaves, except the keys in ``_WILDCARD_EXEMPT``.
 NOT_YET_AVAILABLE: dict[str, str] = {
-    "performance.batch_size": (
-        "batches are formed from the newest frame of each ready camera, up to "
-        "performance.max_batch_size"
-    ),
     "model.tensorrt": "TensorRT engines are not built yet",
     "model.precision": "a model runs in the precision it was exported in",
-    "cameras[].calibration": "ground-plane calibration and speeds are not built yet",
-    "cameras[].zones": "zone analytics are not built yet",
 }
 
 #: Keys a wildcard in NOT_YET_AVAILABLE does not cover.
@@ -242,8 +236,50 @@ class ModelConfig(_Model):
 class PerformanceConfig(_Model):
     """Batching and pacing."""
 
-    batch_size: int = Field(8, ge=1, le=1024, description="Preferred inference batch size.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description=(
+            "Batch size an inference worker starts with; it then adapts to hold "
+            "latency_target_ms."
+        ),
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
+    latency_target_ms: float = Field(
+        50.0,
+        gt=0.0,
+        le=10000.0,
+        description=(
+            "p95 batch latency the inference worker holds: the batch size adapts between 1 "
+            "and max_batch_size (starting at batch_size) to stay under it."
+        ),
+    )
+    frame_deadline_ms: float = Field(
+        1000.0,
+        ge=0.0,
+        le=600000.0,
+        description=(
+            "A frame older than this (capture to inference) is dropped and counted, never "
+            "inferred late; 0: no deadline. Lossless (recorded file) cameras have none."
+        ),
+    )
+    priority_lane: int = Field(
+        8,
+        ge=0,
+        le=10,
+        description=(
+            "Cameras with at least this priority bypass the normal queue: served first, "
+            "and beyond the adaptive batch size (10: no priority lane)."
+        ),
+    )
+    breaker_fallback: Literal["cpu", "skip"] = Field(
+        "cpu",
+        description=(
+            "While the inference circuit breaker is open (the backend keeps failing): "
+            "'cpu' runs the model on a CPU backend, 'skip' skips frames until a probe succeeds."
+        ),
+    )
     target_fps: float = Field(
         30.0, gt=0.0, le=240.0, description="Frames per second taken from each camera by default."
     )
@@ -458,6 +494,80 @@ class StoreConfig(_Model):
         return url
 
 
+class AnalyticsConfig(_Model):
+    """Speed, zone rules, anomalies and interval summaries (every camera)."""
+
+    summary_interval_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=86400.0,
+        description="Length of the per-camera summary intervals (analytics_summary events).",
+    )
+    speed_window_s: float = Field(
+        1.0, gt=0.0, le=30.0, description="Window a track's speed and heading are averaged over."
+    )
+    speed_min_samples: int = Field(
+        3, ge=2, le=1000, description="Samples a speed must rest on before it is reported."
+    )
+    snapshot_dir: Path | None = Field(
+        Path("itsd-snapshots"),
+        description="Where alert snapshots (JPEG, boxes drawn) are written; null disables them.",
+    )
+    wrong_way_min_m: float = Field(
+        10.0, gt=0.0, description="Distance against a zone's direction before a wrong-way alert."
+    )
+    wrong_way_tolerance_deg: float = Field(
+        90.0,
+        gt=0.0,
+        lt=180.0,
+        description="A heading further than this from a zone's direction counts as against it.",
+    )
+    speeding_min_s: float = Field(
+        2.0, ge=0.0, description="Time above a zone's limit before a speeding alert."
+    )
+    stopped_speed_kmh: float = Field(
+        3.0, gt=0.0, description="Below this a vehicle counts as stopped."
+    )
+    queue_speed_kmh: float = Field(
+        7.0, gt=0.0, description="Below this a vehicle in a lane zone counts as queueing."
+    )
+    queue_gap_m: float = Field(
+        15.0, gt=0.0, description="Largest gap between two queueing vehicles of one queue."
+    )
+    vehicle_length_m: float = Field(
+        5.0, gt=0.0, description="Length added for the last vehicle of a queue."
+    )
+    congestion_speed_kmh: float = Field(
+        15.0, gt=0.0, description="Mean speed under which a busy zone is congested."
+    )
+    congestion_min_vehicles: float = Field(
+        4.0, gt=0.0, description="Mean occupancy from which a slow zone is congested."
+    )
+    congestion_window_s: float = Field(
+        30.0, gt=0.0, description="Window the congestion means are taken over."
+    )
+    blind_camera: bool = Field(
+        True, description="Watch for blind cameras (no detections, frozen or dark picture)."
+    )
+    blind_after_s: float = Field(
+        60.0, gt=0.0, description="Seconds without detections (frames arriving) before an alert."
+    )
+    blind_min_detections: float = Field(
+        0.5,
+        ge=0.0,
+        description="Long-run detections per frame a camera must have had to be called blind.",
+    )
+    freeze_after_s: float = Field(
+        10.0, gt=0.0, description="Seconds of an unchanged picture before a frozen-camera alert."
+    )
+    dark_luma: float = Field(
+        12.0, ge=0.0, le=255.0, description="Mean luma (0..255) under which a picture is dark."
+    )
+    dark_after_s: float = Field(
+        10.0, gt=0.0, description="Seconds of a dark picture before an alert."
+    )
+
+
 class LoggingConfig(_Model):
     """Logging."""
 
@@ -522,6 +632,55 @@ class ZoneConfig(_Model):
         ..., min_length=3, description="Corner points [[x, y], ...], normalised."
     )
     classes: list[str] | None = Field(None, description="Classes considered; null = vehicles.")
+    queue: bool = Field(
+        False,
+        description=(
+            "A lane: report its queue length in metres (slow vehicles in a chain; needs "
+            "the camera's calibration)."
+        ),
+    )
+    allowed_direction_deg: float | None = Field(
+        None,
+        ge=0.0,
+        lt=360.0,
+        description=(
+            "Compass bearing traffic must follow here (0 north, 90 east); a vehicle driving "
+            "against it for analytics.wrong_way_min_m raises a wrong-way alert. Needs "
+            "calibration."
+        ),
+    )
+    speed_limit_kmh: float | None = Field(
+        None,
+        gt=0.0,
+        le=400.0,
+        description=(
+            "Speed limit; above it for analytics.speeding_min_s raises a speeding alert. "
+            "Needs calibration."
+        ),
+    )
+    no_stopping_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="No-stopping zone: a vehicle stopped here longer than this raises an alert.",
+    )
+    congestion: bool = Field(
+        False,
+        description=(
+            "Raise a congestion alert on low mean speed with high occupancy (thresholds "
+            "in analytics.*). Needs calibration."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _has_area(self) -> ZoneConfig:
+        pts = self.polygon
+        area = sum(
+            pts[i][0] * pts[(i + 1) % len(pts)][1] - pts[(i + 1) % len(pts)][0] * pts[i][1]
+            for i in range(len(pts))
+        )
+        if abs(area) * 0.5 < 1e-6:
+            raise ValueError(f"zone {self.id!r}: the polygon has no area")
+        return self
 
 
 class CalibrationConfig(_Model):
@@ -531,7 +690,21 @@ class CalibrationConfig(_Model):
         ..., min_length=4, description="At least 4 image points [x, y], normalised."
     )
     world_points: list[tuple[float, float]] = Field(
-        ..., min_length=4, description="The same points on the ground plane, in metres."
+        ...,
+        min_length=4,
+        description=(
+            "The same points on the ground plane, in metres; +x is 90 degrees clockwise "
+            "of +y seen from above (x east, y north on a map)."
+        ),
+    )
+    bearing_deg: float = Field(
+        0.0,
+        ge=0.0,
+        lt=360.0,
+        description="Compass bearing of the ground frame's +y axis (0 north, 90 east).",
+    )
+    note: str = Field(
+        "", description="Where the points come from (lane widths, dash lengths, survey)."
     )
 
     @model_validator(mode="after")
@@ -596,6 +769,36 @@ class CameraConfig(_Model):
     @classmethod
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
         return _check_unique_ids(items, "id")
+
+    @model_validator(mode="after")
+    def _geometry(self) -> CameraConfig:
+        """Calibration points must give a ground plane; rules that need one need it."""
+        if self.calibration is not None:
+            from itsd.analytics.calibration import Calibration, CalibrationError
+
+            cal = self.calibration
+            try:
+                Calibration.fit(cal.image_points, cal.world_points, cal.bearing_deg)
+            except CalibrationError as err:
+                raise ValueError(f"camera {self.id!r}: calibration: {err}") from None
+        else:
+            for z in self.zones:
+                needs = [
+                    k
+                    for k, v in (
+                        ("queue", z.queue),
+                        ("allowed_direction_deg", z.allowed_direction_deg is not None),
+                        ("speed_limit_kmh", z.speed_limit_kmh is not None),
+                        ("congestion", z.congestion),
+                    )
+                    if v
+                ]
+                if needs:
+                    raise ValueError(
+                        f"camera {self.id!r}: zone {z.id!r}: {', '.join(needs)} need(s) "
+                        "ground-plane calibration (cameras[].calibration)"
+                    )
+        return self
 
     @property
     def live(self) -> bool:
@@ -696,6 +899,10 @@ class Config(_Model):
     )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka publishing.")
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Local outputs.")
+    analytics: AnalyticsConfig = Field(
+        default_factory=AnalyticsConfig,
+        description="Speed, zone rules, anomalies and interval summaries.",
+    )
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="The aggregates store (SQLite or PostgreSQL)."
     )

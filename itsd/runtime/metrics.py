@@ -201,6 +201,41 @@ INFER_SECONDS = define(
 INFER_CAMERAS = define(
     "itsd_infer_cameras", G, "Camera rings the inference stage reads.", (), "infer"
 )
+INFER_EXPIRED = define(
+    "itsd_infer_frames_expired_total",
+    C,
+    "Frames dropped unprocessed because they were older than performance.frame_deadline_ms.",
+    CAM,
+    "infer",
+)
+INFER_SKIPPED = define(
+    "itsd_infer_frames_skipped_total",
+    C,
+    "Frames skipped while the inference circuit breaker was open (breaker_fallback: skip).",
+    CAM,
+    "infer",
+)
+INFER_ERRORS = define(
+    "itsd_infer_errors_total",
+    C,
+    "Failed inference batches, by kind: cuda, oom, timeout, other.",
+    ("kind",),
+    "infer",
+)
+INFER_BREAKER = define(
+    "itsd_infer_breaker_state",
+    G,
+    "Inference circuit breaker: 0 closed, 1 half-open (probing), 2 open (degraded).",
+    (),
+    "infer",
+)
+INFER_BATCH_LIMIT = define(
+    "itsd_infer_batch_limit",
+    G,
+    "Batch size the inference worker adapts to hold performance.latency_target_ms.",
+    (),
+    "infer",
+)
 
 # -- analytics -----------------------------------------------------------------------------
 ANALYZE_RECORDS = define(
@@ -250,6 +285,13 @@ PUBLISH_HELD = define(
     "publish",
 )
 
+PUBLISH_ALERT_SEQ = define(
+    "itsd_publish_alert_seq",
+    S,
+    "Sequence number of the last daemon alert transition published (survives a restart).",
+    (),
+    "publish",
+)
 KAFKA_PRODUCED = define(
     "itsd_kafka_produced_total",
     C,
@@ -307,6 +349,38 @@ SPOOL_BYTES = define("itsd_spool_bytes", G, "Bytes in the disk spool.", (), "pub
 SPOOL_EVENTS = define("itsd_spool_pending_events", G, "Events waiting in the spool.", (), "publish")
 JSONL_ROTATIONS = define(
     "itsd_jsonl_rotations_total", C, "Times the JSONL file was rotated by size.", (), "publish"
+)
+STORE_WRITTEN = define(
+    "itsd_store_intervals_written_total",
+    C,
+    "Intervals committed to the aggregates store (replays of the buffer included).",
+    (),
+    "publish",
+)
+STORE_BUFFERED = define(
+    "itsd_store_intervals_buffered_total",
+    C,
+    "Intervals written to the store's disk buffer while the database was away.",
+    (),
+    "publish",
+)
+STORE_PENDING = define(
+    "itsd_store_buffer_pending_intervals",
+    G,
+    "Intervals waiting in the store's disk buffer.",
+    (),
+    "publish",
+)
+STORE_SKIPPED = define(
+    "itsd_store_summaries_skipped_total",
+    C,
+    "analytics_summary events not stored: reason no_interval (older analytics), invalid "
+    "(malformed) or rejected (refused by the database).",
+    ("reason",),
+    "publish",
+)
+STORE_CONNECTED = define(
+    "itsd_store_connected", G, "1 while intervals go straight to the database.", (), "publish"
 )
 
 # -- every stage -----------------------------------------------------------------------------

@@ -7,12 +7,16 @@ never touches a process object, a ring or a lock of the supervisor: it reads one
 reference. Requests are validated here (the same validation as a ``cameras:`` entry of
 the configuration file), so a bad request changes nothing.
 
+Aggregates (GetAggregatedMetrics, the newest interval of GetTrafficMetrics) come from the
+store through a ``StoreReader``: bounded queries on gRPC threads, never on the loop.
+
 This module must never import a stage module, and never write to shared memory.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 from itsd import __version__
 from itsd.config import CameraConfig, format_validation_error, unavailable_camera_keys
 from itsd.control.backend import (
+    AggregateBucket,
     CameraHealth,
     HealthSnapshot,
     MetricsSnapshot,
@@ -32,15 +37,22 @@ from itsd.control.backend import (
     StreamInfo,
     TrafficSnapshot,
     UnavailableError,
+    ZoneAggregate,
 )
 from itsd.errors import ConfigError, ResourceError, SourceError
 from itsd.redact import redact_text
 from itsd.samples import resolve_source
+from itsd.store.aggregate import Bucket, merge, rebucket
+from itsd.store.db import StoreError, StoreUnavailable
+from itsd.store.model import IntervalRow
+from itsd.store.reader import StoreReader
 from itsd.supervisor.core import ChangeTimeoutError
 from itsd.supervisor.state import CameraView, DaemonState
 
 if TYPE_CHECKING:
     from itsd.supervisor.core import Supervisor
+
+log = logging.getLogger("itsd.supervisor")
 
 #: How long a gRPC call waits for a camera change to take effect.
 CHANGE_WAIT_S = 60.0
@@ -100,10 +112,12 @@ def _check_source(cfg: CameraConfig) -> None:
 
 
 class SupervisorBackend:
-    """ControlBackend over a running Supervisor."""
+    """ControlBackend over a running Supervisor (and AggregatesBackend over its store)."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, store: StoreReader | None = None) -> None:
         self.sup = sup
+        #: Reader of the aggregates store; None when the store is disabled.
+        self.store = store
 
     @property
     def state(self) -> DaemonState:
@@ -117,14 +131,14 @@ class SupervisorBackend:
         stages = []
         for s in st.stages:
             detail = s.last_exit
-            if s.kind == "infer":
-                mine = [c.camera_id for c in st.cameras if c.worker == s.name]
+            if s.kind in ("infer", "decode"):
+                mine = [
+                    c.camera_id
+                    for c in st.cameras
+                    if (c.worker if s.kind == "infer" else c.decoder) == s.name
+                ]
                 shown = ", ".join(mine[:32]) + (", ..." if len(mine) > 32 else "")
                 detail = f"{len(mine)} camera(s): {shown}" + (f"; {detail}" if detail else "")
-            if s.kind == "decode":
-                cam = next((c for c in st.cameras if c.camera_id == s.camera_id), None)
-                if cam is not None and cam.last_error:
-                    detail = cam.last_error
             stages.append(
                 StageHealth(
                     s.name,
@@ -194,16 +208,45 @@ class SupervisorBackend:
         ]
 
     def traffic_metrics(self, camera_id: str) -> TrafficSnapshot:
-        """Line counts and vehicles in view since the camera started."""
+        """Line counts and vehicles in view since the camera started; the mean speed of
+        the window and the newest interval from the store (when it answers)."""
         st = self.state
         c = st.camera(camera_id)
+        latest, avg = None, None
+        if self.store is not None:
+            try:
+                row = self.store.latest(camera_id)
+                _, avg = self.store.speed_since(camera_id, int(st.started_at * 1000))
+            except StoreError as err:  # live counts still answer without the store
+                log.warning("GetTrafficMetrics: %s", err)
+            else:
+                if row is not None:
+                    latest = _bucket(merge(row.camera_id, row.start_ms, 0, [row]), row)
         return TrafficSnapshot(
             camera_id=camera_id,
             window_start=st.started_at,
             window_end=st.taken_at,
             line_counts=json.loads(json.dumps(_plain(c.line_counts))),
             vehicles_in_view=c.vehicles_in_view,
+            avg_speed_kmh=avg,
+            latest_interval=latest,
         )
+
+    def aggregated_metrics(
+        self, camera_id: str | None, start: float, end: float, bucket_s: int
+    ) -> list[AggregateBucket]:
+        """The store's intervals in ``[start, end)`` re-bucketed (one bounded read)."""
+        if self.store is None:
+            raise NotSupportedError("the aggregates store is disabled (store.enabled: false)")
+        if bucket_s < 1:
+            raise ValueError(f"bucket_s must be >= 1, got {bucket_s}")
+        try:
+            rows = self.store.intervals(camera_id, int(start * 1000), int(end * 1000))
+        except StoreUnavailable as err:
+            raise UnavailableError(str(err)) from None
+        except StoreError as err:
+            raise RuntimeError(str(err)) from None
+        return [_bucket(b) for b in rebucket(rows, bucket_s * 1000)]
 
     # -- changes -------------------------------------------------------------------------
     def _wait(self, fut: Any) -> Any:
@@ -235,6 +278,35 @@ class SupervisorBackend:
         """Re-read the configuration file and apply the difference."""
         result = self._wait(self.sup.request_reload())
         return dict(result) if isinstance(result, dict) else {}
+
+
+def _bucket(b: Bucket, interval: IntervalRow | None = None) -> AggregateBucket:
+    """A store bucket as the control API's plain dataclass (an interval: its own length)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for (line, direction, cls), n in b.counts.items():
+        counts.setdefault(line, {}).setdefault(direction, {})[cls] = n
+    start_ms, length_ms = b.start_ms, b.bucket_ms
+    if interval is not None:
+        start_ms, length_ms = interval.start_ms, interval.end_ms - interval.start_ms
+    return AggregateBucket(
+        camera_id=b.camera_id,
+        start=start_ms / 1000.0,
+        bucket_s=length_ms / 1000.0,
+        line_counts=counts,
+        intervals=b.intervals,
+        covered_s=b.covered_s,
+        frames=b.frames,
+        speed_samples=b.speed_samples,
+        avg_speed_kmh=b.speed_mean_kmh,
+        p85_speed_kmh=b.speed_p85_kmh,
+        longest_queue_m=b.longest_queue_m,
+        zones=[
+            ZoneAggregate(
+                z.zone_id, z.occupancy_mean, z.occupied_fraction, z.dwell_mean_s, z.queue_max_m
+            )
+            for z in b.zones
+        ],
+    )
 
 
 def _plain(obj: Any) -> Any:

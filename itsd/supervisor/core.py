@@ -5,12 +5,15 @@ Process model (see ARCHITECTURE.md):
 * Signal handlers only enqueue the signal number (and wake the loop through
   ``signal.set_wakeup_fd``); one loop waits on that wake-up socket and on every child's
   sentinel with ``multiprocessing.connection.wait`` and does all the work.
-* Every child exit is classified: a clean stop, a source that ended, a source that
-  cannot be opened in a run that ends with its sources (``EXIT_NO_INPUT``), a
-  configuration or model error (``EXIT_CONFIG``: the daemon stops instead of
-  restart-looping), or a crash (restart with exponential backoff, at most
-  ``max_restarts`` per window; past the cap a camera is given up and a core stage stops
-  the daemon).
+* Every child exit is classified: a clean stop, a configuration or model error
+  (``EXIT_CONFIG``: the daemon stops instead of restart-looping), or a crash (restart
+  with exponential backoff, at most ``max_restarts`` per window; past the cap a decode
+  or inference worker is given up and its cameras move to the others, and any other
+  stage stops the daemon).
+* Decode workers (``performance.decode_workers``) each run many cameras, one thread per
+  camera; a new camera goes to the least loaded one. A camera's decode counters and
+  state live in its own cell table and info board, created here with its ring, so they
+  survive a worker's restart and a move.
 * Each stage bumps a heartbeat counter in the control block. A stage whose heartbeat
   stops is stuck: it gets SIGABRT (faulthandler prints its threads' tracebacks into the
   log), then SIGKILL, then a restart.
@@ -24,10 +27,11 @@ Cameras are live objects keyed by id (and by a numeric key in rings and records,
 reused within a run). Changes (add, remove, update, reload) come from other threads
 (gRPC) or signals (SIGHUP) as operations on a queue; the loop runs one at a time as a
 small state machine, never blocking: it creates the camera's shared memory, puts a
-``CommandRecord`` on the inference stage's command ring, waits until every core stage
-has recorded it as applied (the command travels in flow order with the data), and only
-then starts the camera's decoder; a removal stops the decoder first and frees the
-memory last. The caller's ``Future`` resolves when the change has taken effect.
+``CommandRecord`` on the inference worker's command ring, waits until the inference
+worker, analytics and the publisher have recorded it as applied (the command travels in
+flow order with the data), and only then attaches the camera to its decode worker
+(through that worker's command ring); a removal detaches it from the decode worker
+first and frees the memory last. The caller's ``Future`` resolves when the change has taken effect.
 
 The loop publishes an immutable ``DaemonState`` each tick; other threads read only
 that (``state``) and submit operations (``submit``). The supervisor's own loop never
@@ -101,10 +105,10 @@ BOARD_BYTES = 1 << 20  # analytics' live state (line counts) for the control API
 INFO_BYTES = 16 << 10  # a stage's self-description
 DECODE_CELLS = 64  # named cells of one decoder
 COMMAND_RING_BYTES = 1 << 20
+RESULTS_RING_BYTES = 8 << 20  # detection events on their way back to gRPC clients
 LOOP_TICK_S = 0.5
 OP_TICK_S = 0.005  # loop period while a camera change is in progress
 ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
-DECODER_STOP_S = 10.0  # a decoder that does not exit on SIGTERM by then is killed
 
 # Flow order: what a graceful stop stops first.
 GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH = 0, 1, 2, 3
@@ -139,13 +143,11 @@ class StageHandle:
     last_beat: int = -1
     last_beat_change: float = 0.0
     abort_sent_at: float | None = None
-    finished: bool = False  # a source that ended (no restart)
-    given_up: bool = False  # restart cap reached, or a source that cannot be opened
-    no_input: bool = False  # gave up because the source cannot be opened
+    given_up: bool = False  # restart cap reached
     retired: bool = False  # being removed: an exit is expected, never restarted
     last_exit: str = ""
     ack_index: int = -1  # entry of the stage's applied-command cell
-    worker: int = -1  # inference worker index (inference stages only)
+    worker: int = -1  # worker index (decode and inference workers only)
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -160,8 +162,10 @@ class CameraEntry:
     key: int
     origin: str  # "file" or "registered"
     ring: FrameRing
-    handle: StageHandle
-    worker: int = 0
+    cells: CellTable  # the camera's decode counters (written by its decode worker)
+    info: Board  # the camera's decode state (connecting, streaming, ...)
+    worker: int = 0  # inference worker
+    decoder: int = 0  # decode worker
     removing: bool = False
 
     def binding(self) -> CameraBinding:
@@ -172,7 +176,21 @@ class CameraEntry:
             self.ring.name,
             self.config.model_dump(mode="json"),
             self.worker,
+            self.cells.name,
+            self.info.name,
         )
+
+    def flag(self, defn: m.MetricDef) -> bool:
+        """True when the camera's decode cell ``defn`` (a 0/1 state) is set."""
+        key = m.series_key(defn, {"camera": self.config.id})
+        try:
+            return any(k == key and v == 1 for k, v in self.cells.items())
+        except (OSError, ValueError):
+            return False
+
+    def ended(self) -> bool:
+        """True once its file has ended or it was given up (nothing more will come)."""
+        return self.flag(m.DECODE_EOF) or self.flag(m.DECODE_FAILED)
 
 
 def describe_exit(code: int | None) -> str:
@@ -214,10 +232,16 @@ class Supervisor:
         self.cameras: dict[str, CameraEntry] = {}
         self.control: ControlBlock | None = None
         self.workers = config.resolved_inference_workers()
-        self.n_core = self.workers + 2  # inference workers, analytics, publisher
+        self.decoders = config.resolved_decode_workers()
+        # Decode workers, inference workers, analytics, publisher.
+        self.n_core = self.decoders + self.workers + 2
         self.record_rings: list[RecordRing] = []  # detections of each worker, then events
         self.command_rings: list[RecordRing] = []  # one per inference worker
+        self.decode_command_rings: list[RecordRing] = []  # one per decode worker
         self.board: Board | None = None
+        #: Detection events the publisher hands back to the control API (pushed frames'
+        #: results, StreamFrames); written by the publisher, read by the gRPC server.
+        self.results_ring: RecordRing | None = None
         self.notifier = Notifier()
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
@@ -240,7 +264,6 @@ class Supervisor:
         self._op: tuple[Op, Future[Any]] | None = None
         self._seq = 0
         self._next_key = 1
-        self._free_slots: list[int] = []
         self.op_counts: collections.Counter[str] = collections.Counter()
         self.pid_file: Path = config.resolved_pid_file()
 
@@ -255,12 +278,13 @@ class Supervisor:
         for name in removed:
             log.info("removed shared memory left by a dead run: %s", name)
         ring_bytes = cfg.performance.record_ring_mib * 1024 * 1024
-        n_slots = cfg.supervisor.max_cameras + self.n_core
+        n_slots = self.n_core
         n_rings = self.workers + 1
         needed = ControlBlock.required_size(n_slots)
         needed += n_rings * RecordRing.required_size(ring_bytes)
-        needed += self.workers * RecordRing.required_size(COMMAND_RING_BYTES)
+        needed += (self.workers + self.decoders) * RecordRing.required_size(COMMAND_RING_BYTES)
         needed += Board.required_size(BOARD_BYTES)
+        needed += RecordRing.required_size(RESULTS_RING_BYTES)
         needed += self.n_core * (
             CellTable.required_size(self._core_cells()) + Board.required_size(INFO_BYTES)
         )
@@ -271,7 +295,6 @@ class Supervisor:
         rid = self.run_id
         try:
             self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_slots)
-            self._free_slots = list(range(n_slots - 1, self.n_core - 1, -1))
             for name in [f"detections{k}" for k in range(self.workers)] + ["events"]:
                 self.record_rings.append(
                     RecordRing.create(segment_name(rid, "records", name), ring_bytes)
@@ -282,14 +305,25 @@ class Supervisor:
                         segment_name(rid, "records", f"commands{k}"), COMMAND_RING_BYTES
                     )
                 )
+            for k in range(self.decoders):
+                self.decode_command_rings.append(
+                    RecordRing.create(
+                        segment_name(rid, "records", f"decodecmds{k}"), COMMAND_RING_BYTES
+                    )
+                )
             self.board = Board.create(segment_name(rid, "board", "analytics"), BOARD_BYTES)
+            self.results_ring = RecordRing.create(
+                segment_name(rid, "records", "results"), RESULTS_RING_BYTES
+            )
         except ShmSpaceError as err:
             self._destroy_shared_memory()
             raise ResourceError(str(err)) from None
         log.info(
-            "shared memory ready: run %s, %.1f MiB for the core, %d inference worker(s)",
+            "shared memory ready: run %s, %.1f MiB for the core, %d decode worker(s), "
+            "%d inference worker(s)",
             rid,
             needed / 2**20,
+            self.decoders,
             self.workers,
         )
 
@@ -302,14 +336,16 @@ class Supervisor:
         for h in self.core:
             _close_unlink(h.cells)
             _close_unlink(h.info)
-        for rring in self.record_rings + self.command_rings:
+        for rring in self.record_rings + self.command_rings + self.decode_command_rings:
             _close_unlink(rring)
         self.record_rings.clear()
         self.command_rings.clear()
-        for obj in (self.board, self.control):
+        self.decode_command_rings.clear()
+        for obj in (self.board, self.control, self.results_ring):
             if obj is not None:
                 _close_unlink(obj)
         self.board = self.control = None
+        self.results_ring = None
 
     def _stage_memory(self, kind: str, key: str, cells: int) -> tuple[CellTable, Board]:
         rid = self.run_id
@@ -331,7 +367,10 @@ class Supervisor:
             "detection_rings": tuple(r.name for r in self.record_rings[: self.workers]),
             "event_ring": self.record_rings[-1].name,
             "model_path": self.model_path,
-            "extra": {"board": self.board.name},
+            "extra": {
+                "board": self.board.name,
+                "results": self.results_ring.name if self.results_ring is not None else "",
+            },
         }
 
     def _table(self, worker: int | None = None) -> tuple[CameraBinding, ...]:
@@ -341,9 +380,42 @@ class Supervisor:
             if not e.removing and (worker is None or e.worker == worker)
         )
 
+    def _decode_table(self, decoder: int) -> tuple[CameraBinding, ...]:
+        return tuple(
+            e.binding()
+            for e in self.cameras.values()
+            if not e.removing and e.decoder == decoder and not e.ended() and not e.config.push
+        )
+
     def worker_name(self, k: int) -> str:
         """Stage name of inference worker ``k`` ("infer" when there is only one)."""
         return "infer" if self.workers == 1 else f"infer:{k}"
+
+    def decoder_name(self, k: int) -> str:
+        """Stage name of decode worker ``k`` ("decode" when there is only one)."""
+        return "decode" if self.decoders == 1 else f"decode:{k}"
+
+    def decoder_handle(self, entry: CameraEntry) -> StageHandle:
+        """The decode worker that runs ``entry``."""
+        return self.core[entry.decoder]
+
+    def place_decoder(self, camera_id: str) -> int:
+        """The decode worker for a new camera: the least loaded one not given up (ties go
+        to the lowest index). ResourceError when every one runs
+        ``performance.cameras_per_decode_worker`` cameras."""
+        load = collections.Counter(e.decoder for e in self.cameras.values() if not e.removing)
+        alive = [k for k in range(self.decoders) if not self.core[k].given_up]
+        if not alive:
+            alive = list(range(self.decoders))
+        best = min(alive, key=lambda k: (load[k], k))
+        cap = self.config.performance.cameras_per_decode_worker
+        if load[best] >= cap:
+            raise ResourceError(
+                f"camera {camera_id}: every decode worker already runs {cap} cameras "
+                f"(performance.decode_workers is {self.decoders}, "
+                f"performance.cameras_per_decode_worker is {cap})"
+            )
+        return best
 
     def place(self, camera_id: str) -> int:
         """The inference worker of a camera: rendezvous hashing of its id over the workers
@@ -358,10 +430,16 @@ class Supervisor:
 
     def _build_core(self) -> None:
         assert self.control is not None
-        kinds = [("infer", GROUP_INFER, k) for k in range(self.workers)]
+        kinds = [("decode", GROUP_DECODE, k) for k in range(self.decoders)]
+        kinds += [("infer", GROUP_INFER, k) for k in range(self.workers)]
         kinds += [("analyze", GROUP_ANALYZE, -1), ("publish", GROUP_PUBLISH, -1)]
         for slot, (kind, group, worker) in enumerate(kinds):
-            name = self.worker_name(worker) if kind == "infer" else kind
+            if kind == "infer":
+                name = self.worker_name(worker)
+            elif kind == "decode":
+                name = self.decoder_name(worker)
+            else:
+                name = kind
             cells, info = self._stage_memory(kind, str(max(worker, 0)), self._core_cells())
             ack = cells.cell(m.series_key(m.STAGE_COMMAND_SEQ, {}))
 
@@ -381,13 +459,22 @@ class Supervisor:
                         "command_ring": self.command_rings[worker].name,
                         "detection_ring": common["detection_rings"][worker],
                     }
+                    table = self._table(worker)
+                elif kind == "decode":
+                    extra = {
+                        "worker": worker,
+                        "command_ring": self.decode_command_rings[worker].name,
+                    }
+                    table = self._decode_table(worker)
+                else:
+                    table = self._table()
                 return StageSpec(
                     name=name,
                     kind=kind,
                     slot=slot,
                     cells=cells.name,
                     info_board=info.name,
-                    cameras=self._table(worker if kind == "infer" else None),
+                    cameras=table,
                     cmd_seq=self._seq,
                     **common,
                     **extra,
@@ -408,13 +495,14 @@ class Supervisor:
         )
 
     def _new_camera(self, cfg: CameraConfig, origin: str) -> CameraEntry:
-        """Create a camera's shared memory and handle (its decoder is not started)."""
-        assert self.control is not None
-        if not self._free_slots:
+        """Create a camera's shared memory and entry (no stage knows it yet)."""
+        live = sum(1 for e in self.cameras.values() if not e.removing)
+        if live >= self.config.supervisor.max_cameras:
             raise ResourceError(
-                f"camera {cfg.id}: this daemon already runs {len(self.cameras)} cameras "
+                f"camera {cfg.id}: this daemon already runs {live} cameras "
                 f"(supervisor.max_cameras is {self.config.supervisor.max_cameras})"
             )
+        decoder = self.place_decoder(cfg.id)
         slots = self.config.performance.frame_ring_slots
         try:
             check_free_space(self._camera_bytes(cfg))
@@ -430,52 +518,24 @@ class Supervisor:
             max_height=cfg.max_height,
         )
         try:
-            cells, info = self._stage_memory("decode", tag, DECODE_CELLS)
+            cells, info = self._stage_memory("cam", tag, DECODE_CELLS)
         except BaseException:
             _close_unlink(ring)
             raise
         self._next_key += 1
-        slot = self._free_slots.pop()
-        sl = self.control.slot(slot)
-        sl.reset()
-        sl.set_name(f"decode:{cfg.id}"[:32])
-        entry_box: list[CameraEntry] = []
-
-        def make() -> StageSpec:
-            e = entry_box[0]
-            return StageSpec(
-                name=f"decode:{e.config.id}",
-                kind="decode",
-                slot=slot,
-                cells=cells.name,
-                info_board=info.name,
-                cameras=(e.binding(),),
-                cmd_seq=self._seq,
-                **self._common_spec(),
-            )
-
-        h = StageHandle(
-            f"decode:{cfg.id}", "decode", GROUP_DECODE, slot, cells, info, make, camera_id=cfg.id
-        )
-        entry = CameraEntry(cfg, key, origin, ring, h, self.place(cfg.id))
-        entry_box.append(entry)
+        entry = CameraEntry(cfg, key, origin, ring, cells, info, self.place(cfg.id), decoder)
         self.cameras[cfg.id] = entry
         return entry
 
     def _free_camera(self, entry: CameraEntry) -> None:
-        h = entry.handle
-        _kill_handle(h)
         _close_unlink(entry.ring)
-        _close_unlink(h.cells)
-        _close_unlink(h.info)
-        if self.control is not None:
-            self.control.slot(h.slot).reset()
-            self._free_slots.append(h.slot)
+        _close_unlink(entry.cells)
+        _close_unlink(entry.info)
         self.cameras.pop(entry.config.id, None)
 
     def handles(self) -> list[StageHandle]:
-        """Every stage handle: decoders (in camera order), then the core in flow order."""
-        return [e.handle for e in self.cameras.values()] + self.core
+        """Every stage handle, in flow order: decode workers, inference, analytics, publisher."""
+        return self.core
 
     # -- signals ------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -543,14 +603,6 @@ class Supervisor:
         code = self._reap(h)
         if self.stopping or h.retired:
             return
-        if code == EXIT_OK and h.group == GROUP_DECODE and self._decoder_eof(h):
-            h.finished = True
-            log.info("%s finished: its source ended", h.name)
-            return
-        if code == EXIT_NO_INPUT and h.group == GROUP_DECODE:
-            h.given_up = h.no_input = True
-            log.error("%s: its source cannot be opened; camera given up", h.name)
-            return
         if code == EXIT_CONFIG:
             log.error("%s stopped with a configuration or model error; stopping itsd", h.name)
             self.begin_stop(EXIT_CONFIG)
@@ -561,30 +613,40 @@ class Supervisor:
             h.restarts.popleft()
         if len(h.restarts) >= self.config.supervisor.max_restarts:
             h.given_up = True
-            alive = [w.worker for w in self.core if w.kind == "infer" and not w.given_up]
-            if h.kind == "infer" and alive:
+            alive = [w for w in self.core if w.kind == h.kind and not w.given_up]
+            if h.kind in ("infer", "decode") and alive:
                 log.error(
                     "%s died (%s) %d times within %.0f s: giving up on it; its cameras move to %s",
                     h.name,
                     h.last_exit,
                     len(h.restarts) + 1,
                     window,
-                    ", ".join(self.worker_name(k) for k in alive),
+                    ", ".join(w.name for w in alive),
                 )
-                fut = self.submit(lambda: self._op_move_off(h.worker))
+                if h.kind == "infer":
+                    fut = self.submit(lambda: self._op_move_off(h.worker))
+                else:
+                    fut = self.submit(lambda: self._op_move_decoder(h.worker))
                 fut.add_done_callback(_log_op_failure)
                 return
-            what = "giving up on this camera" if h.group == GROUP_DECODE else "stopping itsd"
+            if h.kind == "decode":
+                log.error(
+                    "%s died (%s) %d times within %.0f s: giving up on it; no decode worker "
+                    "is left, so no camera is decoded",
+                    h.name,
+                    h.last_exit,
+                    len(h.restarts) + 1,
+                    window,
+                )
+                return
             log.error(
-                "%s died (%s) %d times within %.0f s: %s",
+                "%s died (%s) %d times within %.0f s: stopping itsd",
                 h.name,
                 h.last_exit,
                 len(h.restarts) + 1,
                 window,
-                what,
             )
-            if h.group != GROUP_DECODE:
-                self.begin_stop(EXIT_FAILURE)
+            self.begin_stop(EXIT_FAILURE)
             return
         sup = self.config.supervisor
         delay = min(sup.backoff_initial_s * (2 ** len(h.restarts)), sup.backoff_max_s)
@@ -592,10 +654,6 @@ class Supervisor:
         h.total_restarts += 1
         h.next_start_at = now + delay
         log.warning("%s died (%s); restarting in %.1f s", h.name, h.last_exit, delay)
-
-    def _decoder_eof(self, h: StageHandle) -> bool:
-        key = m.series_key(m.DECODE_EOF, {"camera": h.camera_id})
-        return any(k == key and v == 1 for k, v in h.cells.items())
 
     def _check_heartbeats(self, now: float) -> None:
         assert self.control is not None
@@ -637,7 +695,7 @@ class Supervisor:
         return h.alive() and self.control.slot(h.slot).state() >= STATE_RUNNING
 
     def _all_running(self) -> bool:
-        return all(h.finished or h.given_up or self.stage_running(h) for h in self.handles())
+        return all(h.given_up or self.stage_running(h) for h in self.handles())
 
     def begin_stop(self, code: int = EXIT_OK) -> None:
         """Start a graceful stop (idempotent); the first non-zero code wins."""
@@ -673,29 +731,53 @@ class Supervisor:
         return self.submit(self._op_reload)
 
     # -- operations (run by the loop, one at a time) -----------------------------------
-    def _send(self, op: CommandOp, binding: CameraBinding) -> tuple[int, int]:
-        """Put a command for one camera on its worker's command ring; (seq, worker)."""
+    def _send(self, op: CommandOp, binding: CameraBinding) -> tuple[int, str, int]:
+        """Put a command for one camera on its inference worker's command ring (it travels
+        on through analytics and the publisher); (seq, "infer", worker)."""
         self._seq += 1
         payload = CommandRecord(self._seq, op, (binding,), binding.worker).pack()
         if not self.command_rings[binding.worker].put(payload, timeout=5.0):
             raise ChangeTimeoutError(
                 f"{self.worker_name(binding.worker)} does not take commands (command ring full)"
             )
-        return self._seq, binding.worker
+        return self._seq, "infer", binding.worker
 
-    def _acked(self, seq: int, worker: int) -> list[str]:
-        """Stages on the command's path that have not applied command ``seq`` yet."""
-        return [
-            h.name
-            for h in self.core
-            if (h.kind != "infer" or h.worker == worker) and h.cells.load(h.ack_index) < seq
-        ]
+    def _send_decoder(self, op: CommandOp, entry: CameraEntry) -> tuple[int, str, int]:
+        """Put a command for one camera on its decode worker's command ring."""
+        if entry.config.push:
+            # Frames come over gRPC: no decoder runs it (sequence 0 counts as applied).
+            return 0, "decode", entry.decoder
+        self._seq += 1
+        k = entry.decoder
+        payload = CommandRecord(self._seq, op, (entry.binding(),), entry.worker).pack()
+        if not self.decode_command_rings[k].put(payload, timeout=5.0):
+            raise ChangeTimeoutError(
+                f"{self.decoder_name(k)} does not take commands (command ring full)"
+            )
+        return self._seq, "decode", k
 
-    def _wait_acks(self, sent: tuple[int, int], what: str) -> Op:
-        seq, worker = sent
+    def _acked(self, seq: int, path: str, worker: int) -> list[str]:
+        """Stages on the command's path that have not applied command ``seq`` yet.
+
+        A decode worker that is not running counts as done: when it starts again its
+        camera table is built from the cameras as they are then."""
+        late = []
+        for h in self.core:
+            if path == "decode":
+                on_path = h.kind == "decode" and h.worker == worker and h.process is not None
+            else:
+                on_path = h.kind in ("analyze", "publish") or (
+                    h.kind == "infer" and h.worker == worker
+                )
+            if on_path and h.cells.load(h.ack_index) < seq:
+                late.append(h.name)
+        return late
+
+    def _wait_acks(self, sent: tuple[int, str, int], what: str) -> Op:
+        seq, path, worker = sent
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while True:
-            late = self._acked(seq, worker)
+            late = self._acked(seq, path, worker)
             if not late:
                 return
             if self.stopping:
@@ -706,22 +788,6 @@ class Supervisor:
                     "(it takes effect when that stage is running again)"
                 )
             yield
-
-    def _stop_decoder(self, h: StageHandle) -> Op:
-        h.retired = True
-        h.next_start_at = None
-        if h.process is None:
-            return
-        if h.process.is_alive() and h.process.pid is not None:
-            _kill(h.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + DECODER_STOP_S
-        while h.process.is_alive():
-            if time.monotonic() > deadline and h.process.pid is not None:
-                log.error("%s did not stop within %.0f s; killing it", h.name, DECODER_STOP_S)
-                _kill(h.process.pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
-            yield
-        self._reap(h)
 
     def _op_add(self, cfg: CameraConfig, origin: str, persist: bool) -> Op:
         if cfg.id in self.cameras:
@@ -734,13 +800,18 @@ class Supervisor:
             raise
         if persist:
             self._persist_add(cfg)
+        late: ChangeTimeoutError | None = None
         try:
             yield from self._wait_acks(seq, f"camera {cfg.id}")
-        finally:
-            # Also when a stage is slow to acknowledge: the camera stays registered and
-            # the command applies when that stage is back, so its decoder must run.
-            if self.decoders_started and not self.stopping:
-                self._start(entry.handle)
+        except ChangeTimeoutError as err:
+            # The camera stays registered and the command applies when that stage is
+            # back, so its decoder must run all the same.
+            late = err
+        if self.decoders_started and not self.stopping:
+            sent = self._send_decoder(CommandOp.ATTACH, entry)
+            yield from self._wait_acks(sent, f"camera {cfg.id}")
+        if late is not None:
+            raise late
         self.op_counts["add"] += 1
         log.info("camera %s added (%s)", cfg.id, origin)
         return cfg.id
@@ -752,7 +823,9 @@ class Supervisor:
         entry.removing = True
         if persist:
             self._persist_remove(entry)
-        yield from self._stop_decoder(entry.handle)
+        if self.decoders_started:
+            sent = self._send_decoder(CommandOp.DETACH, entry)
+            yield from self._wait_acks(sent, f"camera {camera_id}")
         seq = self._send(CommandOp.DETACH, entry.binding())
         try:
             yield from self._wait_acks(seq, f"camera {camera_id}")
@@ -780,11 +853,8 @@ class Supervisor:
         seq = self._send(CommandOp.UPDATE, entry.binding())
         yield from self._wait_acks(seq, f"camera {cfg.id}")
         if changed & DECODER_KEYS and self.decoders_started:
-            h = entry.handle
-            yield from self._stop_decoder(h)
-            h.retired = h.finished = h.given_up = h.no_input = False
-            h.restarts.clear()
-            self._start(h)
+            sent = self._send_decoder(CommandOp.UPDATE, entry)
+            yield from self._wait_acks(sent, f"camera {cfg.id}")
         self.op_counts["update"] += 1
         log.info("camera %s updated (%s)", cfg.id, ", ".join(sorted(changed)))
         return True
@@ -801,6 +871,19 @@ class Supervisor:
             yield from self._wait_acks(sent, f"camera {entry.config.id}")
             moved.append(entry.config.id)
             log.info("camera %s moved to %s", entry.config.id, self.worker_name(entry.worker))
+        return moved
+
+    def _op_move_decoder(self, decoder: int) -> Op:
+        """Move every camera of a decode worker that was given up to the others."""
+        moved = []
+        for entry in list(self.cameras.values()):
+            if entry.decoder != decoder or entry.removing:
+                continue
+            entry.decoder = self.place_decoder(entry.config.id)
+            sent = self._send_decoder(CommandOp.ATTACH, entry)
+            yield from self._wait_acks(sent, f"camera {entry.config.id}")
+            moved.append(entry.config.id)
+            log.info("camera %s moved to %s", entry.config.id, self.decoder_name(entry.decoder))
         return moved
 
     def _op_reload(self) -> Op:
@@ -957,7 +1040,8 @@ class Supervisor:
                     if on_started is not None:
                         on_started(self)
                     for h in sorted(self.core, key=lambda x: -x.group):
-                        self._start(h)
+                        if h.kind != "decode":  # decoders start once inference is ready
+                            self._start(h)
                     self._refresh_state(force=True)
                     self._loop()
                     self._fail_pending_ops()
@@ -1028,9 +1112,9 @@ class Supervisor:
                 # Decoders start once inference is ready, so no source loses its first
                 # frames while the model loads.
                 self.decoders_started = True
-                for e in self.cameras.values():
-                    if not e.removing and e.handle.process is None:
-                        self._start(e.handle)
+                for h in self.core:
+                    if h.kind == "decode" and h.process is None:
+                        self._start(h)
             self._run_ops()
             self._check_heartbeats(now)
             if not self.ready_sent and self.decoders_started and self._all_running():
@@ -1044,10 +1128,10 @@ class Supervisor:
     def _check_sources_ended(self) -> None:
         if not self.config.supervisor.exit_when_sources_end or not self.decoders_started:
             return
-        decoders = [e.handle for e in self.cameras.values()]
-        if not decoders or not all(h.finished or h.given_up for h in decoders):
+        cams = [e for e in self.cameras.values() if not e.removing]
+        if not cams or not all(e.ended() for e in cams):
             return
-        failed = [h.camera_id for h in decoders if h.no_input]
+        failed = [e.config.id for e in cams if e.flag(m.DECODE_FAILED)]
         if failed:
             log.error("every source has ended; %s could not be opened", ", ".join(failed))
             self.begin_stop(EXIT_NO_INPUT)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from itsd.redact import redact_text, redact_url
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Kind, Sample
+from itsd.runtime.service_metrics import CameraRates, ServiceMetrics
 from itsd.shm.control import STATE_DRAINING, STATE_RUNNING, STATE_STARTING
 from itsd.supervisor.state import CameraView, DaemonState, RingView, StageView
 
@@ -61,6 +62,8 @@ class Snapshotter:
         self._rate: dict[str, float] = {}
         self._history: dict[str, collections.deque[tuple[float, float]]] = {}
         self._seen: set[str] = set()
+        #: Service metrics of the design and the alert rules (``itsd.runtime.service_metrics``).
+        self.service = ServiceMetrics()
 
     def _rate_of(self, key: str, value: float, now: float) -> float:
         """Per-second rate of counter ``value`` over the last ``RATE_WINDOW_S`` of ticks."""
@@ -87,8 +90,6 @@ class Snapshotter:
         control = sup.control
         if h.given_up:
             return "failed"
-        if h.finished:
-            return "stopped"
         if not h.alive() or control is None:
             return "backoff" if h.next_start_at is not None else "stopped"
         if sup.stopping or h.retired:
@@ -108,6 +109,13 @@ class Snapshotter:
         samples: list[Sample] = []
         stages: list[StageView] = []
         abouts: dict[str, dict[str, Any]] = {}
+        for entry in sup.cameras.values():
+            try:
+                samples.extend(m.read_table(entry.cells))
+                about = _json(entry.info.read(timeout=0.01))
+            except (OSError, ValueError):
+                about = {}
+            abouts[f"camera:{entry.config.id}"] = about
         for h in sup.handles():
             try:
                 samples.extend(m.read_table(h.cells))
@@ -181,6 +189,10 @@ class Snapshotter:
             err = sv.about.get("error") if isinstance(sv.about, Mapping) else None
             if err:
                 reasons.append(f"stage {sv.name}: {err}")
+            # A stage that runs degraded (an inference worker whose breaker is open) says why.
+            deg = sv.about.get("degraded") if isinstance(sv.about, Mapping) else None
+            if deg and sv.state == "running":
+                reasons.append(f"stage {sv.name}: {deg}")
         if sup.stopping:
             status = "not_serving"
             reasons.insert(0, "itsd is stopping")
@@ -235,6 +247,17 @@ class Snapshotter:
             samples.append(
                 Sample(m.SUP_COMMANDS, MappingProxyType({"op": op}), float(sup.op_counts[op]))
             )
+        self.service.run_id = sup.run_id
+        rates = [
+            CameraRates(c.camera_id, c.state, c.fps_in, c.fps_out, c.target_fps, c.ring_used)
+            for c in cameras
+        ]
+        queues = []
+        for rr in sup.record_rings + sup.command_rings:
+            rst = rr.stats()
+            queues.append((rr.name.rsplit("-", 1)[-1], rst.put - rst.got))
+        derived, alerts = self.service.tick(sup.config.alerts, samples, rates, queues, now, now_m)
+        samples.extend(derived)
         self._forget_unseen()
         infer_about = next((abouts.get(h.name, {}) for h in sup.core if h.kind == "infer"), {})
         return DaemonState(
@@ -252,6 +275,15 @@ class Snapshotter:
             samples=tuple(s for s in samples if s.defn.exported or s.defn.kind is Kind.STATE),
             counters=MappingProxyType(counters),
             generation=sup.generation,
+            alerts=alerts,
+            host=self.service.host,
+            detections=_frozen(
+                {
+                    cid: d["latest"]
+                    for cid, d in traffic.items()
+                    if isinstance(d, dict) and isinstance(d.get("latest"), dict)
+                }
+            ),
         )
 
     def _window_mean(self, key: str, total: float, count: float, now: float) -> float:
@@ -280,25 +312,26 @@ class Snapshotter:
         now_m: float,
     ) -> tuple[CameraView, RingView]:
         cid = entry.config.id
-        h = entry.handle
+        h = sup.decoder_handle(entry)
         st = entry.ring.stats()
         decoded = int(series.get((m.DECODE_WRITTEN.name, cid), 0.0))
         reconnects = int(series.get((m.DECODE_RECONNECTS.name, cid), 0.0))
+        decode_s = series.get((m.DECODE_TIME.name, cid), 0.0)
         last = series.get((m.DECODE_LAST_FRAME.name, cid), 0.0)
         age = now - last if last else None
-        about = abouts.get(h.name, {})
+        about = abouts.get(f"camera:{cid}", {})
         stage_state = self._stage_state(sup, h)
         src_state = str(about.get("state", ""))
         fresh = age is not None and age < STALE_FRAME_S
         if entry.removing:
             state = "stopped"
-        elif stage_state == "failed":
+        elif src_state == "failed" or (stage_state == "failed" and src_state != "stopped"):
             state = "failed"
-        elif h.finished or src_state == "ended":
+        elif src_state == "stopped" or entry.flag(m.DECODE_EOF):
             state = "stopped"
         elif (
             stage_state == "backoff"
-            or src_state in ("retrying", "failed")
+            or src_state in ("reconnecting", "stalled")
             or (not fresh and decoded > 0 and not sup.stopping)
         ):
             state = "reconnecting"
@@ -308,7 +341,7 @@ class Snapshotter:
             state = "running"
         last_error = str(about.get("last_error") or "")
         if not last_error and stage_state in ("failed", "backoff") and h.last_exit:
-            last_error = f"decoder {h.last_exit}"
+            last_error = f"decode worker {h.name} {h.last_exit}"
         err_at = about.get("last_error_at")
         cfg = entry.config
         data = traffic.get(cid, {}) if isinstance(traffic.get(cid), dict) else {}
@@ -341,6 +374,11 @@ class Snapshotter:
             line_counts=_frozen(data.get("line_counts", {})),
             vehicles_in_view=int(data.get("vehicles_in_view", 0)),
             config=_frozen(config),
+            decoder=h.name,
+            source_state=src_state,
+            reason=redact_text(str(about.get("reason") or "")),
+            stalls=int(series.get((m.DECODE_STALLS.name, cid), 0.0)),
+            decode_time_s=decode_s / decoded if decoded else 0.0,
         )
         ring = RingView(
             entry.ring.name,

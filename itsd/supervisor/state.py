@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from itsd.runtime.alerts import AlertsView
+from itsd.runtime.hostinfo import HostSample
 from itsd.runtime.metrics import Sample
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -76,6 +78,15 @@ class CameraView:
     vehicles_in_view: int = 0
     #: The camera's configuration entry (credentials redacted).
     config: Mapping[str, Any] = field(default_factory=_empty)
+    #: The decode worker that runs the camera (its stage name).
+    decoder: str = ""
+    #: The source's own state: "connecting", "streaming", "stalled", "reconnecting",
+    #: "failed" or "stopped" (with ``reason``); "" before the decoder reports.
+    source_state: str = ""
+    reason: str = ""
+    stalls: int = 0
+    #: Mean seconds to decode and convert one kept frame (0 before the first).
+    decode_time_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,13 @@ class DaemonState:
     counters: Mapping[str, float] = field(default_factory=_empty)
     #: Configuration generation: 1 at start, +1 per applied reload.
     generation: int = 1
+    #: The alert rules now (pending, firing) and their last transitions.
+    alerts: AlertsView = field(default_factory=AlertsView)
+    #: Host memory and the GPUs (NVML), sampled at most once a second.
+    host: HostSample = field(default_factory=HostSample)
+    #: Per camera id, the boxes of the last frame analytics published (frame_id, width,
+    #: height, boxes: [x1, y1, x2, y2, track id, class]); drawn by the dashboard.
+    detections: Mapping[str, Any] = field(default_factory=_empty)
 
     def camera(self, camera_id: str) -> CameraView:
         """The camera named; KeyError when it is not registered."""

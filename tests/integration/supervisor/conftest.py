@@ -136,8 +136,9 @@ def start_daemon(
         }
         cfg = {
             "model": {"path": str(model_path), "confidence": 0.3},
-            # One inference worker unless a test asks for more: these tests name "infer".
-            "performance": {"target_fps": 15, "inference_workers": 1},
+            # One inference and one decode worker unless a test asks for more: these tests
+            # name "infer" and "decode".
+            "performance": {"target_fps": 15, "inference_workers": 1, "decode_workers": 1},
             "outputs": {"jsonl_path": jsonl_path or str(workdir / "events.jsonl")},
             "server": {"grpc_port": grpc_port, "monitoring_port": http_port},
             "pid_file": str(workdir / "itsd.pid"),

@@ -63,18 +63,27 @@ def test_full_disk_is_reported_and_does_not_crash(start_daemon: Callable[..., Da
     d.kill()
 
 
-def test_restart_cap_gives_up_on_a_camera_and_stops_on_a_core_stage(
+def test_restart_cap_moves_cameras_off_a_decode_worker_and_stops_on_a_core_stage(
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    d = start_daemon(loop=True, max_restarts=2)
+    d = start_daemon(loop=True, max_restarts=2, extra={"performance": {"decode_workers": 2}})
     d.wait_log("all stages running")
     for n in range(3):
-        pid = d.stage_pid("decode:street")
+        pid = d.stage_pid("decode:0")
         os.kill(pid, signal.SIGKILL)
         if n < 2:
-            d.wait_log(r"started decode:street \(pid", count=n + 2)
-    d.wait_log(r"decode:street died \(killed by SIGKILL\) 3 times .*giving up on this camera")
-    assert d.proc.poll() is None, "losing one camera must not stop the daemon"
+            d.wait_log(r"started decode:0 \(pid", count=n + 2)
+    d.wait_log(
+        r"decode:0 died \(killed by SIGKILL\) 3 times .*giving up on it; its cameras move to "
+        r"decode:1"
+    )
+    d.wait_log(r"camera street moved to decode:1")
+    assert d.proc.poll() is None, "losing a decode worker must not stop the daemon"
+    # The camera goes on from its new worker, frame ids still increasing.
+    n0 = len(d.detections())
+    wait_until(lambda: len(d.detections()) > n0 + 5, 60, "events after the move", d.log_path)
+    ids = [e["frame_id"] for e in d.detections()]
+    assert ids == sorted(set(ids))
     for n in range(3):
         pid = d.stage_pid("infer")
         os.kill(pid, signal.SIGKILL)

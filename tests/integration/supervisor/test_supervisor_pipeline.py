@@ -132,7 +132,7 @@ def test_systemd_notify_and_monitoring_port(
         health = json.loads(resp.read())
     assert resp.status == 200 and health["status"] in ("serving", "degraded")
     names = {st["name"] for st in health["stages"]}
-    assert names == {"decode:street", "infer", "analyze", "publish"}
+    assert names == {"decode", "infer", "analyze", "publish"}
 
     def frames_metric() -> float:
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
@@ -190,11 +190,11 @@ def test_killed_stages_are_restarted(start_daemon: Callable[..., Daemon]) -> Non
     d.wait_log(r"infer died \(killed by SIGKILL\); restarting in")
     d.wait_log(r"started infer \(pid", count=2)
 
-    decode_pid = d.stage_pid("decode:street")
+    decode_pid = d.stage_pid("decode")
     last_id = max(e["frame_id"] for e in d.detections())
     os.kill(decode_pid, signal.SIGKILL)
-    d.wait_log(r"decode:street died \(killed by SIGKILL\); restarting in")
-    d.wait_log(r"started decode:street \(pid", count=2)
+    d.wait_log(r"decode died \(killed by SIGKILL\); restarting in")
+    d.wait_log(r"started decode \(pid", count=2)
     # The pipeline goes on, and frame ids keep increasing across the decoder restart.
     wait_until(
         lambda: max(e["frame_id"] for e in d.detections()) > last_id + 20,
@@ -206,7 +206,7 @@ def test_killed_stages_are_restarted(start_daemon: Callable[..., Daemon]) -> Non
     assert ids == sorted(set(ids))
     status = d.status_json()
     restarts = {s["name"]: s.get("restarts", 0) for s in status["stages"]}
-    assert restarts["infer"] == 1 and restarts["decode:street"] == 1
+    assert restarts["infer"] == 1 and restarts["decode"] == 1
     res = d.stop()
     assert res.returncode == 0, res.stderr
 
