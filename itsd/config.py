@@ -260,8 +260,8 @@ class PerformanceConfig(_Model):
         ge=0.0,
         le=600000.0,
         description=(
-            "A frame older than this (capture to inference) is dropped and counted, never "
-            "inferred late; 0: no deadline. Lossless (recorded file) cameras have none."
+            "A live camera's frame older than this (capture to inference) is dropped and "
+            "counted, never inferred late; 0: no deadline. Files and patterns have none."
         ),
     )
     priority_lane: int = Field(

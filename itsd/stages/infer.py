@@ -1,12 +1,24 @@
 """Inference stage: batches the newest frame of each ready camera through the detector.
 
-One process per GPU (or one on the CPU). Each round takes at most one frame per camera
-(the newest; older unread frames are stale and skipped by the ring), visiting cameras
-by priority and then round-robin so no camera starves, up to ``max_batch_size`` frames.
-The detector reads the pixels straight from the ring slots (no copy); slots are released
-in ``finally`` so a failing batch never leaks one. One ``DetectionRecord`` per frame goes
-to the detection ring, which is lossless: when analytics falls behind, this stage waits
-and the frame rings absorb the pressure by dropping the oldest frames.
+One process per inference worker (one per core on the CPU, one per GPU), each owning a
+share of the cameras. Each round takes at most one frame per camera (the newest; older
+unread frames are stale and skipped by the ring; lossless cameras give their oldest).
+The scheduling is `itsd.engines.batcher`'s: cameras of the priority lane
+(``performance.priority_lane``) first and beyond the adaptive limit, the others
+round-robin so no camera starves; the batch size adapts between 1 and
+``max_batch_size`` to hold the p95 batch latency under ``latency_target_ms``; a frame
+older than ``frame_deadline_ms`` is released unread and counted
+(``itsd_infer_frames_expired_total``), never inferred late. The detector reads the
+pixels straight from the ring slots (no copy); slots are released in ``finally`` so a
+failing batch never leaks one. One ``DetectionRecord`` per frame goes to the detection
+ring, which is lossless: when analytics falls behind, this stage waits and the frame
+rings absorb the pressure by dropping the oldest frames.
+
+Failures of the backend go through `itsd.engines.breaker`'s circuit breaker: counted by
+kind (CUDA, out of memory, time-out, other); once open the worker degrades
+(``performance.breaker_fallback``: the same model on a CPU backend, or skipping frames,
+counted) and probes the backend again after a cool-down. The breaker's state and reason
+go into the stage's self-description (``degraded``), which health lists as a reason.
 
 Cameras come and go at run time. The supervisor puts ``CommandRecord``s on this stage's
 command ring; the stage applies each one between batches (attach a camera's ring,
@@ -30,16 +42,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from itsd.config import CameraConfig
-from itsd.engines import EngineOptions, create_engine
-from itsd.engines.base import Engine
-from itsd.errors import EXIT_OK
+import numpy as np
+
+from itsd.config import CameraConfig, Config
+from itsd.engines import EngineOptions, create_cpu_fallback, create_engine
+from itsd.engines.base import Detections, Engine
+from itsd.engines.batcher import Batcher, BatchPolicy
+from itsd.engines.breaker import BreakerState, CircuitBreaker
+from itsd.errors import EXIT_OK, ItsdError
 from itsd.records import (
     CameraBinding,
     CommandOp,
     CommandRecord,
     DetectionRecord,
     ModelInfoRecord,
+    picture_stats,
 )
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
@@ -56,7 +73,12 @@ class _Camera:
     ring: FrameRing
     priority: int
     frames: Cell
+    expired: Cell
+    skipped: Cell
     lossless: bool = False
+    #: Frames of a live camera have a deadline; files and patterns carry their video's
+    #: clock rather than the moment of capture, lossless ones wait by design.
+    deadline: bool = True
 
     def take(self) -> FrameSlot | None:
         """The next frame: the oldest for lossless cameras, else the newest."""
@@ -64,18 +86,20 @@ class _Camera:
 
 
 class _Cameras:
-    """The rings this stage reads, keyed by camera key, and the visiting order."""
+    """The rings this stage reads, keyed by camera key; the batcher knows their lanes."""
 
-    def __init__(self, metrics: MetricWriter) -> None:
+    def __init__(self, metrics: MetricWriter, batcher: Batcher[int]) -> None:
         self.metrics = metrics
+        self.batcher = batcher
         self.by_key: dict[int, _Camera] = {}
-        self.order: list[_Camera] = []
         self.cameras_gauge = metrics.cell(m.INFER_CAMERAS)
 
-    def _reorder(self) -> None:
-        # Priority first (9 = first); ties keep the order cameras were added in.
-        self.order = sorted(self.by_key.values(), key=lambda c: -c.priority)
-        self.cameras_gauge.set(len(self.order))
+    def _changed(self, cam: _Camera | None, key: int) -> None:
+        if cam is None:
+            self.batcher.remove_camera(key)
+        else:
+            self.batcher.set_camera(key, cam.priority)
+        self.cameras_gauge.set(len(self.by_key))
 
     def attach(self, binding: CameraBinding) -> None:
         if binding.key in self.by_key:
@@ -86,9 +110,19 @@ class _Cameras:
         if n:
             log.info("camera %s: recovered %d slot(s) left by a previous run", binding.camera_id, n)
         cfg = CameraConfig.model_validate(binding.config)
-        frames = self.metrics.cell(m.INFER_FRAMES, camera=binding.camera_id)
-        self.by_key[binding.key] = _Camera(binding, ring, cfg.priority, frames, cfg.lossless)
-        self._reorder()
+        cid = binding.camera_id
+        cam = _Camera(
+            binding,
+            ring,
+            cfg.priority,
+            self.metrics.cell(m.INFER_FRAMES, camera=cid),
+            self.metrics.cell(m.INFER_EXPIRED, camera=cid),
+            self.metrics.cell(m.INFER_SKIPPED, camera=cid),
+            cfg.lossless,
+            cfg.live and not cfg.lossless,
+        )
+        self.by_key[binding.key] = cam
+        self._changed(cam, binding.key)
 
     def update(self, binding: CameraBinding) -> None:
         cam = self.by_key.get(binding.key)
@@ -99,52 +133,145 @@ class _Cameras:
         cfg = CameraConfig.model_validate(binding.config)
         cam.priority = cfg.priority
         cam.lossless = cfg.lossless
-        self._reorder()
+        cam.deadline = cfg.live and not cfg.lossless
+        self._changed(cam, binding.key)
 
     def detach(self, key: int) -> _Camera | None:
         cam = self.by_key.pop(key, None)
         if cam is not None:
-            self._reorder()
+            self._changed(None, key)
         return cam
 
     def close(self) -> None:
         for cam in self.by_key.values():
             cam.ring.close()
         self.by_key.clear()
-        self.order = []
 
 
-def _engine(ctx: StageContext) -> Engine:
-    config = ctx.config
+def _policy(config: Config) -> BatchPolicy:
+    perf = config.performance
+    return BatchPolicy(
+        max_batch=perf.max_batch_size,
+        initial_batch=perf.batch_size,
+        latency_target_s=perf.latency_target_ms / 1000,
+        deadline_s=perf.frame_deadline_ms / 1000,
+        lane_priority=perf.priority_lane,
+    )
+
+
+def _options(config: Config, worker: int) -> EngineOptions:
     # The tracker sees every candidate down to candidate_confidence; detection events
     # report only those at or above model.confidence (analytics filters them).
-    options = EngineOptions(
+    return EngineOptions(
         confidence=min(config.model.confidence, config.model.candidate_confidence),
         iou=config.model.iou,
         max_detections=config.model.max_detections,
         precision="fp32",
         intra_op_threads=config.performance.cpu_threads,
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
-        gpu=config.gpus[0] if config.gpus else None,
+        # Workers share the listed GPUs round-robin (one worker per GPU by default).
+        gpu=config.gpus[worker % len(config.gpus)] if config.gpus else None,
     )
-    if len(config.gpus) > 1:
-        log.warning(
-            "gpus: %s configured; this version runs one inference process, on GPU %d",
-            config.gpus,
-            config.gpus[0],
-        )
+
+
+def _engine(ctx: StageContext) -> Engine:
+    config = ctx.config
+    options = _options(config, ctx.spec.worker)
     t_load = time.monotonic()
     engine = create_engine(Path(ctx.spec.model_path), config.model.backend, options)
     log.info(
-        "model %s loaded on %s in %.2f s (input %dx%d, %d classes)",
+        "model %s loaded on %s in %.2f s (input %dx%d, %d classes%s)",
         ctx.spec.model_path,
         engine.name,
         time.monotonic() - t_load,
         engine.input_size[1],
         engine.input_size[0],
         len(engine.class_names),
+        f", GPU {options.gpu}" if options.gpu is not None else "",
     )
     return engine
+
+
+class _Runner:
+    """Runs batches through the engine behind the circuit breaker; degrades when open."""
+
+    def __init__(self, ctx: StageContext, engine: Engine, metrics: MetricWriter) -> None:
+        self.ctx = ctx
+        self.engine = engine
+        self.metrics = metrics
+        self.breaker = CircuitBreaker()
+        self.mode = ctx.config.performance.breaker_fallback
+        self.fallback: Engine | None = None
+        self._fallback_failed = False
+        self.breaker_gauge = metrics.cell(m.INFER_BREAKER)
+        self._errors: dict[str, Cell] = {}
+        self._shown = BreakerState.CLOSED
+
+    def _error_cell(self, kind: str) -> Cell:
+        cell = self._errors.get(kind)
+        if cell is None:
+            cell = self._errors[kind] = self.metrics.cell(m.INFER_ERRORS, kind=kind)
+        return cell
+
+    def _cpu(self) -> Engine | None:
+        """The CPU fallback engine, built the first time it is needed."""
+        if self.mode != "cpu" or self._fallback_failed:
+            return None
+        if self.fallback is None:
+            try:
+                opts = _options(self.ctx.config, self.ctx.spec.worker)
+                self.fallback = create_cpu_fallback(Path(self.ctx.spec.model_path), opts)
+                log.warning("CPU fallback ready: %s", self.fallback.name)
+            except (ItsdError, OSError, RuntimeError) as err:
+                self._fallback_failed = True
+                log.error("no CPU fallback (%s); frames are skipped while the breaker is open", err)
+                return None
+        return self.fallback
+
+    def infer(self, frames: list[np.ndarray]) -> list[Detections] | None:
+        """Detections for the frames, or None when they were skipped (breaker open)."""
+        if self.breaker.allow():
+            try:
+                results = self.engine.infer(frames)
+            except Exception as exc:  # every backend failure is classified, none is fatal
+                kind = self.breaker.failure(exc)
+                self._error_cell(kind).inc()
+                log.error("inference failed (%s): %s", kind, exc)
+            else:
+                self.breaker.success()
+                self._publish()
+                return results
+            self._publish()
+        cpu = self._cpu()
+        if cpu is None:
+            return None
+        return cpu.infer(frames)
+
+    def _publish(self) -> None:
+        state = self.breaker.state
+        self.breaker_gauge.set(
+            {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}[state]
+        )
+        if state is self._shown or state is BreakerState.HALF_OPEN:
+            return
+        self._shown = state
+        degraded = ""
+        if state is BreakerState.OPEN:
+            how = (
+                "running on the CPU fallback"
+                if self._cpu() is not None
+                else "skipping frames until a probe succeeds"
+            )
+            degraded = f"circuit breaker open ({self.breaker.reason}); {how}"
+            log.warning("%s; next probe in %.0f s", degraded, self.breaker.seconds_to_probe())
+        else:
+            log.warning("circuit breaker closed: the %s backend works again", self.engine.name)
+        self.ctx.describe(breaker=self.breaker.describe(), degraded=degraded)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.fallback is not None:
+            self.fallback.close()
 
 
 def _describe(ctx: StageContext, engine: Engine) -> None:
@@ -173,9 +300,11 @@ def run(ctx: StageContext) -> int:
     _describe(ctx, engine)
     assert ctx.metrics is not None
     metrics = ctx.metrics
-    cams = _Cameras(metrics)
+    batcher: Batcher[int] = Batcher(_policy(ctx.config))
+    cams = _Cameras(metrics, batcher)
     for binding in ctx.spec.cameras:
         cams.attach(binding)
+    runner = _Runner(ctx, engine, metrics)
     det_ring = RecordRing.attach(ctx.spec.detection_ring)
     cmd_ring = RecordRing.attach(ctx.spec.command_ring) if ctx.spec.command_ring else None
     info = ModelInfoRecord(tuple(engine.class_names), engine.name, ctx.spec.model_path)
@@ -188,46 +317,37 @@ def run(ctx: StageContext) -> int:
     batches = metrics.cell(m.INFER_BATCHES)
     busy = metrics.cell(m.INFER_SECONDS)
     latency = metrics.histogram(m.ML_INFER_LATENCY)
-    max_batch = ctx.config.performance.max_batch_size
+    limit_gauge = metrics.cell(m.INFER_BATCH_LIMIT)
+    limit_gauge.set(batcher.size.limit)
     slot = ctx.slot
-    start = 0
     n_frames = 0
     ctx.set_running()
     try:
         while True:
             draining = ctx.check_drain()
             if cmd_ring is not None and not _apply_commands(
-                ctx, engine, cams, cmd_ring, det_ring, base_seq
+                ctx, runner, cams, cmd_ring, det_ring, base_seq
             ):
                 return EXIT_OK
-            taken: list[tuple[_Camera, FrameSlot]] = []
-            order = cams.order
-            n = len(order)
-            for k in range(n):
-                cam = order[(start + k) % n]
-                s = cam.take()
-                if s is not None:
-                    taken.append((cam, s))
-                    if len(taken) >= max_batch:
-                        break
-            start = (start + 1) % max(n, 1)
+            taken, backlog = _take(cams, batcher)
             if not taken:
                 if draining or ctx.parent_gone():
                     break
                 slot.beat()
                 time.sleep(IDLE_SLEEP_S)
                 continue
-            records, busy_us = _infer(engine, taken)
+            records, busy_us = _infer(runner, taken)
             n_frames += len(taken)
             batches.inc()
             busy.inc(busy_us)
             latency.observe(busy_us / 1e6)
+            limit_gauge.set(batcher.done(len(taken), busy_us / 1e6, backlog))
             for payload in records:
                 if not ctx.put(det_ring, payload):
                     return EXIT_OK
             slot.beat()
     finally:
-        engine.close()
+        runner.close()
         cams.close()
         det_ring.close()
         if cmd_ring is not None:
@@ -236,42 +356,71 @@ def run(ctx: StageContext) -> int:
     return EXIT_OK
 
 
-def _infer(engine: Engine, taken: list[tuple[_Camera, FrameSlot]]) -> tuple[list[bytes], int]:
-    """Run one batch; returns the packed detection records and the busy microseconds."""
+def _take(cams: _Cameras, batcher: Batcher[int]) -> tuple[list[tuple[_Camera, FrameSlot]], bool]:
+    """One round of the batcher: the frames of the next batch, and whether the batch
+    filled up before every camera was visited (frames were left waiting)."""
+    taken: list[tuple[_Camera, FrameSlot]] = []
+    order = batcher.visit_order()
+    for i, (key, high) in enumerate(order):
+        if batcher.full(len(taken), high):
+            return taken, i < len(order)
+        cam = cams.by_key.get(key)
+        if cam is None:
+            continue
+        s = cam.take()
+        if s is None:
+            continue
+        if not batcher.admit(key, s.capture_ts_ns, not cam.deadline):
+            s.release()  # past its deadline: never inferred late
+            cam.expired.inc()
+            continue
+        taken.append((cam, s))
+    return taken, False
+
+
+def _infer(runner: _Runner, taken: list[tuple[_Camera, FrameSlot]]) -> tuple[list[bytes], int]:
+    """Run one batch; returns the packed detection records and the busy microseconds.
+
+    Frames skipped because the breaker is open (and there is no CPU fallback) give no
+    record: they are counted per camera, as frames a ring overwrote would be.
+    """
     acquire_ns = time.monotonic_ns()
+    records: list[bytes] = []
     try:
         t0 = time.monotonic_ns()
-        results = engine.infer([s.pixels for _, s in taken])
+        results = runner.infer([s.pixels for _, s in taken])
         t1 = time.monotonic_ns()
-        records = [
-            DetectionRecord(
-                camera_key=s.camera_key,
-                frame_id=s.frame_id,
-                pts=s.pts,
-                capture_wall_ns=s.capture_ts_ns,
-                acquire_mono_ns=acquire_ns,
-                infer_start_mono_ns=t0,
-                infer_end_mono_ns=t1,
-                width=s.width,
-                height=s.height,
-                batch_size=len(taken),
-                boxes=det.boxes,
-                scores=det.scores,
-                class_ids=det.class_ids,
-            ).pack()
-            for (_, s), det in zip(taken, results, strict=True)
-        ]
+        if results is not None:
+            records = [
+                DetectionRecord(
+                    camera_key=s.camera_key,
+                    frame_id=s.frame_id,
+                    pts=s.pts,
+                    capture_wall_ns=s.capture_ts_ns,
+                    acquire_mono_ns=acquire_ns,
+                    infer_start_mono_ns=t0,
+                    infer_end_mono_ns=t1,
+                    width=s.width,
+                    height=s.height,
+                    batch_size=len(taken),
+                    boxes=det.boxes,
+                    scores=det.scores,
+                    class_ids=det.class_ids,
+                    **picture_stats(s.pixels),
+                ).pack()
+                for (_, s), det in zip(taken, results, strict=True)
+            ]
     finally:
         for _, s in taken:
             s.release()
     for cam, _ in taken:
-        cam.frames.inc()
+        (cam.frames if results is not None else cam.skipped).inc()
     return records, (t1 - t0) // 1000
 
 
 def _apply_commands(
     ctx: StageContext,
-    engine: Engine,
+    runner: _Runner,
     cams: _Cameras,
     cmd_ring: RecordRing,
     det_ring: RecordRing,
@@ -304,7 +453,7 @@ def _apply_commands(
                 # The decoder has exited: take what is still in the ring (the newest frame;
                 # every frame, in order, for a lossless camera), then let go.
                 while (last := cam.take()) is not None:
-                    records, _ = _infer(engine, [(cam, last)])
+                    records, _ = _infer(runner, [(cam, last)])
                     forward += records
                 cam.ring.close()
                 cams.metrics.retire_label("camera", b.camera_id)
