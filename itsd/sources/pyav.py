@@ -167,6 +167,8 @@ class PyAVSource:
         """Decode until the first frame (kept for ``frames``); SourceError when none comes."""
         bad = 0
         for n, packet in enumerate(self._packets):
+            if n >= PEEK_PACKETS:
+                break
             try:
                 self._pending = list(packet.decode())
             except av.error.InvalidDataError:
@@ -174,8 +176,6 @@ class PyAVSource:
                 continue
             if self._pending:
                 return
-            if n >= PEEK_PACKETS:
-                break
         if bad:
             raise SourceError(f"corrupt: no frame could be decoded ({bad} bad packet(s))")
         raise SourceError("no video frame in it")
@@ -209,10 +209,9 @@ class PyAVSource:
                 if errors_in_row >= MAX_DEMUX_ERRORS:
                     raise
                 continue
-            except (av.error.ExitError, TimeoutError) as err:
+            except (av.error.ExitError, TimeoutError):
                 raise TimeoutError(
-                    f"no data for {self.camera.open_timeout_s:g} s (stalled): "
-                    f"{redact_text(str(err))}"
+                    f"no data for {self.camera.open_timeout_s:g} s (stalled)"
                 ) from None
             errors_in_row = 0
             try:
@@ -242,11 +241,13 @@ class PyAVSource:
         watch_lag = self.live and opts.behind_s > 0
         ctx = self.stream.codec_context
         skipping = False
+        clock = _Clock()
         for index, frame in enumerate(self._decoded(stats)):
             capture_ns = time.time_ns()
-            t = frame.time
-            if t is None:
-                t = capture_ns / 1e9
+            t = clock.time(frame.time, capture_ns)
+            if t is None:  # no timestamp yet (an RTSP stream's first frame): deliver it
+                yield PyAVFrame(frame, self, index, capture_ns, self.live)
+                continue
             if watch_lag:
                 lag = sampler.lag(t, capture_ns / 1e9)
                 if not skipping and lag > opts.behind_s:
@@ -269,6 +270,33 @@ class PyAVSource:
     def close(self) -> None:
         """Close the container."""
         self.container.close()
+
+
+class _Clock:
+    """The time a frame is sampled by: its stream time; a frame without one takes the
+    previous frame's; a stream whose first frames have none (some MJPEG cameras) is timed
+    by arrival from then on."""
+
+    UNTIMED = 5  # frames without a timestamp before the arrival clock takes over
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.untimed = 0
+        self.by_arrival = False
+
+    def time(self, t: float | None, capture_ns: int) -> float | None:
+        if self.by_arrival:
+            return capture_ns / 1e9
+        if t is None:
+            if self.last is None:
+                self.untimed += 1
+                if self.untimed < self.UNTIMED:
+                    return None
+                self.by_arrival = True
+                return capture_ns / 1e9
+            return self.last
+        self.last = t
+        return t
 
 
 def _check_host(url: str, fail: Any) -> None:
