@@ -241,8 +241,7 @@ class PerformanceConfig(_Model):
         ge=1,
         le=1024,
         description=(
-            "Batch size an inference worker starts with; it then adapts to hold "
-            "latency_target_ms."
+            "Batch size an inference worker starts with; it then adapts to hold latency_target_ms."
         ),
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")

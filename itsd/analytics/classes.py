@@ -117,3 +117,22 @@ def class_name(class_id: int, names: Sequence[str] = COCO_NAMES) -> str:
     if 0 <= class_id < len(names):
         return names[class_id]
     return f"class_{class_id}"
+
+
+#: The classes analytics reports as kinds of road user, and their ``vehicle_type`` in
+#: events (the ``VehicleType`` enum of proto/itsd/v1/common.proto). People and every other
+#: class are ``VEHICLE_TYPE_UNSPECIFIED``.
+VEHICLE_TYPES: dict[str, str] = {
+    "car": "VEHICLE_TYPE_CAR",
+    "truck": "VEHICLE_TYPE_TRUCK",
+    "bus": "VEHICLE_TYPE_BUS",
+    "motorcycle": "VEHICLE_TYPE_MOTORCYCLE",
+    "bicycle": "VEHICLE_TYPE_BICYCLE",
+}
+#: The road-user classes of traffic analytics (what counting lines count by default).
+TRAFFIC_CLASS_NAMES: frozenset[str] = frozenset({*VEHICLE_TYPES, "person"})
+
+
+def vehicle_type(class_name: str) -> str:
+    """The event ``vehicle_type`` of a class name (``VEHICLE_TYPE_UNSPECIFIED`` if none)."""
+    return VEHICLE_TYPES.get(class_name, "VEHICLE_TYPE_UNSPECIFIED")

@@ -19,7 +19,10 @@ from typing import Any
 from itsd.records import EventRecord, EventType, Topic, rfc3339_from_ns
 
 #: Version of the event schemas (see ``itsd.events`` for the rules of change).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+# 1.1: vehicle_type, speed_kmh and heading on detections and line crossings; interval,
+# interval_counts, speed, zones and longest_queue_m on analytics_summary; state,
+# alert_id, evidence and snapshot_path on alerts; ALERT_TYPE_CAMERA_BLIND.
 
 #: Alert types: the traffic ones of ``events.proto`` plus the daemon's own.
 ALERT_TYPES = (
@@ -28,8 +31,16 @@ ALERT_TYPES = (
     "ALERT_TYPE_WRONG_WAY",
     "ALERT_TYPE_STOPPED_VEHICLE",
     "ALERT_TYPE_CONGESTION",
+    "ALERT_TYPE_CAMERA_BLIND",
     "ALERT_TYPE_SPOOL_NEAR_FULL",
     "ALERT_TYPE_SPOOL_FULL",
+    # The daemon's alert rules (itsd.runtime.alerts; details.rule names the rule).
+    "ALERT_TYPE_INFERENCE_LATENCY",
+    "ALERT_TYPE_GPU_UTILIZATION",
+    "ALERT_TYPE_ERROR_RATE",
+    "ALERT_TYPE_QUEUE_DEPTH",
+    "ALERT_TYPE_THROUGHPUT",
+    "ALERT_TYPE_MEMORY",
 )
 SEVERITIES = (
     "ALERT_SEVERITY_UNSPECIFIED",
@@ -66,16 +77,29 @@ def detection_item(
     box: Sequence[float],
     tracking_id: int | None,
     is_vehicle: bool,
+    vehicle_type: str | None = None,
+    speed_kmh: float | None = None,
+    heading: str | None = None,
 ) -> dict[str, Any]:
-    """One detection of a detection event (box in frame pixels, x_min y_min x_max y_max)."""
+    """One detection of a detection event (box in frame pixels, x_min y_min x_max y_max).
+
+    ``speed_kmh`` and ``heading`` are left out when unknown (no calibration, a young or
+    still track)."""
     x0, y0, x1, y1 = (round(float(v), 1) for v in box)
-    return {
+    item: dict[str, Any] = {
         "class_name": class_name,
         "confidence": round(float(confidence), 4),
         "bbox": {"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1},
         "tracking_id": tracking_id,
         "is_vehicle": bool(is_vehicle),
     }
+    if vehicle_type is not None:
+        item["vehicle_type"] = vehicle_type
+    if speed_kmh is not None:
+        item["speed_kmh"] = round(speed_kmh, 1)
+    if heading is not None:
+        item["heading"] = heading
+    return item
 
 
 def detection_event(
@@ -115,9 +139,15 @@ def line_crossing_event(
     is_vehicle: bool,
     position: tuple[float, float],
     line_totals: Mapping[str, Mapping[str, int]],
+    vehicle_type: str | None = None,
+    speed_kmh: float | None = None,
+    heading: str | None = None,
 ) -> EventRecord:
-    """``line_crossing`` (topic analytics_events): a track crossed a counting line."""
-    data = {
+    """``line_crossing`` (topic analytics_events): a track crossed a counting line.
+
+    ``speed_kmh`` is null when unknown (never invented); ``heading`` is left out when
+    unknown."""
+    data: dict[str, Any] = {
         "line_id": line_id,
         "direction": direction,
         "class_name": class_name,
@@ -125,7 +155,12 @@ def line_crossing_event(
         "is_vehicle": bool(is_vehicle),
         "position": {"x": round(position[0], 1), "y": round(position[1], 1)},
         "line_totals": {d: dict(per) for d, per in line_totals.items()},
+        "speed_kmh": None if speed_kmh is None else round(speed_kmh, 1),
     }
+    if vehicle_type is not None:
+        data["vehicle_type"] = vehicle_type
+    if heading is not None:
+        data["heading"] = heading
     obj = _envelope(EventType.LINE_CROSSING, wall_ns, camera_id, frame_id, data)
     return _record(Topic.ANALYTICS, EventType.LINE_CROSSING, camera_id, obj)
 
@@ -137,9 +172,19 @@ def analytics_summary_event(
     frames: int,
     vehicles_in_view: int,
     line_totals: Mapping[str, Mapping[str, Mapping[str, int]]],
+    interval: tuple[float, float] | None = None,
+    interval_counts: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
+    speed: Mapping[str, Any] | None = None,
+    zones: Mapping[str, Mapping[str, Any]] | None = None,
+    longest_queue_m: float | None = None,
 ) -> EventRecord:
-    """``analytics_summary`` (topic analytics_events): one camera's state over a period."""
-    data = {
+    """``analytics_summary`` (topic analytics_events): one camera's state over a period.
+
+    With ``interval`` (start and end, seconds since the epoch) it is an interval summary:
+    ``interval`` ({start, end: RFC 3339, seconds}), ``interval_counts`` (crossings inside
+    the interval), ``speed``, ``zones`` and ``longest_queue_m`` are added (shapes in
+    ``itsd.analytics.summary``)."""
+    data: dict[str, Any] = {
         "period_s": round(period_s, 3),
         "frames": frames,
         "vehicles_in_view": vehicles_in_view,
@@ -148,6 +193,29 @@ def analytics_summary_event(
             for line, by_dir in line_totals.items()
         },
     }
+    if interval is not None:
+        start, end = interval
+        data["interval"] = {
+            "start": rfc3339_from_ns(round(start * 1e9)),
+            "end": rfc3339_from_ns(round(end * 1e9)),
+            "seconds": round(end - start, 3),
+        }
+        data["interval_counts"] = {
+            line: {d: dict(per) for d, per in by_dir.items()}
+            for line, by_dir in (interval_counts or {}).items()
+        }
+        data["speed"] = (
+            dict(speed)
+            if speed is not None
+            else {
+                "samples": 0,
+                "mean_kmh": None,
+                "p85_kmh": None,
+                "histogram": {"bin_kmh": 5, "counts": []},
+            }
+        )
+        data["zones"] = {z: dict(v) for z, v in (zones or {}).items()}
+        data["longest_queue_m"] = longest_queue_m
     obj = _envelope(EventType.ANALYTICS_SUMMARY, wall_ns, camera_id, 0, data)
     return _record(Topic.ANALYTICS, EventType.ANALYTICS_SUMMARY, camera_id, obj)
 
@@ -184,9 +252,17 @@ def alert_event(
     zone_id: str = "",
     speed_kmh: float | None = None,
     details: Mapping[str, Any] | None = None,
+    state: str | None = None,
+    alert_id: str | None = None,
+    evidence: Mapping[str, Any] | None = None,
+    snapshot_path: str | None = None,
 ) -> EventRecord:
     """``alert`` (topic alert_events): a rule was broken, an anomaly seen, or the daemon
-    itself needs attention (its spool filling up)."""
+    itself needs attention (its spool filling up).
+
+    Traffic alerts come in pairs: ``state`` "raised" then "cleared", with the same
+    ``alert_id``; ``evidence`` holds the track ids, values and thresholds, and
+    ``snapshot_path`` the JPEG written when it was raised."""
     if alert_type not in ALERT_TYPES:
         raise ValueError(f"unknown alert type {alert_type!r}")
     if severity not in SEVERITIES:
@@ -202,6 +278,16 @@ def alert_event(
         data["speed_kmh"] = round(speed_kmh, 1)
     if details:
         data["details"] = dict(details)
+    if state is not None:
+        if state not in ("raised", "cleared"):
+            raise ValueError(f"unknown alert state {state!r}")
+        data["state"] = state
+    if alert_id is not None:
+        data["alert_id"] = alert_id
+    if evidence is not None:
+        data["evidence"] = dict(evidence)
+    if snapshot_path is not None:
+        data["snapshot_path"] = snapshot_path
     ns = time.time_ns() if wall_ns is None else wall_ns
     obj = _envelope(EventType.ALERT, ns, camera_id, frame_id, data)
     return _record(Topic.ALERT, EventType.ALERT, camera_id, obj)

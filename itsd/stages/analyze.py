@@ -7,7 +7,22 @@ events to the event ring:
 * ``detection`` (topic detection_events): the frame's detections with their track ids
   and the number of vehicles in view, one per processed frame;
 * ``line_crossing`` (topic analytics_events): a track crossed a counting line, with
-  the line's running totals.
+  the line's running totals, the track's ground speed (null when unknown) and heading;
+* ``analytics_summary`` (topic analytics_events): every ``analytics.summary_interval_s``
+  per camera, the interval's counts, speeds, zone occupancy and queues
+  (``itsd.analytics.summary``); the open interval is closed when a camera goes quiet,
+  is removed or reconfigured, and on a clean stop;
+* ``alert`` (topic alert_events): wrong way, speeding, stopped vehicle, congestion and
+  blind camera, raised once and cleared once, with evidence and a JPEG snapshot.
+
+Speed, heading, zones and rules live in ``itsd.analytics.scene``; this stage builds a
+camera's scene from its configuration and turns what it reports into events.
+
+Snapshots: this stage reads no frame ring (each ring has one reader, inference), so it
+has no pixels. A snapshot is drawn from what analytics knows: the frame's boxes (the
+alert's tracks highlighted), the zone and a caption, on a blank canvas of the frame's
+size (``itsd.drawing``). The picture checks of the blind-camera rule get their pixels'
+summary (mean luma, a CRC of a sparse grid) from inference, in the detection record.
 
 Line totals and track-id blocks are saved per camera in the state directory
 (``itsd.analytics.totals``): totals continue after this stage or the daemon restarts, and
@@ -34,7 +49,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from itsd.analytics import (
     COCO_NAMES,
@@ -45,10 +63,22 @@ from itsd.analytics import (
     TrackerConfig,
     is_vehicle,
 )
+from itsd.analytics.alerts import RAISED, Alert, Thresholds
+from itsd.analytics.calibration import Calibration
+from itsd.analytics.classes import vehicle_type
+from itsd.analytics.scene import Scene, SceneSpec
+from itsd.analytics.summary import IntervalSummary
 from itsd.analytics.totals import ID_BLOCK, SAVE_PERIOD_S, LineTotals, TotalsStore, line_signature
-from itsd.config import CameraConfig
+from itsd.analytics.zones import QueueSettings, ZoneSpec
+from itsd.config import AnalyticsConfig, CameraConfig
 from itsd.errors import EXIT_OK
-from itsd.events import detection_event, detection_item, line_crossing_event
+from itsd.events import (
+    alert_event,
+    analytics_summary_event,
+    detection_event,
+    detection_item,
+    line_crossing_event,
+)
 from itsd.records import (
     CMD_MAGIC,
     DET_MAGIC,
@@ -80,16 +110,73 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()  # the live board, not events
 
 
-class CameraAnalytics:
-    """Tracker and counting lines of one camera."""
+def scene_spec(camera: CameraConfig, analytics: AnalyticsConfig) -> SceneSpec:
+    """A camera's scene from its configuration (plain geometry for ``itsd.analytics``)."""
+    cal = camera.calibration
+    calibration = (
+        Calibration.fit(cal.image_points, cal.world_points, cal.bearing_deg)
+        if cal is not None
+        else None
+    )
+    a = analytics
+    return SceneSpec(
+        camera_id=camera.id,
+        calibration=calibration,
+        zones=tuple(
+            ZoneSpec(
+                zone_id=z.id,
+                polygon=tuple(z.polygon),
+                classes=frozenset(z.classes) if z.classes is not None else None,
+                queue=z.queue,
+                allowed_heading_deg=z.allowed_direction_deg,
+                speed_limit_kmh=z.speed_limit_kmh,
+                no_stopping_s=z.no_stopping_s,
+                congestion=z.congestion,
+            )
+            for z in camera.zones
+        ),
+        thresholds=Thresholds(
+            wrong_way_min_m=a.wrong_way_min_m,
+            wrong_way_tolerance_deg=a.wrong_way_tolerance_deg,
+            speeding_min_s=a.speeding_min_s,
+            stopped_speed_kmh=a.stopped_speed_kmh,
+            congestion_speed_kmh=a.congestion_speed_kmh,
+            congestion_min_vehicles=a.congestion_min_vehicles,
+            congestion_window_s=a.congestion_window_s,
+            blind_after_s=a.blind_after_s,
+            blind_min_detections=a.blind_min_detections,
+            freeze_after_s=a.freeze_after_s,
+            dark_luma=a.dark_luma,
+            dark_after_s=a.dark_after_s,
+        ),
+        queue=QueueSettings(a.queue_speed_kmh, a.queue_gap_m, a.vehicle_length_m),
+        speed_window_s=a.speed_window_s,
+        speed_min_samples=a.speed_min_samples,
+        summary_interval_s=a.summary_interval_s,
+        blind_camera=a.blind_camera,
+    )
 
-    def __init__(self, camera: CameraConfig, class_names: Sequence[str]) -> None:
+
+class CameraAnalytics:
+    """Tracker, counting lines and scene (speed, zones, rules, summaries) of one camera."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        class_names: Sequence[str],
+        analytics: AnalyticsConfig | None = None,
+    ) -> None:
         self.camera = camera
+        self.analytics = analytics if analytics is not None else AnalyticsConfig()
         self.tracker = Tracker(TrackerConfig())
         self.lines = self._lines(camera)
         self.counter = LineCounter(self.lines, class_names)
         self.class_names = list(class_names)
         self.in_view = 0
+        self.scene = Scene(scene_spec(camera, self.analytics))
+        self._classes: dict[int, tuple[str, bool]] = {}
+        #: The last frame's detections and their track ids, drawn by the dashboard.
+        self.latest: tuple[DetectionRecord, dict[int, int], float] | None = None
 
     @staticmethod
     def _lines(camera: CameraConfig) -> list[CountingLine]:
@@ -105,14 +192,110 @@ class CameraAnalytics:
             for ln in camera.lines
         ]
 
-    def reconfigure(self, camera: CameraConfig) -> None:
-        """Adopt new settings; tracks continue, line totals restart if the lines changed."""
+    def reconfigure(self, camera: CameraConfig) -> list[EventRecord]:
+        """Adopt new settings; tracks continue, line totals restart if the lines changed,
+        the scene (interval, alerts) restarts if zones or calibration changed: the events
+        closing the old one are returned."""
         old = self.camera
         self.camera = camera
+        events: list[EventRecord] = []
+        if camera.zones != old.zones or camera.calibration != old.calibration:
+            events = self.close("the camera's zones or calibration changed")
+            self.scene = Scene(scene_spec(camera, self.analytics))
         if camera.lines != old.lines:
             self.lines = self._lines(camera)
             self.counter = LineCounter(self.lines, self.class_names)
             log.info("camera %s: %d counting line(s) now in effect", camera.id, len(self.lines))
+        return events
+
+    def close(self, reason: str) -> list[EventRecord]:
+        """Events that end the scene: the partial interval and the clears of its alerts."""
+        events = []
+        summary = self.scene.flush()
+        if summary is not None:
+            events.append(self._summary_event(summary))
+        for a in self.scene.close(self.scene.last_t or time.time(), reason):
+            events.append(self._alert_event(a, 0, None))
+        return events
+
+    def flush_idle(self, now: float, grace_s: float = 5.0) -> list[EventRecord]:
+        """Close the open interval of a camera that sent no frame since it ended."""
+        acc = self.scene.summary
+        if acc.start is None or now < acc.start + acc.interval_s + grace_s:
+            return []
+        summary = self.scene.flush()
+        return [self._summary_event(summary)] if summary is not None else []
+
+    def _class_of(self, class_id: int) -> tuple[str, bool]:
+        got = self._classes.get(class_id)
+        if got is None:
+            name = self.class_name(class_id)
+            got = self._classes[class_id] = (name, is_vehicle(name))
+        return got
+
+    def _summary_event(self, s: IntervalSummary) -> EventRecord:
+        d = s.data
+        return analytics_summary_event(
+            self.camera.id,
+            round(s.end * 1e9),
+            s.end - s.start,
+            s.frames,
+            self.in_view,
+            self.counter.totals(),
+            interval=(s.start, s.end),
+            interval_counts=d["interval_counts"],
+            speed=d["speed"],
+            zones=d["zones"],
+            longest_queue_m=d["longest_queue_m"],
+        )
+
+    def _alert_event(self, a: Alert, frame_id: int, snapshot: str | None) -> EventRecord:
+        evidence = {"track_ids": list(a.track_ids), **a.evidence}
+        raised_at = a.t if a.state == RAISED else float(a.evidence.get("raised_at_s", a.t))
+        return alert_event(
+            a.alert_type,
+            a.severity,
+            a.message,
+            camera_id=self.camera.id,
+            frame_id=frame_id,
+            wall_ns=round(a.t * 1e9),
+            tracking_id=a.tracking_id,
+            zone_id=a.zone_id,
+            speed_kmh=a.speed_kmh,
+            state=a.state,
+            alert_id=f"{self.camera.id}:{a.key}@{raised_at:.3f}",
+            evidence=evidence,
+            snapshot_path=snapshot,
+        )
+
+    def _snapshot(self, a: Alert, rec: DetectionRecord, track_of: dict[int, int]) -> str | None:
+        directory = self.analytics.snapshot_dir
+        if directory is None:
+            return None
+        from itsd.drawing import Box, write_snapshot
+
+        boxes = []
+        for i in range(len(rec.scores)):
+            tid = track_of.get(i, 0)
+            name = self.class_name(int(rec.class_ids[i]))
+            boxes.append(Box(tuple(float(v) for v in rec.boxes[i]), name, tid, tid in a.track_ids))
+        zone = next((z for z in self.camera.zones if z.id == a.zone_id), None)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(a.t))
+        name = f"{stamp}_{a.key.replace(':', '_')}.jpg"
+        path = Path(directory) / self.camera.id / name
+        try:
+            write_snapshot(
+                path,
+                rec.width,
+                rec.height,
+                boxes,
+                zone.polygon if zone is not None else None,
+                f"{self.camera.id} {a.alert_type.removeprefix('ALERT_TYPE_')}: {a.message}",
+            )
+        except OSError as err:
+            log.warning("camera %s: snapshot not written to %s: %s", self.camera.id, path, err)
+            return None
+        return str(path)
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         """Adopt the running model's class names (counts restart only if they change)."""
@@ -134,20 +317,44 @@ class CameraAnalytics:
         t = rec.capture_wall_ns / 1e9
         tracks = self.tracker.update(rec.boxes, rec.scores, rec.class_ids, t)
         track_of = {tr.det_index: tr.track_id for tr in tracks if tr.det_index >= 0}
+        self.latest = (rec, track_of, report_min)  # for the live board (references only)
         crossings = self.counter.update(tracks, rec.width, rec.height, t)
-        self.counter.forget(self.tracker.pop_removed())
+        removed = self.tracker.pop_removed()
+        self.counter.forget(removed)
         self.in_view = len(self.tracker.active_tracks())
+        reported = int(np.count_nonzero(rec.scores >= report_min)) if len(rec.scores) else 0
+        scene = self.scene.update(
+            tracks,
+            removed,
+            rec.width,
+            rec.height,
+            t,
+            self._class_of,
+            reported,
+            rec.luma,
+            rec.picture_crc,
+        )
+        motions = scene.motions
         cam_id = self.camera.id
-        events: list[EventRecord] = []
+        events: list[EventRecord] = [self._summary_event(s) for s in scene.summaries]
         if emit_detections:
             dets = []
             for i in range(len(rec.scores)):
                 if rec.scores[i] < report_min:
                     continue  # a tracking candidate, below what events report
-                name = self.class_name(int(rec.class_ids[i]))
+                name, vehicle = self._class_of(int(rec.class_ids[i]))
+                tid = track_of.get(i)
+                mo = motions.get(tid) if tid is not None else None
                 dets.append(
                     detection_item(
-                        name, rec.scores[i], rec.boxes[i], track_of.get(i), is_vehicle(name)
+                        name,
+                        rec.scores[i],
+                        rec.boxes[i],
+                        tid,
+                        vehicle,
+                        vehicle_type(name),
+                        mo.speed_kmh if mo is not None else None,
+                        mo.heading if mo is not None else None,
                     )
                 )
             events.append(
@@ -164,7 +371,10 @@ class CameraAnalytics:
                 )
             )
         totals = self.counter.totals() if crossings else {}
+        known = self.scene.kinematics.motions
         for c in crossings:
+            self.scene.add_crossing(c.line_id, c.direction, c.class_name)
+            mo = known.get(c.track_id)
             events.append(
                 line_crossing_event(
                     cam_id,
@@ -177,8 +387,14 @@ class CameraAnalytics:
                     is_vehicle(c.class_name),
                     c.position,
                     totals.get(c.line_id, {}),
+                    vehicle_type(c.class_name),
+                    mo.speed_kmh if mo is not None else None,
+                    mo.heading if mo is not None else None,
                 )
             )
+        for a in scene.alerts:
+            snap = self._snapshot(a, rec, track_of) if a.state == RAISED else None
+            events.append(self._alert_event(a, rec.frame_id, snap))
         return events
 
 
@@ -237,6 +453,28 @@ class _State:
         self.base_seq = ctx.spec.cmd_seq
         self.state_dir = ctx.config.resolved_state_dir()
         self.last_save = 0.0
+        self.last_idle_check = 0.0
+        #: Events of camera changes (closed intervals, cleared alerts), queued before the
+        #: command that caused them is forwarded.
+        self.pending: list[EventRecord] = []
+
+    def idle_flush(self) -> list[EventRecord]:
+        """Close the intervals of cameras that went quiet (checked once a second)."""
+        now = time.time()
+        if now - self.last_idle_check < 1.0:
+            return []
+        self.last_idle_check = now
+        out: list[EventRecord] = []
+        for cam in self.cams.values():
+            out.extend(cam.a.flush_idle(now))
+        return out
+
+    def close_all(self, reason: str) -> list[EventRecord]:
+        """The partial intervals and alert clears of every camera (a clean stop)."""
+        out: list[EventRecord] = []
+        for cam in self.cams.values():
+            out.extend(cam.a.close(reason))
+        return out
 
     def save_all(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -249,12 +487,12 @@ class _State:
         camera = CameraConfig.model_validate(b.config)
         cur = self.cams.get(b.key)
         if cur is not None:
-            cur.a.reconfigure(camera)
+            self.pending.extend(cur.a.reconfigure(camera))
             cur.worker = b.worker
             return
         w, cid = self.metrics, camera.id
         cam = _Cam(
-            CameraAnalytics(camera, self.class_names),
+            CameraAnalytics(camera, self.class_names, self.ctx.config.analytics),
             w.cell(m.ANALYZE_RECORDS, camera=cid),
             w.cell(m.ANALYZE_EVENTS, camera=cid),
             w.cell(m.ANALYZE_CROSSINGS, camera=cid),
@@ -269,6 +507,7 @@ class _State:
     def remove(self, key: int) -> None:
         cam = self.cams.pop(key, None)
         if cam is not None:
+            self.pending.extend(cam.a.close("the camera was removed"))
             cam.store.delete()  # the camera was removed: its totals go with it
             self.metrics.retire_label("camera", cam.a.camera.id)
             log.info("camera %s detached", cam.a.camera.id)
@@ -325,12 +564,20 @@ def run(ctx: StageContext) -> int:
                         if not ctx.put(evt_ring, ev.pack()):
                             return EXIT_OK
                 det_ring.advance(len(batch))
+            for ev in state.idle_flush():
+                if not ctx.put(evt_ring, ev.pack()):
+                    return EXIT_OK
             slot.beat()
             now = time.monotonic()
             if board is not None and now - last_board >= BOARD_PERIOD_S:
                 last_board = now
                 _publish_board(board, state)
             state.save_all()
+        # Drained on a stop request: the partial intervals and the clears of the alerts
+        # still raised go out before the publisher is stopped.
+        for ev in state.close_all("the daemon stops"):
+            if not ctx.put(evt_ring, ev.pack()):
+                return EXIT_OK
     finally:
         state.save_all(force=True)
         if board is not None:
@@ -369,17 +616,40 @@ def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes
         log.error("skipping a malformed command record: %s", err)
         return True
     state.apply(cmd)
+    pending, state.pending = state.pending, []
+    for ev in pending:
+        if not ctx.put(evt_ring, ev.pack()):
+            return False
     if not ctx.put(evt_ring, data):
         return False
     ctx.ack(cmd.seq)
     return True
 
 
+def _latest_boxes(c: CameraAnalytics) -> dict[str, Any] | None:
+    """The last frame's boxes for the dashboard: [x1, y1, x2, y2, track id (0: none), class]."""
+    if c.latest is None:
+        return None
+    rec, track_of, report_min = c.latest
+    boxes = []
+    for i in range(len(rec.scores)):
+        tid = track_of.get(i, 0)
+        if rec.scores[i] < report_min and not tid:
+            continue
+        x1, y1, x2, y2 = (round(float(v), 1) for v in rec.boxes[i])
+        boxes.append([x1, y1, x2, y2, tid, c.class_name(int(rec.class_ids[i]))])
+    return {"frame_id": rec.frame_id, "width": rec.width, "height": rec.height, "boxes": boxes}
+
+
 def _publish_board(board: Board, state: _State) -> None:
     cams = [c.a for c in state.cams.values()]
     blob = {
         "cameras": {
-            c.camera.id: {"line_counts": c.counter.totals(), "vehicles_in_view": c.in_view}
+            c.camera.id: {
+                "line_counts": c.counter.totals(),
+                "vehicles_in_view": c.in_view,
+                "latest": _latest_boxes(c),
+            }
             for c in cams
         },
         "updated_at": time.time(),
