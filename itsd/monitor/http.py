@@ -1,41 +1,86 @@
-"""The HTTP monitoring port: health, Prometheus metrics and a small live dashboard.
+"""The HTTP monitoring port: health, Prometheus metrics, and a live dashboard over SSE.
 
-Routes:
+Routes (GET; HEAD too, with the same status and headers):
 
-* ``GET /health``: JSON health; 200 while serving or degraded, 503 otherwise (for load
-  balancers and ``curl -f``).
-* ``GET /metrics``: every exported metric of the registry (``itsd.runtime.metrics``), by
-  name and help text, with the daemon's samples: Prometheus text format 0.0.4, or
-  OpenMetrics when the scraper asks for it (``Accept: application/openmetrics-text``;
-  prometheus_client's ``choose_encoder`` picks the format, as its own server does).
-* ``GET /api/state``: JSON of health, metrics, streams and traffic, used by the page.
-* ``GET /``: the dashboard, a static page that polls ``/api/state`` once a second.
+* ``/health``: the daemon's health as JSON; 200 while serving or degraded, 503 otherwise
+  (load balancers, ``curl -f``).
+* ``/ml/health``: the inference side: each inference worker (state, pid, restarts,
+  heartbeat, cameras, backend, providers, breaker state when the backend reports one),
+  the GPUs through NVML when present (utilisation, memory), the latency percentiles of
+  the last minute; 503 when no inference worker runs.
+* ``/metrics``: every exported metric of the registry (``itsd.runtime.metrics``) by name
+  and help text, several writers of one series added up, histograms with cumulative
+  buckets; Prometheus text 0.0.4, or OpenMetrics when asked (``Accept``).
+* ``/api/state``: JSON of what the dashboard shows (the same document the stream pushes).
+* ``/events``: server-sent events, one ``state`` message a second with that document.
+* ``/snapshot/<camera id>``: a JPEG of the camera's newest frame with the boxes, track ids
+  and counting lines drawn; rate-limited (see ``SNAPSHOT_PERIOD_S``).
+* ``/``: the dashboard (``dashboard.html``: a grid of cameras with paging, counts per line
+  and direction, alerts, latency and throughput charts), fed by ``/events``.
 
-Everything comes from a ``ControlBackend`` and the samples of the supervisor's state
-snapshot; this module must never import a stage or the supervisor, and never serve
-frame pixels.
+Why aiohttp: the port must stay responsive with many slow, idle or long-lived clients
+(scrapers, dashboards holding an event stream), and ``http.server`` gave a thread per
+connection, a backlog of 5 and no idle timeout. aiohttp is an asyncio server and client
+in one well-kept package: one event loop (in one thread of the supervisor) serves every
+connection, connections idle for ``IDLE_TIMEOUT_S`` are closed (also those that never
+send a request), the listen backlog is ``BACKLOG``, a stream costs a queue rather than
+a thread, and HEAD is answered for every GET route. Starlette would need uvicorn beside
+it for the same (two packages, a server with its own signal handling that must be kept
+off the supervisor's signals); aiohttp runs inside an existing thread with ``AppRunner``.
+
+What it reads: the health and the state come from a ``ControlBackend`` and from the
+supervisor's immutable state snapshot (``DaemonState``: one reference read per request,
+never a stage, a process object or a lock). Pixels for a snapshot are copied from the
+camera's frame ring with ``FrameRing.peek`` (read-only; the ring's reader and writer are
+never disturbed), on one worker thread, at most once per camera per
+``SNAPSHOT_PERIOD_S``, and drawn with the boxes of the last frame analytics published
+(the same frame when the ring still holds it; else the newest frame, with the frame ids
+in ``X-Frame-Id`` and ``X-Boxes-Frame-Id``).
+
+This module must never import a stage, an engine or the supervisor, never write to shared
+memory, and never block the supervisor's loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from itsd.control.backend import ControlBackend, HealthStatus
-from itsd.runtime.metrics import REGISTRY, Kind, Sample
+from itsd.runtime import metrics as m
+from itsd.runtime.metrics import REGISTRY, HistogramValue, Kind, Sample, merge_histograms
 
 log = logging.getLogger("itsd.monitor")
+
+IDLE_TIMEOUT_S = 30.0  # an idle connection (or one that never sends a request) is closed
+BACKLOG = 512
+PUSH_PERIOD_S = 1.0  # one state message a second on /events
+HISTORY_S = 600.0  # the charts' span: the last ten minutes
+MAX_STREAMS = 64  # event streams open at once; more get 503
+SNAPSHOT_PERIOD_S = 1.0  # at most one new JPEG per camera per period
+SNAPSHOT_MAX_SIDE = 960  # snapshots are scaled down to this width or height
+JPEG_QUALITY = 75
 
 
 class _ItsdCollector(Collector):
@@ -45,37 +90,279 @@ class _ItsdCollector(Collector):
         self.samples = samples
 
     def collect(self) -> Iterator[Any]:
-        by_name: dict[str, list[Sample]] = {}
-        for s in self.samples():
-            by_name.setdefault(s.defn.name, []).append(s)
+        by_name: dict[str, dict[tuple[str, ...], float]] = {}
+        samples = list(self.samples())
+        hists: dict[str, list[HistogramValue]] = {}
+        for h in merge_histograms(samples):
+            hists.setdefault(h.defn.name, []).append(h)
+        for s in samples:
+            if s.part:
+                continue
+            labels = tuple(str(s.labels.get(k, "")) for k in s.defn.labels)
+            series = by_name.setdefault(s.defn.name, {})
+            # Several writers of one series (inference workers) add up.
+            series[labels] = series.get(labels, 0.0) + float(s.value)
         for name in sorted(REGISTRY):
             defn = REGISTRY[name]
             if not defn.exported:
                 continue
-            labels = list(defn.labels)
+            label_names = list(defn.labels)
+            if defn.kind is Kind.HISTOGRAM:
+                hfam = HistogramMetricFamily(name, defn.help, labels=label_names)
+                for h in hists.get(name, ()):
+                    les = [repr(float(b)) for b in defn.buckets] + ["+Inf"]
+                    hfam.add_metric(
+                        [str(h.labels.get(k, "")) for k in label_names],
+                        list(zip(les, h.cumulative, strict=True)),
+                        h.sum,
+                    )
+                yield hfam
+                continue
             fam: CounterMetricFamily | GaugeMetricFamily
             if defn.kind is Kind.COUNTER:
-                fam = CounterMetricFamily(name, defn.help, labels=labels)
+                fam = CounterMetricFamily(name, defn.help, labels=label_names)
             else:
-                fam = GaugeMetricFamily(name, defn.help, labels=labels)
-            for s in by_name.get(name, ()):
-                fam.add_metric([str(s.labels.get(k, "")) for k in labels], float(s.value))
+                fam = GaugeMetricFamily(name, defn.help, labels=label_names)
+            for values, value in by_name.get(name, {}).items():
+                fam.add_metric(list(values), value)
             yield fam
 
 
-def state_json(backend: ControlBackend) -> dict[str, Any]:
-    """Everything the dashboard shows, as plain JSON."""
-    streams = backend.list_streams()
-    return {
-        "health": dataclasses.asdict(backend.health()),
-        "metrics": dataclasses.asdict(backend.metrics()),
-        "streams": [dataclasses.asdict(s) for s in streams],
-        "traffic": [dataclasses.asdict(backend.traffic_metrics(s.camera_id)) for s in streams],
+def _plain(obj: Any) -> Any:
+    """Read-only mappings and tuples of a snapshot as JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(_plain(obj), separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
+    """Everything the dashboard shows, as plain JSON (without the charts' history)."""
+    health = dataclasses.asdict(backend.health())
+    metrics = dataclasses.asdict(backend.metrics())
+    out: dict[str, Any] = {"health": health, "counters": metrics["counters"]}
+    if state is None:
+        streams = backend.list_streams()
+        out["cameras"] = [
+            {
+                "camera_id": s.camera_id,
+                "state": s.state,
+                **metrics["per_camera"].get(s.camera_id, {}),
+            }
+            for s in streams
+        ]
+        out["alerts"] = {"active": [], "recent": []}
+        return out
+    cams = []
+    for c in state.cameras:
+        lines = [
+            {"id": ln.get("id"), "start": ln.get("start"), "end": ln.get("end")}
+            for ln in _plain(c.config).get("lines", [])
+        ]
+        det = state.detections.get(c.camera_id)
+        cams.append(
+            {
+                "camera_id": c.camera_id,
+                "state": c.state,
+                "connected": c.connected,
+                "fps_in": c.fps_in,
+                "fps_out": c.fps_out,
+                "target_fps": c.target_fps,
+                "frames_decoded": c.frames_decoded,
+                "frames_dropped": c.frames_dropped,
+                "vehicles_in_view": c.vehicles_in_view,
+                "line_counts": _plain(c.line_counts),
+                "lines": lines,
+                "worker": c.worker,
+                "last_error": c.last_error,
+                "boxes_frame_id": det.get("frame_id") if det is not None else None,
+            }
+        )
+    out["cameras"] = cams
+    out["alerts"] = {
+        "active": _plain(state.alerts.active),
+        "recent": _plain(state.alerts.recent[-20:])[::-1],
     }
+    out["gpus"] = _plain(state.host.gpus)
+    out["memory_used_ratio"] = state.host.memory_used_ratio
+    return out
+
+
+def ml_health(state: Any) -> tuple[int, dict[str, Any]]:
+    """The ``/ml/health`` document and its status code."""
+    workers = []
+    running = 0
+    degraded = []
+    for s in state.stages:
+        if s.kind != "infer":
+            continue
+        about = _plain(s.about)
+        cams = sum(1 for c in state.cameras if c.worker == s.name)
+        breaker = about.get("breaker")
+        workers.append(
+            {
+                "name": s.name,
+                "state": s.state,
+                "pid": s.pid,
+                "restarts": s.restarts,
+                "heartbeat_age_s": s.heartbeat_age_s,
+                "cameras": cams,
+                "backend": about.get("backend", ""),
+                "model": about.get("model", ""),
+                "providers": about.get("providers", []),
+                "breaker": breaker,
+                "last_exit": s.last_exit,
+            }
+        )
+        if s.state == "running":
+            running += 1
+        else:
+            degraded.append(f"inference worker {s.name} is {s.state}")
+        b_state = breaker.get("state") if isinstance(breaker, dict) else breaker
+        if b_state not in (None, "", "closed"):
+            degraded.append(f"inference worker {s.name}: breaker {b_state}")
+    latency = {}
+    for h in merge_histograms(state.samples):
+        if h.defn is m.ML_INFER_LATENCY and h.count:
+            latency = {f"p{int(q * 100)}_ms": h.quantile(q) * 1000 for q in (0.5, 0.95, 0.99)}
+            latency["mean_ms"] = h.sum / h.count * 1000
+            latency["batches"] = h.count
+    if running == 0 or state.status == "not_serving":
+        status = "not_serving"
+        degraded.insert(
+            0, "no inference worker is running" if running == 0 else "itsd is not serving"
+        )
+    else:
+        status = "degraded" if degraded else "serving"
+    doc = {
+        "status": status,
+        "reasons": degraded,
+        "backend": state.backend,
+        "model": state.model,
+        "workers": workers,
+        "inference_fps": state.counters.get("inference_fps", 0.0),
+        "latency_since_start": latency,
+        "gpus": [
+            {
+                "index": g.index,
+                "name": g.name,
+                "utilization_percent": g.utilization,
+                "memory_used_bytes": g.memory_used,
+                "memory_total_bytes": g.memory_total,
+            }
+            for g in state.host.gpus
+        ],
+        "nvml": state.host.nvml_error or ("ok" if state.host.gpus else ""),
+        "alerts": [a for a in _plain(state.alerts.active) if a["state"] == "firing"],
+    }
+    return (503 if status == "not_serving" else 200), doc
+
+
+class _Charts:
+    """The charts' history: inference latency (p95 of each period) and throughput."""
+
+    def __init__(self) -> None:
+        self.points: collections.deque[tuple[float, float | None, float | None, float]] = (
+            collections.deque()
+        )
+        self._prev: HistogramValue | None = None
+
+    def add(self, state: Any, now: float) -> None:
+        p95 = None
+        for h in merge_histograms(state.samples):
+            if h.defn is m.ML_INFER_LATENCY:
+                q = h.minus(self._prev).quantile(0.95)
+                p95 = None if math.isnan(q) else round(q * 1000, 2)
+                self._prev = h
+        total = state.counters.get("pipeline_latency_mean_ms")
+        fps = float(state.counters.get("inference_fps", 0.0))
+        self.points.append((round(now, 1), p95, round(total, 1) if total else None, round(fps, 2)))
+        while self.points and now - self.points[0][0] > HISTORY_S:
+            self.points.popleft()
+
+    def doc(self) -> dict[str, list[Any]]:
+        t, lat, total, fps = (
+            (list(x) for x in zip(*self.points, strict=True)) if self.points else ([], [], [], [])
+        )
+        return {"t": t, "latency_p95_ms": lat, "processing_ms": total, "fps": fps}
+
+
+class _Snapshots:
+    """JPEG snapshots of cameras' frame rings, on one worker thread, rate-limited."""
+
+    def __init__(self) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="itsd-snap")
+        self.rings: dict[str, tuple[str, Any]] = {}  # camera id -> (ring name, FrameRing)
+        self.cache: dict[str, tuple[float, bytes, dict[str, str]]] = {}
+        self.pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str]] | None]] = {}
+
+    def _ring(self, camera_id: str, ring_name: str) -> Any:
+        from itsd.shm.frame_ring import FrameRing
+
+        held = self.rings.get(camera_id)
+        if held is not None and held[0] == ring_name:
+            return held[1]
+        if held is not None:
+            held[1].close()
+        ring = FrameRing.attach(ring_name, populate=False)
+        self.rings[camera_id] = (ring_name, ring)
+        return ring
+
+    def forget(self, keep: set[str]) -> None:
+        """Let go of the rings of cameras no longer registered (on the worker thread)."""
+        for cid in [c for c in self.rings if c not in keep]:
+            self.rings.pop(cid)[1].close()
+            self.cache.pop(cid, None)
+
+    def render(
+        self, camera_id: str, ring_name: str, det: Any, lines: list[dict[str, Any]]
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """Peek, draw and encode (on the worker thread)."""
+        import cv2
+
+        from itsd.monitor.draw import draw_snapshot
+
+        ring = self._ring(camera_id, ring_name)
+        want = int(det["frame_id"]) if det is not None else None
+        frame = ring.peek(want)
+        if frame is None:
+            return None
+        img = draw_snapshot(frame, det, lines, SNAPSHOT_MAX_SIDE)
+        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return None
+        headers = {"X-Frame-Id": str(frame.frame_id)}
+        if det is not None:
+            headers["X-Boxes-Frame-Id"] = str(det["frame_id"])
+        return bytes(jpg), headers
+
+    def close(self) -> None:
+        def shut() -> None:
+            for _, ring in self.rings.values():
+                ring.close()
+            self.rings.clear()
+
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.pool.submit(shut).result(timeout=5)
+        self.pool.shutdown(wait=False)
 
 
 class MonitorServer:
-    """The HTTP server, run in a daemon thread."""
+    """The HTTP server: an aiohttp application on its own event loop, in a daemon thread."""
 
     def __init__(
         self,
@@ -83,63 +370,235 @@ class MonitorServer:
         bind: str,
         port: int,
         samples: Callable[[], Sequence[Sample]] = tuple,
+        state: Callable[[], Any] | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ItsdCollector(samples))
-        page = resources.files("itsd.monitor").joinpath("dashboard.html").read_bytes()
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "itsd"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("%s " + format, self.address_string(), *args)
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                try:
-                    if path == "/health":
-                        h = backend.health()
-                        code = 503 if h.status == HealthStatus.NOT_SERVING else 200
-                        self._send(
-                            code, json.dumps(dataclasses.asdict(h)).encode(), "application/json"
-                        )
-                    elif path == "/metrics":
-                        encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                        self._send(200, encoder(registry), ctype)
-                    elif path == "/api/state":
-                        self._send(
-                            200, json.dumps(state_json(backend)).encode(), "application/json"
-                        )
-                    elif path in ("/", "/index.html"):
-                        self._send(200, page, "text/html; charset=utf-8")
-                    else:
-                        self._send(404, b"not found\n", "text/plain")
-                except Exception:
-                    log.exception("monitoring request %s failed", path)
-                    self._send(500, b"internal error\n", "text/plain")
-
-        try:
-            self.httpd = ThreadingHTTPServer((bind, port), Handler)
-        except OSError as err:
-            raise OSError(
-                f"cannot bind the monitoring port on {bind}:{port}: {err.strerror}"
-            ) from None
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
+        self.backend = backend
+        self.samples = samples
+        self.state = state
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_ItsdCollector(samples))
+        self.page = resources.files("itsd.monitor").joinpath("dashboard.html").read_bytes()
+        self.charts = _Charts()
+        self.snapshots = _Snapshots()
+        self.streams: set[asyncio.Queue[bytes | None]] = set()
+        self._latest: bytes = b""
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._pusher: asyncio.Task[None] | None = None
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="itsd-http", daemon=True
+            target=self._run,
+            args=(bind, port, idle_timeout_s, started),
+            name="itsd-http",
+            daemon=True,
         )
         self._thread.start()
+        try:
+            self.port = started.result(timeout=30)
+        except OSError as err:
+            self._thread.join(timeout=5)
+            raise OSError(
+                f"cannot bind the monitoring port on {bind}:{port}: {err.strerror or err}"
+            ) from None
+
+    # -- the loop --------------------------------------------------------------------------
+    def _run(
+        self, bind: str, port: int, idle: float, started: concurrent.futures.Future[int]
+    ) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            bound = self._loop.run_until_complete(self._start(bind, port, idle))
+        except OSError as err:
+            started.set_exception(err)
+            self._loop.close()
+            return
+        started.set_result(bound)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _start(self, bind: str, port: int, idle: float) -> int:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ml/health", self._ml_health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/state", self._api_state)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/snapshot/{camera}", self._snapshot)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/index.html", self._page)
+        self._runner = web.AppRunner(
+            app, keepalive_timeout=idle, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, bind, port, backlog=BACKLOG, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self._pusher = asyncio.create_task(self._push_loop())
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     def stop(self) -> None:
-        """Stop serving."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Close the event streams and the listener, and stop the thread."""
+
+        async def shutdown() -> None:
+            for q in list(self.streams):
+                q.put_nowait(None)
+            if self._pusher is not None:
+                self._pusher.cancel()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        if self._loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+            try:
+                fut.result(timeout=5)
+            except (concurrent.futures.TimeoutError, Exception) as err:  # never block a stop
+                log.warning("monitoring port did not stop cleanly: %s", err)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self.snapshots.close()
+
+    # -- documents -------------------------------------------------------------------------
+    def _state_doc(self) -> dict[str, Any]:
+        st = self.state() if self.state is not None else None
+        doc = state_json(self.backend, st)
+        doc["charts"] = self.charts.doc()
+        doc["taken_at"] = time.time()
+        return doc
+
+    async def _push_loop(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                if self.state is not None:
+                    st = self.state()
+                    self.charts.add(st, now)
+                    keep = {c.camera_id for c in st.cameras}
+                    if set(self.snapshots.rings) - keep:
+                        self.snapshots.pool.submit(self.snapshots.forget, keep)
+                if self.streams:
+                    body = json.dumps(_plain(self._state_doc()), separators=(",", ":"))
+                    msg = f"event: state\ndata: {body}\n\n".encode()
+                    for q in list(self.streams):
+                        if q.full():  # a slow client gets the newest state, not a backlog
+                            with_drop = q.get_nowait()
+                            del with_drop
+                        q.put_nowait(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the push must go on whatever one state holds
+                log.exception("building the dashboard state failed")
+            await asyncio.sleep(PUSH_PERIOD_S)
+
+    # -- handlers --------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        h = self.backend.health()
+        return _json(dataclasses.asdict(h), 503 if h.status == HealthStatus.NOT_SERVING else 200)
+
+    async def _ml_health(self, request: web.Request) -> web.Response:
+        if self.state is None:
+            return _json({"status": "not_serving", "reasons": ["no daemon state"]}, 503)
+        code, doc = ml_health(self.state())
+        return _json(doc, code)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, ctype = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self.registry)
+        resp = web.Response(body=body, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
+        return resp
+
+    async def _api_state(self, request: web.Request) -> web.Response:
+        return _json(self._state_doc())
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        if len(self.streams) >= MAX_STREAMS:
+            return web.Response(status=503, text=f"at most {MAX_STREAMS} event streams\n")
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
+        self.streams.add(q)
+        try:
+            first = json.dumps(_plain(self._state_doc()), separators=(",", ":"))
+            await resp.write(f"retry: 2000\nevent: state\ndata: {first}\n\n".encode())
+            while True:
+                try:
+                    msg = await asyncio.wait_for(q.get(), timeout=15.0)
+                except TimeoutError:
+                    msg = b": keep-alive\n\n"
+                if msg is None:
+                    break
+                await resp.write(msg)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.streams.discard(q)
+        return resp
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        cid = request.match_info["camera"].removesuffix(".jpg")
+        if self.state is None:
+            return web.Response(status=503, text="no daemon state\n")
+        st = self.state()
+        cam = next((c for c in st.cameras if c.camera_id == cid), None)
+        if cam is None or not cam.ring:
+            return web.Response(status=404, text="no such camera\n")
+        now = time.monotonic()
+        cached = self.snapshots.cache.get(cid)
+        if cached is None or now - cached[0] >= SNAPSHOT_PERIOD_S:
+            fut = self.snapshots.pending.get(cid)
+            if fut is None:
+                det = st.detections.get(cid)
+                lines = [
+                    {"id": ln.get("id"), "start": ln.get("start"), "end": ln.get("end")}
+                    for ln in _plain(cam.config).get("lines", [])
+                ]
+                loop = asyncio.get_running_loop()
+                fut = loop.run_in_executor(
+                    self.snapshots.pool,
+                    self.snapshots.render,
+                    cid,
+                    cam.ring,
+                    _plain(det) if det is not None else None,
+                    lines,
+                )
+                self.snapshots.pending[cid] = fut
+            try:
+                result = await fut
+            except (OSError, ValueError) as err:
+                log.debug("snapshot of %s: %s", cid, err)
+                result = None
+            finally:
+                self.snapshots.pending.pop(cid, None)
+            if result is None:
+                if cached is None:
+                    return web.Response(status=404, text="no frame yet\n")
+            else:
+                cached = (now, result[0], result[1])
+                self.snapshots.cache[cid] = cached
+        assert cached is not None
+        return web.Response(
+            body=cached[1],
+            content_type="image/jpeg",
+            headers={**cached[2], "Cache-Control": "no-store"},
+        )

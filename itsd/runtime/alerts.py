@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from itsd.config import AlertsConfig
 from itsd.runtime.metrics import quantile
 
 #: Alert type of each rule in the ``alert`` event (``itsd.events.builders.ALERT_TYPES``).
@@ -76,7 +77,8 @@ class Rule:
     @property
     def event_severity(self) -> str:
         """The ``severity`` of its events."""
-        return "ALERT_SEVERITY_CRITICAL" if self.severity == "critical" else "ALERT_SEVERITY_WARNING"
+        critical = self.severity == "critical"
+        return "ALERT_SEVERITY_CRITICAL" if critical else "ALERT_SEVERITY_WARNING"
 
 
 def show(unit: str, value: float) -> str:
@@ -160,11 +162,11 @@ class AlertEngine:
 
     def _message(self, rule: Rule, subject: str, value: float, state: str) -> str:
         where = f" ({subject})" if subject else ""
-        cond = f"{rule.description}{where}: {show(rule.unit, value)} {rule.op} "
-        cond += f"{show(rule.unit, rule.threshold)}"
+        limit = show(rule.unit, rule.threshold)
         if state == "resolved":
-            return f"resolved: {rule.description}{where} back within {show(rule.unit, rule.threshold)}"
-        return f"{cond} for {rule.for_s:.0f} s"
+            return f"resolved: {rule.description}{where} back within {limit}"
+        now = show(rule.unit, value)
+        return f"{rule.description}{where}: {now} {rule.op} {limit} for {rule.for_s:.0f} s"
 
     def _emit(
         self, rule: Rule, subject: str, camera: str, value: float, state: str, now_wall: float
@@ -269,3 +271,27 @@ def window_quantile(
         return math.nan
     delta = tuple(a - b for a, b in zip(cumulative, old, strict=True))
     return quantile(bounds, delta, q)
+
+
+#: (rule name, configuration key, severity, unit, op, description)
+_RULES = (
+    ("InferenceLatencyCritical", "inference_latency_critical", "critical", "latency", ">",
+     "inference latency"),
+    ("InferenceLatencyHigh", "inference_latency_warning", "warning", "latency", ">",
+     "inference latency"),
+    ("GpuUtilizationLow", "gpu_utilization_low", "critical", "percent", "<", "GPU utilisation"),
+    ("ErrorRateHigh", "error_rate_high", "critical", "ratio", ">", "error rate"),
+    ("QueueDepthHigh", "queue_depth_high", "critical", "count", ">", "queue depth"),
+    ("ThroughputLow", "throughput_low", "warning", "ratio", "<", "throughput / target fps"),
+    ("MemoryHigh", "memory_high", "warning", "ratio", ">", "memory in use"),
+)  # fmt: skip
+
+
+def rules_from_config(cfg: AlertsConfig) -> tuple[Rule, ...]:
+    """The enabled rules with the configured thresholds and durations."""
+    out = []
+    for name, key, severity, unit, op, description in _RULES:
+        rc = getattr(cfg, key)
+        if cfg.enabled and rc.enabled:
+            out.append(Rule(name, severity, unit, op, rc.threshold, rc.for_s, description))
+    return tuple(out)

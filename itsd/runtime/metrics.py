@@ -529,6 +529,23 @@ ALERTS_FIRING = define(
     "supervisor",
 )
 
+#: Metrics named as the original design names them (no ``itsd_`` prefix).
+DESIGN_METRICS = frozenset(
+    d.name
+    for d in (
+        ML_INFER_LATENCY,
+        ML_PROCESSING,
+        ML_THROUGHPUT,
+        ML_TARGET_FPS,
+        ML_ERROR_RATE,
+        QUEUE_DEPTH,
+        GPU_UTILIZATION,
+        GPU_MEMORY_USED,
+        GPU_MEMORY_TOTAL,
+        MEMORY_USED,
+    )
+)
+
 
 # -- keys ---------------------------------------------------------------------------------------
 def _escape(value: str) -> str:

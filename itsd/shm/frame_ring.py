@@ -71,8 +71,18 @@ Lossless use (recorded footage): the writer checks ``has_free_slot()`` and waits
 each write (the waiting is the writer's business, not this module's) and the reader
 takes ``acquire_oldest()``; then no frame is dropped or skipped.
 
-This module must never block the writer, never copy pixels on the reader side, and never
-import anything else from ``itsd`` (only ``itsd.shm``).
+Peeking (a third party such as the dashboard): ``peek`` copies a published frame without
+any state change, seqlock style: load the slot's state word (acquire), skip it when
+WRITING, read the header (its sequence must match the word's tag), copy the pixels, full
+fence, load the word again and keep the copy only if the tag is the same and the slot is
+not WRITING. Pixels change only in WRITING and every commit gives a new tag, so a kept
+copy is whole; the one case it cannot see is a write begun and aborted (a writer error)
+on that very slot during the copy, which may mix two frames in a picture nobody else
+reads. The peeker never CASes, so the reader's and the writer's rules are untouched.
+
+This module must never block the writer, never copy pixels on the reader side (``peek``
+copies for a third party, never for the reader), and never import anything else from
+``itsd`` (only ``itsd.shm``).
 """
 
 from __future__ import annotations
@@ -85,7 +95,15 @@ from typing import TYPE_CHECKING, Final, Self
 
 import numpy as np
 
-from itsd.shm.atomics import cas_u32, fetch_add_u64, load_u32, load_u64, store_u32, store_u64
+from itsd.shm.atomics import (
+    cas_u32,
+    fence,
+    fetch_add_u64,
+    load_u32,
+    load_u64,
+    store_u32,
+    store_u64,
+)
 from itsd.shm.segments import Segment, SegmentBacked
 
 if TYPE_CHECKING:
@@ -101,6 +119,7 @@ __all__ = [
     "SLOT_WRITING",
     "FrameRing",
     "FrameSlot",
+    "PeekedFrame",
     "RingStats",
     "WriteSlot",
 ]
@@ -166,6 +185,19 @@ class RingStats:
     skipped: int
     read: int
     rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeekedFrame:
+    """A copy of a published frame, taken by ``FrameRing.peek``."""
+
+    seq: int
+    frame_id: int
+    capture_ts_ns: int
+    width: int
+    height: int
+    pixel_format: int
+    pixels: npt.NDArray[np.uint8]  # (H, W, C), a private copy
 
 
 class WriteSlot:
@@ -797,6 +829,46 @@ class FrameRing(SegmentBacked):
             ):
                 n += 1
         return n
+
+    # ------------------------------------------------------------------ peeking
+
+    def peek(self, frame_id: int | None = None, attempts: int = 4) -> PeekedFrame | None:
+        """Copy the frame ``frame_id`` if a slot still holds it, else the newest published one.
+
+        Read-only: no slot changes state, no counter moves (see "Peeking" above). None
+        when nothing was published yet or every attempt met a slot being rewritten.
+        """
+        if self._closed:
+            raise ValueError(f"frame ring {self.name!r} is closed")
+        buf = self._buf
+        for _attempt in range(attempts):
+            found: list[tuple[int, int, tuple[int, ...]]] = []
+            for i in range(self.slot_count):
+                word = load_u32(buf, self._state_off[i])
+                if word & _STATE_MASK == SLOT_WRITING or word >> 8 == 0:
+                    continue
+                fields = _S_FIELDS.unpack_from(buf, self._field_off[i])
+                if fields[1] == 0 or fields[1] & _TAG_MASK != word >> 8:
+                    continue
+                found.append((i, word, fields))
+            if not found:
+                return None
+            pick = next((f for f in found if f[2][2] == frame_id), None)
+            if pick is None:
+                pick = max(found, key=lambda f: f[2][1])
+            index, word, fields = pick
+            width, height = fields[5], fields[6]
+            if not (0 < width <= self.max_width and 0 < height <= self.max_height):
+                continue
+            n = width * height * self.channels
+            pixels = np.array(self._slot_arr[index][:n]).reshape(height, width, self.channels)
+            fence()
+            after = load_u32(buf, self._state_off[index])
+            if after >> 8 == word >> 8 and after & _STATE_MASK != SLOT_WRITING:
+                return PeekedFrame(
+                    fields[1], fields[2], fields[3], width, height, fields[7], pixels
+                )
+        return None
 
     # ------------------------------------------------------------------ inspection
 

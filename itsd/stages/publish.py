@@ -1,22 +1,26 @@
 """Publisher stage: takes events from the event ring and fans them out to the sinks.
 
 Sinks (``itsd.sinks``): the JSONL file (``outputs.jsonl_path``, rotated by size with
-``outputs.jsonl_max_mib``) and Kafka (``kafka.enabled``) with its disk spool
-(``outputs.spool_dir``). Each batch is offered to every sink; the batch leaves the ring
-only when every sink accepted it (written; delivered to the broker or durably spooled).
-A sink that fails keeps the batch on the ring and is retried alone every second with an
-error in the log (the sinks that accepted it never see it twice). Meanwhile the ring
-fills, back-pressure reaches analytics and inference and, in the end, the frame rings
-(which drop the oldest frames, counted). A crash between a sink's acceptance and taking
-the batch off the ring gives that batch again on restart (at least once, never lost).
-On a stop request (sent only after analytics has exited) the stage drains the ring
-through the sinks (the Kafka sink spools what the broker does not take) and closes them
-(fsync).
+``outputs.jsonl_max_mib``), Kafka (``kafka.enabled``) with its disk spool
+(``outputs.spool_dir``), and the results ring that hands detection events back to the
+gRPC control API (best effort: never holds a batch back). Each batch is offered to every
+sink; the batch leaves the ring only when every sink accepted it (written; delivered to
+the broker or durably spooled). A sink that fails keeps the batch on the ring and is
+retried alone every second with an error in the log (the sinks that accepted it never
+see it twice). Meanwhile the ring fills, back-pressure reaches analytics and inference
+and, in the end, the frame rings (which drop the oldest frames, counted). A crash
+between a sink's acceptance and taking the batch off the ring gives that batch again on
+restart (at least once, never lost). On a stop request (sent only after analytics has
+exited) the stage drains the ring through the sinks (the Kafka sink spools what the
+broker does not take) and closes them (fsync).
 
-Besides the ring's events the stage publishes two kinds of its own: a metrics snapshot
+Besides the ring's events the stage publishes three kinds of its own: a metrics snapshot
 every ``outputs.metrics_interval_s`` (topic metrics_events; the metrics of every stage of
-this run, read from their cell tables) and the alerts the sinks raise (a spool near full
-or full, topic alert_events).
+this run, read from their cell tables), the alerts the sinks raise (a spool near full
+or full, topic alert_events), and the alerts of the daemon's rules (``alerts:``), which
+the supervisor evaluates and leaves on the alerts board (``itsd.runtime.service_metrics``):
+each transition (firing, resolved) is published once, its sequence number kept in a
+state cell that survives a restart of this stage.
 
 Camera changes arrive as ``CommandRecord``s on the event ring behind the events of the
 camera they concern; the publisher is the last stage to record them as applied, so a
@@ -25,26 +29,34 @@ caller that waits for the change knows every event before it has been written.
 While an output refuses events the stage says so on its info board (health turns
 degraded with the reason) and in the log.
 
+The aggregates store (``store.enabled``) is one more sink: each analytics_summary
+interval is upserted into SQLite or PostgreSQL, or buffered on disk while the database
+is away (``itsd.sinks.store``).
+
 This stage must never run analytics or touch frames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from itsd.config import Config
 from itsd.errors import EXIT_OK
-from itsd.events import metrics_snapshot_event
+from itsd.events import alert_event, metrics_snapshot_event
 from itsd.records import CMD_MAGIC, CommandRecord, EventRecord, record_magic
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter, read_table
+from itsd.runtime.service_metrics import alerts_board_name
 from itsd.shm import RecordRing
+from itsd.shm.board import Board
 from itsd.shm.cells import CellTable
 from itsd.shm.segments import parse_segment_name, shm_dir
 from itsd.sinks import Sink, SinkError
@@ -77,6 +89,31 @@ class _Extra:
     """Events the stage makes itself (alerts, metrics snapshots), waiting for the sinks."""
 
     events: list[EventRecord] = field(default_factory=list)
+
+
+def _store_sink(config: Config, w: MetricWriter) -> Sink:
+    """The aggregates store's sink (SQLite or PostgreSQL, buffered on disk)."""
+    from itsd.sinks.spool import Spool
+    from itsd.sinks.store import Counters as StoreCounters
+    from itsd.sinks.store import StoreSink, buffer_dir
+    from itsd.store.db import engine_for
+
+    engine = engine_for(config)
+    assert engine is not None
+    spool = Spool(
+        buffer_dir(config.resolved_state_dir()),
+        int(config.store.buffer_max_mib * 2**20),
+        4 * 2**20,
+    )
+    c = StoreCounters()
+    c.written = w.cell(m.STORE_WRITTEN).inc
+    c.buffered = w.cell(m.STORE_BUFFERED).inc
+    pending, connected = w.cell(m.STORE_PENDING), w.cell(m.STORE_CONNECTED)
+    c.pending = pending.set
+    c.connected = lambda up: connected.set(1.0 if up else 0.0)
+    skipped = {r: w.cell(m.STORE_SKIPPED, reason=r) for r in ("no_interval", "invalid", "rejected")}
+    c.skipped = lambda reason, n: skipped[reason].inc(n)
+    return StoreSink(engine, spool, config.store.retention_days, c)
 
 
 def build_sinks(ctx: StageContext, extra: _Extra) -> list[Sink]:
@@ -140,7 +177,79 @@ def build_sinks(ctx: StageContext, extra: _Extra) -> list[Sink]:
                 alert_ratio=out.spool_alert_ratio,
             )
         )
+    if config.store.enabled:
+        sinks.append(_store_sink(config, w))
+    results = str(ctx.spec.extra.get("results") or "")
+    if results:
+        from itsd.sinks.results import ResultsSink
+
+        sinks.append(ResultsSink(results))
     return sinks
+
+
+class _DaemonAlerts:
+    """Alert transitions of the supervisor's rules (``itsd.runtime.service_metrics``):
+    read from the alerts board, each published once as an ``alert`` event."""
+
+    def __init__(self, ctx: StageContext, run_id: str) -> None:
+        assert ctx.metrics is not None
+        self.name = alerts_board_name(run_id) if run_id else ""
+        self.seq = ctx.metrics.cell(m.PUBLISH_ALERT_SEQ)
+        self.board: Board | None = None
+        self.next_at = 0.0
+
+    def take(self) -> list[EventRecord]:
+        now = time.monotonic()
+        if not self.name or now < self.next_at:
+            return []
+        self.next_at = now + 0.5
+        if self.board is None:
+            try:
+                self.board = Board.attach(self.name)
+            except (OSError, ValueError):
+                return []  # not made yet: no alert so far
+        try:
+            blob = self.board.read(timeout=0.01)
+            data = json.loads(blob) if blob else {}
+        except ValueError as err:
+            log.error("unreadable alerts board: %s", err)
+            return []
+        out = []
+        last = self.seq.get_int()
+        for t in data.get("transitions", []):
+            if not isinstance(t, dict) or int(t.get("seq", 0)) <= last:
+                continue
+            last = int(t["seq"])
+            try:
+                out.append(_alert_event(t))
+            except (KeyError, TypeError, ValueError) as err:
+                log.error("skipping a malformed alert transition: %s", err)
+        if last > self.seq.get_int():
+            self.seq.set(last)
+        return out
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def _alert_event(t: dict[str, Any]) -> EventRecord:
+    critical = t["severity"] == "critical"
+    return alert_event(
+        str(t["alert_type"]),
+        "ALERT_SEVERITY_CRITICAL" if critical else "ALERT_SEVERITY_WARNING",
+        str(t["message"]),
+        camera_id=str(t.get("camera_id") or ""),
+        wall_ns=int(float(t["at"]) * 1e9),
+        details={
+            "rule": t["rule"],
+            "state": t["state"],
+            "subject": t.get("subject", ""),
+            "value": t.get("value"),
+            "threshold": t.get("threshold"),
+            "for_s": t.get("for_s"),
+        },
+    )
 
 
 class _Snapshots:
@@ -170,7 +279,7 @@ class _Snapshots:
                 try:
                     for s in read_table(table):
                         if s.defn.exported:
-                            samples.append((s.defn.name, dict(s.labels), s.value))
+                            samples.append((s.series_name, dict(s.labels), s.value))
                 finally:
                     table.close()
         return metrics_snapshot_event(samples, host=self.host)
@@ -226,7 +335,7 @@ def run(ctx: StageContext) -> int:
     w: MetricWriter = ctx.metrics
     extra = _Extra()
     sinks = build_sinks(ctx, extra)
-    if not sinks:
+    if not [s for s in sinks if s.name != "results"]:
         log.warning(
             "no output is configured (outputs.jsonl_path is null, kafka disabled): "
             "events are discarded"
@@ -245,6 +354,7 @@ def run(ctx: StageContext) -> int:
     ]
     batch_records = KAFKA_BATCH_RECORDS if config.kafka.enabled else BATCH_RECORDS
     snapshots = _Snapshots(ctx)
+    daemon_alerts = _DaemonAlerts(ctx, snapshots.run_id)
     ctx.ack(ctx.spec.cmd_seq)
     ctx.describe(
         outputs={s.name: s.describe() for s in sinks},
@@ -261,6 +371,7 @@ def run(ctx: StageContext) -> int:
                 log.error("%s: %s", o.sink.describe(), err)
         if snapshots.due():
             extra.events.append(snapshots.take())
+        extra.events.extend(daemon_alerts.take())
         if extra.events:
             mine = list(extra.events)
             extra.events.clear()  # the same list: the sinks hold its append
@@ -321,4 +432,5 @@ def run(ctx: StageContext) -> int:
             except (OSError, SinkError) as err:
                 log.error("cannot close %s: %s", s.describe(), err)
         ring.close()
+        daemon_alerts.close()
     return EXIT_OK

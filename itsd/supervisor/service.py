@@ -23,14 +23,26 @@ log = logging.getLogger("itsd.supervisor")
 def _start_services(sup: Supervisor) -> None:
     from itsd.control.server import start_control_server
     from itsd.monitor.http import MonitorServer
+    from itsd.store.reader import open_daemon_store
     from itsd.supervisor.backend import SupervisorBackend
     from itsd.supervisor.snapshot import Snapshotter
 
     cfg = sup.config.server
-    sup.set_snapshotter(Snapshotter())
-    backend = SupervisorBackend(sup)
+    snapshotter = Snapshotter()
+    sup.set_snapshotter(snapshotter)
+    sup.add_service(snapshotter.service.close)  # the alerts board; after the stages stop
+    store = open_daemon_store(sup.config)  # migrations; refuses a newer schema
+    if store is not None:
+        sup.add_service(store.close)
+    backend = SupervisorBackend(sup, store)
     try:
-        control = start_control_server(backend, cfg.grpc_bind, cfg.grpc_port)
+        control = start_control_server(
+            backend,
+            cfg.grpc_bind,
+            cfg.grpc_port,
+            api=sup.config.api,
+            security=sup.config.security,
+        )
     except OSError as err:
         raise ResourceError(str(err)) from None
     sup.add_service(lambda: control.stop(grace=1.0))
@@ -38,7 +50,11 @@ def _start_services(sup: Supervisor) -> None:
     if cfg.monitoring_port:
         try:
             monitor = MonitorServer(
-                backend, cfg.monitoring_bind, cfg.monitoring_port, lambda: backend.state.samples
+                backend,
+                cfg.monitoring_bind,
+                cfg.monitoring_port,
+                lambda: backend.state.samples,
+                state=lambda: backend.state,
             )
         except OSError as err:
             raise ResourceError(str(err)) from None

@@ -329,6 +329,8 @@ class Snapshotter:
             state = "failed"
         elif src_state == "stopped" or entry.flag(m.DECODE_EOF):
             state = "stopped"
+        elif entry.config.push:
+            state = "running"  # frames come from clients; between frames it just waits
         elif (
             stage_state == "backoff"
             or src_state in ("reconnecting", "stalled")
