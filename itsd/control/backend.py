@@ -106,10 +106,12 @@ class Counter(enum.StrEnum):
     BATCH_SIZE_LAST = "batch_size_last"
     INFERENCE_LATENCY_P50_MS = "inference_latency_p50_ms"
     INFERENCE_LATENCY_P90_MS = "inference_latency_p90_ms"
+    INFERENCE_LATENCY_P95_MS = "inference_latency_p95_ms"
     INFERENCE_LATENCY_P99_MS = "inference_latency_p99_ms"
     INFERENCE_LATENCY_MAX_MS = "inference_latency_max_ms"
     PIPELINE_LATENCY_P50_MS = "pipeline_latency_p50_ms"
     PIPELINE_LATENCY_P90_MS = "pipeline_latency_p90_ms"
+    PIPELINE_LATENCY_P95_MS = "pipeline_latency_p95_ms"
     PIPELINE_LATENCY_P99_MS = "pipeline_latency_p99_ms"
     PIPELINE_LATENCY_MAX_MS = "pipeline_latency_max_ms"
 
@@ -238,6 +240,51 @@ class TrafficSnapshot:
     vehicles_in_view: int = 0
     #: Mean speed of the vehicles measured in the window; ``None`` when unknown.
     avg_speed_kmh: float | None = None
+    #: The camera's newest analytics interval in the store; ``None`` when there is none.
+    latest_interval: AggregateBucket | None = None
+
+
+#: Id of the daemon's internal push camera of frames sent without a camera id.
+ADHOC_CAMERA_ID = "itsd.adhoc"
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """Where the frames pushed to one ``push://`` camera go (shared-memory names)."""
+
+    camera_id: str
+    #: The camera's key in rings and records; a new key means the camera was replaced.
+    key: int
+    #: Name of the camera's frame ring segment.
+    ring: str
+    #: Name of the camera's decode cell table (frames in, last frame time); "" for none.
+    cells: str = ""
+    #: False when detection events are off (outputs.detection_events): no result comes back.
+    results: bool = True
+    #: True for the daemon's internal camera of ad-hoc frames (ProcessFrame without a camera).
+    adhoc: bool = False
+
+
+@runtime_checkable
+class PushBackend(Protocol):
+    """A daemon that takes frames over the API (optional beside ``ControlBackend``).
+
+    Methods are called from gRPC worker threads, possibly concurrently.
+    """
+
+    def push_target(self, camera_id: str) -> PushTarget:
+        """Where frames of a ``push://`` camera go; KeyError if unknown, NotSupportedError
+        if the camera decodes its own source."""
+        ...
+
+    def adhoc_target(self) -> PushTarget:
+        """The internal camera of ad-hoc frames, created on first use (UnavailableError
+        when it cannot be made now)."""
+        ...
+
+    def results_ring(self) -> str:
+        """Name of the ring of detection events the publisher hands back; "" for none."""
+        ...
 
 
 @runtime_checkable
@@ -289,5 +336,55 @@ class ControlBackend(Protocol):
 
         Returns {"added": [...], "removed": [...], "kept": [...]}; ValueError with the
         file's errors when it does not validate (nothing changes then).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneAggregate:
+    """One zone over one bucket (``None``: not measured)."""
+
+    zone_id: str
+    occupancy_mean: float | None = None
+    occupied_fraction: float | None = None
+    dwell_mean_s: float | None = None
+    queue_max_m: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateBucket:
+    """One camera's traffic over one bucket of time, from the aggregates store."""
+
+    camera_id: str
+    #: Start of the bucket (Unix time) and its length in seconds.
+    start: float
+    bucket_s: float
+    line_counts: LineCounts = field(default_factory=dict)
+    #: Analytics intervals merged, seconds they cover, frames analysed.
+    intervals: int = 0
+    covered_s: float = 0.0
+    frames: int = 0
+    speed_samples: int = 0
+    avg_speed_kmh: float | None = None
+    p85_speed_kmh: float | None = None
+    longest_queue_m: float | None = None
+    zones: Sequence[ZoneAggregate] = ()
+
+
+@runtime_checkable
+class AggregatesBackend(Protocol):
+    """A daemon with an aggregates store (optional beside ``ControlBackend``).
+
+    Called from gRPC worker threads; each call is one bounded read of the store.
+    """
+
+    def aggregated_metrics(
+        self, camera_id: str | None, start: float, end: float, bucket_s: int
+    ) -> list[AggregateBucket]:
+        """Buckets of ``bucket_s`` seconds in ``[start, end)`` (Unix time), ordered by
+        camera and start; buckets without data are absent.
+
+        Raises ValueError for a range too large to answer, NotSupportedError when the
+        store is disabled, UnavailableError while its database cannot be reached.
         """
         ...

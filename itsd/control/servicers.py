@@ -9,9 +9,16 @@ Errors raised by the backend become gRPC status codes with the exception's messa
 ``StreamExistsError`` -> ALREADY_EXISTS, ``ValueError`` -> INVALID_ARGUMENT, anything
 else -> INTERNAL (and a log line with the traceback).
 
-The frame-processing RPCs (ProcessFrame, ProcessFrameBatch, ProcessCameraStream,
-StreamFrames) and GetAggregatedMetrics are not backed by the pipeline yet and answer
-UNIMPLEMENTED with a message that says so.
+The frame RPCs (ProcessFrame, ProcessFrameBatch, ProcessCameraStream, StreamFrames)
+are served by ``itsd.control.frames`` when the backend is also a ``PushBackend``;
+otherwise they answer UNIMPLEMENTED with a message that says so. GetAggregatedMetrics
+is served when the backend is also an ``AggregatesBackend`` (the daemon's store; messages
+in ``itsd.control.aggregates``), FAILED_PRECONDITION otherwise.
+
+A failed call is logged in one line (method, peer, code, message; no traceback) except
+INTERNAL, which logs its traceback. Messages never echo unbounded client input: ids are
+cut (``frames.short``) and every message to the client is at most ``MAX_MESSAGE``
+characters, so a huge camera id gives NOT_FOUND, not a status too large to send.
 
 This module must never fabricate a result (no placeholder detections, no made-up
 values: an unknown optional value stays unset, a counter the backend does not report is
@@ -21,11 +28,13 @@ pixels: frames do not pass through the control API's process loop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NoReturn, TypeVar
 
@@ -39,6 +48,7 @@ from itsd.control._pb import (
     vision_pb2,
 )
 from itsd.control.backend import (
+    AggregatesBackend,
     CameraCounter,
     ControlBackend,
     Counter,
@@ -55,6 +65,8 @@ from itsd.control.backend import CameraHealth as BackendCameraHealth
 from itsd.control.backend import HealthSnapshot as BackendHealth
 from itsd.control.backend import MetricsSnapshot as BackendMetrics
 from itsd.control.backend import TrafficSnapshot as BackendTraffic
+from itsd.control.frames import ADHOC_CAMERA_ID, DeadlineError, FrameService, short
+from itsd.control.push import Busy
 from itsd.redact import redact_url
 
 _log = logging.getLogger(__name__)
@@ -65,6 +77,10 @@ _Resp = TypeVar("_Resp")
 
 #: Camera ids accepted by RegisterStream (documented on StreamConfig.camera_id).
 CAMERA_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Longest status message sent to a client.
+MAX_MESSAGE = 1000
+#: Trailing metadata key of gRPC's retry pushback: milliseconds to wait before retrying.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 _NOT_SERVED_FRAMES = (
     "{method} is not implemented yet: this daemon does not take frames over gRPC; it "
@@ -74,9 +90,6 @@ _NOT_SERVED_FRAMES = (
 _NOT_SERVED_STREAM = (
     "{method} is not implemented yet: this daemon does not stream results over gRPC; "
     "read the detection events it publishes (Kafka or JSONL) instead"
-)
-_NOT_SERVED_AGGREGATES = (
-    "{method} is not implemented yet: this daemon does not serve per-minute aggregates over gRPC"
 )
 
 _HEALTH_STATUS = {
@@ -115,7 +128,25 @@ def _message(exc: BaseException) -> str:
 
 
 def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and message a backend exception maps to."""
+    """The gRPC status code and message a backend exception maps to (message cut to
+    ``MAX_MESSAGE`` characters)."""
+    code, message = _status_for(exc)
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 30] + f"... ({len(message)} characters)"
+    return code, message
+
+
+class NotServedError(Exception):
+    """This daemon does not serve the method (UNIMPLEMENTED)."""
+
+
+def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, NotServedError):
+        return grpc.StatusCode.UNIMPLEMENTED, _message(exc)
+    if isinstance(exc, Busy):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, _message(exc)
+    if isinstance(exc, DeadlineError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, _message(exc)
     if isinstance(exc, NotSupportedError):
         return grpc.StatusCode.FAILED_PRECONDITION, _message(exc)
     if isinstance(exc, UnavailableError):
@@ -139,13 +170,48 @@ def _unary(
         try:
             return method(self, request, context)
         except Exception as exc:  # every failure must reach the client as a status
-            code, message = status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                _log.exception("control RPC %s failed", method.__name__)
-            failure = (code, message)
+            failure = fail(method.__name__, exc, context)
         _abort(context, *failure)
 
     return wrapper
+
+
+def fail(
+    method: str, exc: BaseException, context: grpc.ServicerContext
+) -> tuple[grpc.StatusCode, str]:
+    """Log a failed call in one line (INTERNAL: with its traceback), set the retry hint
+    of RESOURCE_EXHAUSTED, and return the status to abort with."""
+    code, message = (
+        status_for(exc)
+        if isinstance(exc, Exception)
+        else (
+            grpc.StatusCode.INTERNAL,
+            f"internal error: {type(exc).__name__}",
+        )
+    )
+    if code == grpc.StatusCode.INTERNAL:
+        _log.error("control RPC %s failed", method, exc_info=exc)
+    else:
+        _log.info("%s from %s: %s: %s", method, _peer(context), code.name, message)
+    if isinstance(exc, Busy):
+        with contextlib.suppress(Exception):
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(int(exc.retry_s * 1000))),))
+    return code, message
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    try:
+        return str(context.peer())[:80]
+    except Exception:
+        return "?"
+
+
+def check_camera_id(camera_id: str) -> str:
+    """A camera id of a request, unchanged; KeyError (NOT_FOUND, id cut) when it cannot
+    name a camera (longer than 64 characters or outside [A-Za-z0-9._-])."""
+    if not CAMERA_ID_RE.fullmatch(camera_id):
+        raise KeyError(f"camera {short(camera_id)} is not registered")
+    return camera_id
 
 
 # ---------------------------------------------------------------- conversions
@@ -213,6 +279,7 @@ def _latency(values: Mapping[str, float], prefix: str) -> vision_pb2.LatencyStat
     return vision_pb2.LatencyStats(
         p50_ms=_rate(values.get(f"{prefix}_p50_ms")),
         p90_ms=_rate(values.get(f"{prefix}_p90_ms")),
+        p95_ms=_rate(values.get(f"{prefix}_p95_ms")),
         p99_ms=_rate(values.get(f"{prefix}_p99_ms")),
         max_ms=_rate(values.get(f"{prefix}_max_ms")),
     )
@@ -340,7 +407,11 @@ def line_count_messages(counts: LineCounts) -> list[common_pb2.LineCount]:
 
 def traffic_message(snap: BackendTraffic) -> analytics_pb2.TrafficMetrics:
     """TrafficMetrics of a backend traffic snapshot."""
+    from itsd.control.aggregates import aggregate_message
+
+    latest = snap.latest_interval
     return analytics_pb2.TrafficMetrics(
+        latest_interval=aggregate_message(latest) if latest is not None else None,
         camera_id=snap.camera_id,
         window_start=timestamp(snap.window_start),
         window_end=timestamp(snap.window_end),
@@ -368,40 +439,53 @@ def camera_health_message(snap: BackendCameraHealth) -> analytics_pb2.CameraHeal
 
 
 class VisionCoreServicer:
-    """itsd.v1.VisionCoreService: engine health and metrics; frame RPCs are not served yet."""
+    """itsd.v1.VisionCoreService: frames in, results out; engine health and metrics."""
 
-    def __init__(self, backend: ControlBackend) -> None:
+    def __init__(self, backend: ControlBackend, frames: FrameService | None = None) -> None:
         self._backend = backend
+        self._frames = frames
 
+    def _service(self, context: grpc.ServicerContext, method: str) -> FrameService:
+        if self._frames is None:
+            raise NotServedError(_NOT_SERVED_FRAMES.format(method=method))
+        return self._frames
+
+    @_unary
     def ProcessFrame(  # noqa: N802  (gRPC method name)
         self, request: vision_pb2.ProcessFrameRequest, context: grpc.ServicerContext
     ) -> common_pb2.FrameResult:
-        """Not served yet: UNIMPLEMENTED."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessFrame"),
-        )
+        """One client frame through inference (and its camera's analytics)."""
+        frames = self._service(context, "VisionCoreService.ProcessFrame")
+        if not request.HasField("frame"):
+            raise ValueError("frame is required")
+        options = request.options if request.HasField("options") else None
+        return frames.process_frame(request.frame, options, context)
 
+    @_unary
     def ProcessFrameBatch(  # noqa: N802
         self, request: common_pb2.ProcessFrameBatchRequest, context: grpc.ServicerContext
     ) -> common_pb2.ProcessFrameBatchResponse:
-        """Not served yet: UNIMPLEMENTED."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessFrameBatch"),
-        )
+        """Up to 64 frames; each gets its own outcome."""
+        frames = self._service(context, "VisionCoreService.ProcessFrameBatch")
+        options = request.options if request.HasField("options") else None
+        return frames.process_batch(request.frames, options, context, status_for)
 
     def ProcessCameraStream(  # noqa: N802
         self, request_iterator: Iterable[common_pb2.Frame], context: grpc.ServicerContext
     ) -> Iterator[common_pb2.FrameResult]:
-        """Not served yet: UNIMPLEMENTED (the request stream is not read)."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessCameraStream"),
-        )
+        """Frames in, results out, with backpressure (see itsd.control.frames)."""
+        if self._frames is None:
+            _abort(
+                context,
+                grpc.StatusCode.UNIMPLEMENTED,
+                _NOT_SERVED_FRAMES.format(method="VisionCoreService.ProcessCameraStream"),
+            )
+        frames = self._frames
+
+        def on_error(exc: BaseException) -> None:
+            _abort(context, *fail("ProcessCameraStream", exc, context))
+
+        yield from frames.camera_stream(request_iterator, context, on_error)
 
     @_unary
     def GetEngineHealth(  # noqa: N802
@@ -414,35 +498,61 @@ class VisionCoreServicer:
     def GetEngineMetrics(  # noqa: N802
         self, request: vision_pb2.GetEngineMetricsRequest, context: grpc.ServicerContext
     ) -> vision_pb2.EngineMetrics:
-        """Pipeline counters and rates."""
-        return metrics_message(self._backend.metrics())
+        """Pipeline counters and rates; latency percentiles and batch sizes from the
+        detection events of the last minute."""
+        snap = self._backend.metrics()
+        if self._frames is not None:
+            counters = {**snap.counters, **self._frames.hub.stats.counters()}
+            snap = BackendMetrics(counters, snap.per_camera, snap.queues, snap.taken_at)
+        return metrics_message(snap)
 
 
 class StreamingServicer:
-    """itsd.v1.StreamingService: streams and rings; live results are not served yet."""
+    """itsd.v1.StreamingService: streams, rings and live results."""
 
-    def __init__(self, backend: ControlBackend) -> None:
+    def __init__(self, backend: ControlBackend, frames: FrameService | None = None) -> None:
         self._backend = backend
+        self._frames = frames
 
     def StreamFrames(  # noqa: N802
         self, request: streaming_pb2.StreamFramesRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.FrameResult]:
-        """Not served yet: UNIMPLEMENTED."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_STREAM.format(method="StreamingService.StreamFrames"),
-        )
+        """Results of one camera as they are produced (newest wins for slow readers)."""
+        if self._frames is None:
+            _abort(
+                context,
+                grpc.StatusCode.UNIMPLEMENTED,
+                _NOT_SERVED_STREAM.format(method="StreamingService.StreamFrames"),
+            )
+        camera_id = request.camera_id
+        try:
+            if not camera_id:
+                raise ValueError("camera_id is required")
+            check_camera_id(camera_id)
+            self._backend.camera_health(camera_id)  # NOT_FOUND when unknown
+        except Exception as exc:
+            _abort(context, *fail("StreamFrames", exc, context))
 
+        def alive() -> bool:
+            try:
+                self._backend.camera_health(camera_id)
+            except KeyError:
+                return False
+            return True
+
+        yield from self._frames.stream_results(camera_id, request.include_empty, context, alive)
+
+    @_unary
     def ProcessFrameBatch(  # noqa: N802
         self, request: common_pb2.ProcessFrameBatchRequest, context: grpc.ServicerContext
     ) -> common_pb2.ProcessFrameBatchResponse:
-        """Not served yet: UNIMPLEMENTED."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_FRAMES.format(method="StreamingService.ProcessFrameBatch"),
-        )
+        """Same as VisionCoreService.ProcessFrameBatch."""
+        if self._frames is None:
+            raise NotServedError(
+                _NOT_SERVED_FRAMES.format(method="StreamingService.ProcessFrameBatch")
+            )
+        options = request.options if request.HasField("options") else None
+        return self._frames.process_batch(request.frames, options, context, status_for)
 
     @_unary
     def GetQueueMetrics(  # noqa: N802
@@ -458,6 +568,8 @@ class StreamingServicer:
         """Validate the config, then hand it to the backend."""
         if not request.HasField("config"):
             raise ValueError("config is required")
+        if request.config.camera_id == ADHOC_CAMERA_ID:
+            raise ValueError(f"config.camera_id {ADHOC_CAMERA_ID!r} is reserved for ad-hoc frames")
         registered = self._backend.register_stream(stream_from_config(request.config))
         return streaming_pb2.RegisterStreamResponse(stream=stream_message(registered))
 
@@ -470,13 +582,13 @@ class StreamingServicer:
         if not camera_id:
             raise ValueError("camera_id is required")
         try:
-            removed = self._backend.unregister_stream(camera_id)
+            removed = self._backend.unregister_stream(check_camera_id(camera_id))
         except KeyError:
             if not request.allow_missing:
                 raise
             removed = False
         if not removed and not request.allow_missing:
-            raise KeyError(f"camera {camera_id!r} is not registered")
+            raise KeyError(f"camera {short(camera_id)} is not registered")
         return streaming_pb2.UnregisterStreamResponse(removed=removed)
 
     @_unary
@@ -501,7 +613,7 @@ class StreamingServicer:
 
 
 class AnalyticsServicer:
-    """itsd.v1.AnalyticsService: live traffic and camera health; aggregates not served yet."""
+    """itsd.v1.AnalyticsService: live traffic, aggregates from the store, camera health."""
 
     def __init__(self, backend: ControlBackend) -> None:
         self._backend = backend
@@ -522,14 +634,20 @@ class AnalyticsServicer:
                     continue  # unregistered between the two calls
         return analytics_pb2.GetTrafficMetricsResponse(cameras=[traffic_message(s) for s in snaps])
 
+    @_unary
     def GetAggregatedMetrics(  # noqa: N802
         self, request: analytics_pb2.GetAggregatedMetricsRequest, context: grpc.ServicerContext
     ) -> analytics_pb2.GetAggregatedMetricsResponse:
-        """Not served yet: UNIMPLEMENTED."""
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            _NOT_SERVED_AGGREGATES.format(method="AnalyticsService.GetAggregatedMetrics"),
+        """The store's intervals in the range, re-bucketed to bucket_s (60 s by default)."""
+        from itsd.control.aggregates import aggregate_message, aggregate_range
+
+        backend = self._backend
+        if not isinstance(backend, AggregatesBackend):
+            raise NotSupportedError("this daemon has no aggregates store")
+        start, end, bucket = aggregate_range(request, time.time())
+        buckets = backend.aggregated_metrics(request.camera_id or None, start, end, bucket)
+        return analytics_pb2.GetAggregatedMetricsResponse(
+            aggregates=[aggregate_message(b) for b in buckets]
         )
 
     @_unary
@@ -537,7 +655,8 @@ class AnalyticsServicer:
         self, request: analytics_pb2.GetCameraHealthRequest, context: grpc.ServicerContext
     ) -> analytics_pb2.GetCameraHealthResponse:
         """Source health of one camera, or of every camera."""
-        cameras = self._backend.camera_health(request.camera_id or None)
+        camera_id = check_camera_id(request.camera_id) if request.camera_id else None
+        cameras = self._backend.camera_health(camera_id)
         return analytics_pb2.GetCameraHealthResponse(
             cameras=[camera_health_message(c) for c in sorted(cameras, key=lambda c: c.camera_id)]
         )

@@ -15,9 +15,11 @@ This module must never import a stage module, and never write to shared memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -25,15 +27,23 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from itsd import __version__
-from itsd.config import CameraConfig, format_validation_error, unavailable_camera_keys
+from itsd.config import (
+    PUSH_SCHEME,
+    CameraConfig,
+    format_validation_error,
+    unavailable_camera_keys,
+)
 from itsd.control.backend import (
+    ADHOC_CAMERA_ID,
     AggregateBucket,
     CameraHealth,
     HealthSnapshot,
     MetricsSnapshot,
     NotSupportedError,
+    PushTarget,
     QueueStat,
     StageHealth,
+    StreamExistsError,
     StreamInfo,
     TrafficSnapshot,
     UnavailableError,
@@ -97,6 +107,7 @@ def _check_source(cfg: CameraConfig) -> None:
             "rtmp",
             "udp",
             "tcp",
+            "push",
         ):
             raise ValueError(f"config.source_url: unsupported scheme {scheme!r}")
         if scheme != "file":
@@ -118,6 +129,7 @@ class SupervisorBackend:
         self.sup = sup
         #: Reader of the aggregates store; None when the store is disabled.
         self.store = store
+        self._adhoc_lock = threading.Lock()
 
     @property
     def state(self) -> DaemonState:
@@ -278,6 +290,58 @@ class SupervisorBackend:
         """Re-read the configuration file and apply the difference."""
         result = self._wait(self.sup.request_reload())
         return dict(result) if isinstance(result, dict) else {}
+
+    # -- pushed frames (PushBackend) ------------------------------------------------------
+    def _push_target(self, camera_id: str, adhoc: bool = False) -> PushTarget:
+        view = self.state.camera(camera_id)  # KeyError when unknown
+        if not str(view.config.get("source", "")).startswith(PUSH_SCHEME):
+            raise NotSupportedError(
+                f"camera {camera_id!r} decodes its own source; frames can be sent only to "
+                "push:// cameras (or without a camera id, for ad-hoc inference)"
+            )
+        # Segment names are fixed for the life of the entry; the key tells a replaced one.
+        entry = self.sup.cameras.get(camera_id)
+        if entry is None or entry.removing or entry.key != view.key:
+            raise KeyError(f"camera {camera_id!r} is not registered")
+        return PushTarget(
+            camera_id,
+            entry.key,
+            entry.ring.name,
+            entry.cells.name,
+            results=self.sup.config.outputs.detection_events,
+            adhoc=adhoc,
+        )
+
+    def push_target(self, camera_id: str) -> PushTarget:
+        """Where frames of a push:// camera go."""
+        return self._push_target(camera_id)
+
+    def adhoc_target(self) -> PushTarget:
+        """The internal push camera of ad-hoc frames, added (not persisted) on first use."""
+        try:
+            return self._push_target(ADHOC_CAMERA_ID, adhoc=True)
+        except KeyError:
+            pass
+        with self._adhoc_lock:
+            try:
+                return self._push_target(ADHOC_CAMERA_ID, adhoc=True)
+            except KeyError:
+                pass
+            api = self.sup.config.api
+            cfg = CameraConfig(
+                id=ADHOC_CAMERA_ID,
+                source=f"{PUSH_SCHEME}adhoc",
+                max_width=api.max_push_width,
+                max_height=api.max_push_height,
+            )
+            with contextlib.suppress(StreamExistsError):  # made by a call just before
+                self._wait(self.sup.submit(lambda: self.sup._op_add(cfg, "internal", False)))
+            return self._push_target(ADHOC_CAMERA_ID, adhoc=True)
+
+    def results_ring(self) -> str:
+        """The ring the publisher's results sink writes."""
+        ring = self.sup.results_ring
+        return ring.name if ring is not None else ""
 
 
 def _bucket(b: Bucket, interval: IntervalRow | None = None) -> AggregateBucket:

@@ -903,7 +903,11 @@ class Supervisor:
         for key in _changed_sections(self.config, new):
             log.warning("reload: %s changed; restart itsd to apply it", key)
         want = {c.id: (c, origin) for c, origin in wanted}
-        removed = [cid for cid in self.cameras if cid not in want]
+        removed = [
+            cid
+            for cid, e in self.cameras.items()
+            if cid not in want and e.origin != "internal"  # the ad-hoc camera stays
+        ]
         added = [cid for cid in want if cid not in self.cameras]
         kept = [cid for cid in want if cid in self.cameras]
         for cid in removed:

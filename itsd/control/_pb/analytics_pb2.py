@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import common_pb2 as itsd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17itsd/v1/analytics.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"-\n\x18GetTrafficMetricsRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\"\xf6\x01\n\x0eTrafficMetrics\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0bline_counts\x18\x04 \x03(\x0b\x32\x12.itsd.v1.LineCount\x12\x18\n\x10vehicles_in_view\x18\x05 \x01(\r\x12\x1a\n\ravg_speed_kmh\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_avg_speed_kmh\"E\n\x19GetTrafficMetricsResponse\x12(\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x17.itsd.v1.TrafficMetrics\"\x8e\x01\n\x1bGetAggregatedMetricsRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x02\n\x0fMinuteAggregate\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x30\n\x0cminute_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0bline_counts\x18\x03 \x03(\x0b\x32\x12.itsd.v1.LineCount\x12\x15\n\rvehicle_count\x18\x04 \x01(\x04\x12\x1a\n\ravg_speed_kmh\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rp85_speed_kmh\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tcovered_s\x18\x07 \x01(\x01\x42\x10\n\x0e_avg_speed_kmhB\x10\n\x0e_p85_speed_kmh\"L\n\x1cGetAggregatedMetricsResponse\x12,\n\naggregates\x18\x01 \x03(\x0b\x32\x18.itsd.v1.MinuteAggregate\"+\n\x16GetCameraHealthRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\"\xe6\x01\n\x0c\x43\x61meraHealth\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ps_in\x18\x03 \x01(\x01\x12\x0f\n\x07\x66ps_out\x18\x04 \x01(\x01\x12\x1d\n\x10last_frame_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nreconnects\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x33\n\x0flast_error_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x13\n\x11_last_frame_age_s\"A\n\x17GetCameraHealthResponse\x12&\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x15.itsd.v1.CameraHealth2\xa9\x02\n\x10\x41nalyticsService\x12Z\n\x11GetTrafficMetrics\x12!.itsd.v1.GetTrafficMetricsRequest\x1a\".itsd.v1.GetTrafficMetricsResponse\x12\x63\n\x14GetAggregatedMetrics\x12$.itsd.v1.GetAggregatedMetricsRequest\x1a%.itsd.v1.GetAggregatedMetricsResponse\x12T\n\x0fGetCameraHealth\x12\x1f.itsd.v1.GetCameraHealthRequest\x1a .itsd.v1.GetCameraHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17itsd/v1/analytics.proto\x12\x07itsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14itsd/v1/common.proto\"-\n\x18GetTrafficMetricsRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\"\xa9\x02\n\x0eTrafficMetrics\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0bline_counts\x18\x04 \x03(\x0b\x32\x12.itsd.v1.LineCount\x12\x18\n\x10vehicles_in_view\x18\x05 \x01(\r\x12\x1a\n\ravg_speed_kmh\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x31\n\x0flatest_interval\x18\x07 \x01(\x0b\x32\x18.itsd.v1.MinuteAggregateB\x10\n\x0e_avg_speed_kmh\"E\n\x19GetTrafficMetricsResponse\x12(\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x17.itsd.v1.TrafficMetrics\"\xa0\x01\n\x1bGetAggregatedMetricsRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x62ucket_s\x18\x04 \x01(\r\"\xdc\x01\n\rZoneAggregate\x12\x0f\n\x07zone_id\x18\x01 \x01(\t\x12\x1b\n\x0eoccupancy_mean\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11occupied_fraction\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0c\x64well_mean_s\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bqueue_max_m\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x11\n\x0f_occupancy_meanB\x14\n\x12_occupied_fractionB\x0f\n\r_dwell_mean_sB\x0e\n\x0c_queue_max_m\"\xaa\x03\n\x0fMinuteAggregate\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x30\n\x0cminute_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x0bline_counts\x18\x03 \x03(\x0b\x32\x12.itsd.v1.LineCount\x12\x15\n\rvehicle_count\x18\x04 \x01(\x04\x12\x1a\n\ravg_speed_kmh\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rp85_speed_kmh\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tcovered_s\x18\x07 \x01(\x01\x12\x10\n\x08\x62ucket_s\x18\x08 \x01(\r\x12\x11\n\tintervals\x18\t \x01(\r\x12\x15\n\rspeed_samples\x18\n \x01(\x04\x12\x1c\n\x0flongest_queue_m\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12%\n\x05zones\x18\x0c \x03(\x0b\x32\x16.itsd.v1.ZoneAggregate\x12\x0e\n\x06\x66rames\x18\r \x01(\x04\x42\x10\n\x0e_avg_speed_kmhB\x10\n\x0e_p85_speed_kmhB\x12\n\x10_longest_queue_m\"L\n\x1cGetAggregatedMetricsResponse\x12,\n\naggregates\x18\x01 \x03(\x0b\x32\x18.itsd.v1.MinuteAggregate\"+\n\x16GetCameraHealthRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\"\xe6\x01\n\x0c\x43\x61meraHealth\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ps_in\x18\x03 \x01(\x01\x12\x0f\n\x07\x66ps_out\x18\x04 \x01(\x01\x12\x1d\n\x10last_frame_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nreconnects\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x33\n\x0flast_error_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x13\n\x11_last_frame_age_s\"A\n\x17GetCameraHealthResponse\x12&\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x15.itsd.v1.CameraHealth2\xa9\x02\n\x10\x41nalyticsService\x12Z\n\x11GetTrafficMetrics\x12!.itsd.v1.GetTrafficMetricsRequest\x1a\".itsd.v1.GetTrafficMetricsResponse\x12\x63\n\x14GetAggregatedMetrics\x12$.itsd.v1.GetAggregatedMetricsRequest\x1a%.itsd.v1.GetAggregatedMetricsResponse\x12T\n\x0fGetCameraHealth\x12\x1f.itsd.v1.GetCameraHealthRequest\x1a .itsd.v1.GetCameraHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTRAFFICMETRICSREQUEST']._serialized_start=91
   _globals['_GETTRAFFICMETRICSREQUEST']._serialized_end=136
   _globals['_TRAFFICMETRICS']._serialized_start=139
-  _globals['_TRAFFICMETRICS']._serialized_end=385
-  _globals['_GETTRAFFICMETRICSRESPONSE']._serialized_start=387
-  _globals['_GETTRAFFICMETRICSRESPONSE']._serialized_end=456
-  _globals['_GETAGGREGATEDMETRICSREQUEST']._serialized_start=459
-  _globals['_GETAGGREGATEDMETRICSREQUEST']._serialized_end=601
-  _globals['_MINUTEAGGREGATE']._serialized_start=604
-  _globals['_MINUTEAGGREGATE']._serialized_end=865
-  _globals['_GETAGGREGATEDMETRICSRESPONSE']._serialized_start=867
-  _globals['_GETAGGREGATEDMETRICSRESPONSE']._serialized_end=943
-  _globals['_GETCAMERAHEALTHREQUEST']._serialized_start=945
-  _globals['_GETCAMERAHEALTHREQUEST']._serialized_end=988
-  _globals['_CAMERAHEALTH']._serialized_start=991
-  _globals['_CAMERAHEALTH']._serialized_end=1221
-  _globals['_GETCAMERAHEALTHRESPONSE']._serialized_start=1223
-  _globals['_GETCAMERAHEALTHRESPONSE']._serialized_end=1288
-  _globals['_ANALYTICSSERVICE']._serialized_start=1291
-  _globals['_ANALYTICSSERVICE']._serialized_end=1588
+  _globals['_TRAFFICMETRICS']._serialized_end=436
+  _globals['_GETTRAFFICMETRICSRESPONSE']._serialized_start=438
+  _globals['_GETTRAFFICMETRICSRESPONSE']._serialized_end=507
+  _globals['_GETAGGREGATEDMETRICSREQUEST']._serialized_start=510
+  _globals['_GETAGGREGATEDMETRICSREQUEST']._serialized_end=670
+  _globals['_ZONEAGGREGATE']._serialized_start=673
+  _globals['_ZONEAGGREGATE']._serialized_end=893
+  _globals['_MINUTEAGGREGATE']._serialized_start=896
+  _globals['_MINUTEAGGREGATE']._serialized_end=1322
+  _globals['_GETAGGREGATEDMETRICSRESPONSE']._serialized_start=1324
+  _globals['_GETAGGREGATEDMETRICSRESPONSE']._serialized_end=1400
+  _globals['_GETCAMERAHEALTHREQUEST']._serialized_start=1402
+  _globals['_GETCAMERAHEALTHREQUEST']._serialized_end=1445
+  _globals['_CAMERAHEALTH']._serialized_start=1448
+  _globals['_CAMERAHEALTH']._serialized_end=1678
+  _globals['_GETCAMERAHEALTHRESPONSE']._serialized_start=1680
+  _globals['_GETCAMERAHEALTHRESPONSE']._serialized_end=1745
+  _globals['_ANALYTICSSERVICE']._serialized_start=1748
+  _globals['_ANALYTICSSERVICE']._serialized_end=2045
 # @@protoc_insertion_point(module_scope)

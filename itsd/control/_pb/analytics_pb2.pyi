@@ -18,20 +18,22 @@ class GetTrafficMetricsRequest(_message.Message):
     def __init__(self, camera_id: _Optional[str] = ...) -> None: ...
 
 class TrafficMetrics(_message.Message):
-    __slots__ = ("camera_id", "window_start", "window_end", "line_counts", "vehicles_in_view", "avg_speed_kmh")
+    __slots__ = ("camera_id", "window_start", "window_end", "line_counts", "vehicles_in_view", "avg_speed_kmh", "latest_interval")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     LINE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     VEHICLES_IN_VIEW_FIELD_NUMBER: _ClassVar[int]
     AVG_SPEED_KMH_FIELD_NUMBER: _ClassVar[int]
+    LATEST_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
     line_counts: _containers.RepeatedCompositeFieldContainer[_common_pb2.LineCount]
     vehicles_in_view: int
     avg_speed_kmh: float
-    def __init__(self, camera_id: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_counts: _Optional[_Iterable[_Union[_common_pb2.LineCount, _Mapping]]] = ..., vehicles_in_view: _Optional[int] = ..., avg_speed_kmh: _Optional[float] = ...) -> None: ...
+    latest_interval: MinuteAggregate
+    def __init__(self, camera_id: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_counts: _Optional[_Iterable[_Union[_common_pb2.LineCount, _Mapping]]] = ..., vehicles_in_view: _Optional[int] = ..., avg_speed_kmh: _Optional[float] = ..., latest_interval: _Optional[_Union[MinuteAggregate, _Mapping]] = ...) -> None: ...
 
 class GetTrafficMetricsResponse(_message.Message):
     __slots__ = ("cameras",)
@@ -40,17 +42,33 @@ class GetTrafficMetricsResponse(_message.Message):
     def __init__(self, cameras: _Optional[_Iterable[_Union[TrafficMetrics, _Mapping]]] = ...) -> None: ...
 
 class GetAggregatedMetricsRequest(_message.Message):
-    __slots__ = ("camera_id", "start_time", "end_time")
+    __slots__ = ("camera_id", "start_time", "end_time", "bucket_s")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_S_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, camera_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    bucket_s: int
+    def __init__(self, camera_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bucket_s: _Optional[int] = ...) -> None: ...
+
+class ZoneAggregate(_message.Message):
+    __slots__ = ("zone_id", "occupancy_mean", "occupied_fraction", "dwell_mean_s", "queue_max_m")
+    ZONE_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCUPANCY_MEAN_FIELD_NUMBER: _ClassVar[int]
+    OCCUPIED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DWELL_MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MAX_M_FIELD_NUMBER: _ClassVar[int]
+    zone_id: str
+    occupancy_mean: float
+    occupied_fraction: float
+    dwell_mean_s: float
+    queue_max_m: float
+    def __init__(self, zone_id: _Optional[str] = ..., occupancy_mean: _Optional[float] = ..., occupied_fraction: _Optional[float] = ..., dwell_mean_s: _Optional[float] = ..., queue_max_m: _Optional[float] = ...) -> None: ...
 
 class MinuteAggregate(_message.Message):
-    __slots__ = ("camera_id", "minute_start", "line_counts", "vehicle_count", "avg_speed_kmh", "p85_speed_kmh", "covered_s")
+    __slots__ = ("camera_id", "minute_start", "line_counts", "vehicle_count", "avg_speed_kmh", "p85_speed_kmh", "covered_s", "bucket_s", "intervals", "speed_samples", "longest_queue_m", "zones", "frames")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     MINUTE_START_FIELD_NUMBER: _ClassVar[int]
     LINE_COUNTS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +76,12 @@ class MinuteAggregate(_message.Message):
     AVG_SPEED_KMH_FIELD_NUMBER: _ClassVar[int]
     P85_SPEED_KMH_FIELD_NUMBER: _ClassVar[int]
     COVERED_S_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_S_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
+    SPEED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_QUEUE_M_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     minute_start: _timestamp_pb2.Timestamp
     line_counts: _containers.RepeatedCompositeFieldContainer[_common_pb2.LineCount]
@@ -65,7 +89,13 @@ class MinuteAggregate(_message.Message):
     avg_speed_kmh: float
     p85_speed_kmh: float
     covered_s: float
-    def __init__(self, camera_id: _Optional[str] = ..., minute_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_counts: _Optional[_Iterable[_Union[_common_pb2.LineCount, _Mapping]]] = ..., vehicle_count: _Optional[int] = ..., avg_speed_kmh: _Optional[float] = ..., p85_speed_kmh: _Optional[float] = ..., covered_s: _Optional[float] = ...) -> None: ...
+    bucket_s: int
+    intervals: int
+    speed_samples: int
+    longest_queue_m: float
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneAggregate]
+    frames: int
+    def __init__(self, camera_id: _Optional[str] = ..., minute_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_counts: _Optional[_Iterable[_Union[_common_pb2.LineCount, _Mapping]]] = ..., vehicle_count: _Optional[int] = ..., avg_speed_kmh: _Optional[float] = ..., p85_speed_kmh: _Optional[float] = ..., covered_s: _Optional[float] = ..., bucket_s: _Optional[int] = ..., intervals: _Optional[int] = ..., speed_samples: _Optional[int] = ..., longest_queue_m: _Optional[float] = ..., zones: _Optional[_Iterable[_Union[ZoneAggregate, _Mapping]]] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class GetAggregatedMetricsResponse(_message.Message):
     __slots__ = ("aggregates",)

@@ -66,8 +66,11 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAggregatedMetrics(self, request, context):
-        """Per-minute aggregates over a time range, per camera, from the daemon's local store.
-        Not served yet by the daemon: answers UNIMPLEMENTED.
+        """Aggregates over a time range, per camera, from the daemon's store (SQLite or
+        PostgreSQL): the analytics intervals re-bucketed to the bucket size asked for (a
+        minute by default). FAILED_PRECONDITION when the store is disabled, UNAVAILABLE
+        while its database cannot be reached, INVALID_ARGUMENT for a range holding more
+        intervals than one answer may carry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -81,8 +81,8 @@ class StreamingServiceServicer:
     def StreamFrames(self, request, context):
         """Streams the results of one camera as they are produced, until the client cancels or
         the camera is unregistered (then the stream ends with OK). Slow clients miss results
-        (newest result wins) instead of slowing the pipeline down.
-        Not served yet by the daemon: answers UNIMPLEMENTED.
+        (newest result wins) instead of slowing the pipeline down. Results are the camera's
+        detection events (none when outputs.detection_events is off).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,8 +90,7 @@ class StreamingServiceServicer:
 
     def ProcessFrameBatch(self, request, context):
         """Runs detection on up to 64 frames in one call (same as
-        VisionCoreService.ProcessFrameBatch). Not served yet by the daemon: answers
-        UNIMPLEMENTED.
+        VisionCoreService.ProcessFrameBatch).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -107,16 +107,18 @@ class BatchSizeStats(_message.Message):
     def __init__(self, mean: _Optional[float] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+    __slots__ = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "p95_ms")
     P50_MS_FIELD_NUMBER: _ClassVar[int]
     P90_MS_FIELD_NUMBER: _ClassVar[int]
     P99_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
     p50_ms: float
     p90_ms: float
     p99_ms: float
     max_ms: float
-    def __init__(self, p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
+    p95_ms: float
+    def __init__(self, p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
 
 class CameraCounters(_message.Message):
     __slots__ = ("camera_id", "frames_decoded", "frames_inferred", "frames_dropped", "fps_in", "fps_out", "extra")

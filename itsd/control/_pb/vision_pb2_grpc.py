@@ -69,27 +69,33 @@ class VisionCoreServiceServicer:
     """
 
     def ProcessFrame(self, request, context):
-        """Runs detection on one frame sent by the client and returns its detections.
-        Detections of frames sent this way are not tracked (tracking_id is 0).
-        Not served yet by the daemon: answers UNIMPLEMENTED.
+        """Runs detection on one frame sent by the client and returns its detections. A frame
+        without a camera_id goes through the daemon's internal ad-hoc camera: its detections
+        are not tracked (tracking_id is 0). A frame for a registered push:// camera goes
+        through that camera's tracker and lines (tracking ids set, line crossings published).
+        NOT_FOUND for an unknown camera; FAILED_PRECONDITION for a camera that decodes its
+        own source; RESOURCE_EXHAUSTED (retry after the grpc-retry-pushback-ms trailer) when
+        the camera has api.max_inflight_frames frames waiting already.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ProcessFrameBatch(self, request, context):
-        """Runs detection on up to 64 frames in one call; each frame gets its own outcome.
-        Not served yet by the daemon: answers UNIMPLEMENTED.
+        """Runs detection on up to 64 frames in one call; each frame gets its own outcome
+        (same rules per frame as ProcessFrame).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ProcessCameraStream(self, request_iterator, context):
-        """Sends the frames of one or more cameras as a stream and receives one FrameResult per
-        frame processed, with tracking. When the client sends faster than the daemon can
-        process, older frames of a camera are dropped (newest frame wins), so results may
-        skip frame ids. Not served yet by the daemon: answers UNIMPLEMENTED.
+        """Sends the frames of one or more push:// cameras (or of the ad-hoc camera, with an
+        empty camera_id) as a stream and receives one FrameResult per frame, in the order
+        sent, with tracking. Flow control: at most api.max_inflight_frames frames per camera
+        wait for their result; past that the daemon stops reading the stream until results
+        come back, so a fast client is slowed down and no frame is dropped. A bad frame ends
+        the stream with INVALID_ARGUMENT naming its frame_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
