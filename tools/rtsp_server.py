@@ -1,12 +1,14 @@
 """A small RTSP server for tests and demos: serves an H.264 MP4 file as a camera would.
 
     /usr/bin/python3 tools/rtsp_server.py --file clip.mp4 [--port 8554] [--path /stream]
+        [--user U --password P]
 
 It uses GStreamer's RTSP server through Debian's python3-gi (the bindings import only in
 Debian's own python3, not in a virtual environment). The file's H.264 is sent as is
 (no re-encoding), in real time; each client gets the clip from its start. It binds to
 127.0.0.1 only, prints ``READY rtsp://127.0.0.1:PORT/PATH`` once it listens, and runs
-until killed.
+until killed. With ``--user`` and ``--password`` a client must log in (RTSP basic
+authentication), as most cameras ask.
 
 Needs: gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good
 gstreamer1.0-plugins-bad (``make system-deps`` installs them).
@@ -30,6 +32,8 @@ def main() -> int:
     ap.add_argument("--file", required=True, type=Path)
     ap.add_argument("--port", type=int, default=8554)
     ap.add_argument("--path", default="/stream")
+    ap.add_argument("--user", default="")
+    ap.add_argument("--password", default="")
     args = ap.parse_args()
     if not args.file.is_file():
         print(f"rtsp_server: no such file: {args.file}", file=sys.stderr)
@@ -45,6 +49,16 @@ def main() -> int:
         "! rtph264pay name=pay0 pt=96 )"
     )
     factory.set_shared(False)
+    if args.user:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", args.user)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role(args.user, "media.factory.access", True)
+        permissions.add_permission_for_role(args.user, "media.factory.construct", True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory(args.path, factory)
     if server.attach(None) == 0:
         print(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)

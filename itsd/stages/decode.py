@@ -49,18 +49,20 @@ from itsd.shm import FrameRing, RecordRing
 from itsd.shm.board import Board
 from itsd.shm.cells import CellTable
 from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
-from itsd.sources import Source, open_source
+from itsd.sources import Source, SourceOptions, open_source
 from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.decode")
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+LIVE_BACKOFF_MAX_S = 5.0  # a camera back on the network streams again within this
 JUMP_BACK_S = 0.25  # a file timestamp going back this much is a jump (joined segments)
 JUMP_FORWARD_S = 2.0  # ... or forward this much (a clock reset, a gap in a recording)
 LOSSLESS_POLL_S = 0.001
 WATCH_PERIOD_S = 0.05  # the main thread's loop: commands, stall checks, heartbeat
 COMMANDS_PER_ROUND = 64
+BEHIND_S = 1.0  # a live source this far behind skips non-reference frames until caught up
 JOIN_S = 0.5  # how long a detach waits for the camera's thread before moving on
 
 #: Camera states shown by health (``state`` on the camera's info board).
@@ -72,14 +74,6 @@ CONNECTING, STREAMING, STALLED, RECONNECTING, FAILED, STOPPED = (
     "failed",
     "stopped",
 )
-
-
-def fit_within(width: int, height: int, max_w: int, max_h: int) -> tuple[int, int]:
-    """Largest even size with the same aspect ratio that fits ``max_w`` x ``max_h``."""
-    if width <= max_w and height <= max_h:
-        return width, height
-    scale = min(max_w / width, max_h / height)
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
 class _Cells:
@@ -154,6 +148,14 @@ class _CameraRun(threading.Thread):
         self.detached = False  # set under ``lock``: never write the ring again
         self.halt = threading.Event()  # stop this camera
         self.reopen = threading.Event()  # close and reopen the source (stalled)
+        # Frames come out of the decoder scaled to the ring's slots (one libswscale call
+        # with the RGB conversion); one decoder thread, as the worker runs many cameras.
+        self.options = SourceOptions(
+            max_width=self.ring.max_width,
+            max_height=self.ring.max_height,
+            behind_s=BEHIND_S if self.camera.live else 0.0,
+            threads=1,
+        )
         self.streaming_since: float | None = None
         self.last_progress = time.monotonic()
         mem.users += 1
@@ -207,7 +209,7 @@ class _CameraRun(threading.Thread):
             self.reopen.clear()
             self.last_progress = time.monotonic()
             try:
-                source = open_source(camera)
+                source = open_source(camera, self.options)
             except SourceError as err:
                 problem = str(err)
                 if end_with_sources and not camera.live:
@@ -265,7 +267,7 @@ class _CameraRun(threading.Thread):
             log.warning("%s; retrying in %.1f s", problem, backoff)
             if not self._wait(backoff):
                 break
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, LIVE_BACKOFF_MAX_S if camera.live else BACKOFF_MAX_S)
             self.mem.describe(state=CONNECTING)
 
     def _decode_loop(self, source: Source, fps: float) -> str | None:
@@ -344,13 +346,12 @@ class _CameraRun(threading.Thread):
                 if lossless and not self._wait_for_slot():
                     return None
                 t0 = time.perf_counter_ns()
-                w, h = fit_within(frame.width, frame.height, ring.max_width, ring.max_height)
-                pixels = frame.rgb(w, h)
+                pixels = frame.rgb()
                 cells.decode_time.inc((time.perf_counter_ns() - t0) // 1000)
                 # Capture time: arrival for live sources; for files the start of this pass
                 # plus the frame's stream time, so events line up with the video and the
                 # tracker sees the video's own clock at any processing speed.
-                wall_ns = time.time_ns() if live else file_wall0_ns + int(rel * 1e9)
+                wall_ns = frame.capture_ns if live else file_wall0_ns + int(rel * 1e9)
                 with self.lock:
                     if self.detached:
                         return None

@@ -228,7 +228,7 @@ def _gst_available() -> bool:
 
 
 @pytest.fixture
-def rtsp_server() -> Iterator[Callable[[Path, int], subprocess.Popen[str]]]:
+def rtsp_server() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     if not _gst_available():
         msg = "GStreamer RTSP server not installed (run `make system-deps`)"
         if os.environ.get("CI"):
@@ -236,7 +236,7 @@ def rtsp_server() -> Iterator[Callable[[Path, int], subprocess.Popen[str]]]:
         pytest.skip(msg)
     procs: list[subprocess.Popen[str]] = []
 
-    def _start(clip: Path, port: int) -> subprocess.Popen[str]:
+    def _start(clip: Path, port: int, *extra: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [
                 DEBIAN_PY,
@@ -245,6 +245,7 @@ def rtsp_server() -> Iterator[Callable[[Path, int], subprocess.Popen[str]]]:
                 str(clip),
                 "--port",
                 str(port),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -13,8 +13,8 @@ from itsd.config import CameraConfig
 from itsd.config import is_live_source as is_live
 from itsd.records import DetectionRecord, Topic
 from itsd.sinks.jsonl import JsonlSink
+from itsd.sources import fit_within
 from itsd.stages.analyze import CameraAnalytics
-from itsd.stages.decode import fit_within
 
 
 @pytest.mark.parametrize(
