@@ -20,8 +20,10 @@ SOURCE ?=
 # tests; its Python bindings import only in Debian's /usr/bin/python3).
 # ffmpeg makes the HLS segments and test files of the source tests and runs beside our
 # decoder in bench/decode_bench.py.
-DEB_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg
-GST_PROBE := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" && command -v ffmpeg
+# postgresql: the store tests start a private server (initdb/pg_ctl from
+# /usr/lib/postgresql/<ver>/bin, as the postgres user when run as root).
+DEB_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg postgresql
+GST_PROBE := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" && command -v ffmpeg && ls /usr/lib/postgresql/*/bin/pg_ctl
 
 system-deps:
 	@if $(GST_PROBE) >/dev/null 2>&1; then :; \
@@ -29,7 +31,7 @@ system-deps:
 		echo "installing $(DEB_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
 	else \
-		echo "note: GStreamer RTSP server or ffmpeg missing and cannot be installed here (needs root and apt-get): RTSP tests will be skipped, HLS and file-corruption tests fail"; \
+		echo "note: GStreamer RTSP server, ffmpeg or PostgreSQL missing and cannot be installed here (needs root and apt-get): RTSP tests will be skipped, HLS, file-corruption and PostgreSQL store tests fail"; \
 	fi
 
 venv: $(VENV)/.installed
