@@ -143,10 +143,6 @@ UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[grpc.Channel], Any]]] = [
         "StreamingService.ProcessFrameBatch",
         lambda ch: _streaming(ch).ProcessFrameBatch(common_pb2.ProcessFrameBatchRequest()),
     ),
-    (
-        "AnalyticsService.GetAggregatedMetrics",
-        lambda ch: _analytics(ch).GetAggregatedMetrics(analytics_pb2.GetAggregatedMetricsRequest()),
-    ),
 ]
 
 
