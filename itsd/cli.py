@@ -18,14 +18,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from itsd import __version__
-from itsd.config import Config, apply_overrides, default_pid_file, load_config
+from itsd.config import (
+    Config,
+    apply_overrides,
+    default_pid_file,
+    load_config,
+    security_warnings,
+)
 from itsd.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_NO_INPUT, ConfigError, ItsdError
+
+if TYPE_CHECKING:
+    from itsd.control.client import Target
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running (status / stop)
 
@@ -51,14 +61,86 @@ def _pid_file(config_path: str | None, pid_file: str | None) -> Path:
     return default_pid_file()
 
 
-def _grpc_target(config_path: str | None, target: str | None) -> str:
-    if target:
-        return target
-    cfg = _load(config_path, {}) if config_path else Config()
-    host = cfg.server.grpc_bind
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{cfg.server.grpc_port}"
+def _grpc_target(config_path: str | None, target: str | None) -> Target:
+    """Where the daemon's gRPC API is, with the TLS and token options of the command
+    (``_conn_options``): the address from --target or the configuration; without
+    --tls-ca, the configuration's own security.tls_cert is trusted when it has one."""
+    from itsd.control.client import Target
+
+    conn: dict[str, Any] = click.get_current_context().meta.get(_CONN_KEY, {})
+    cfg: Config | None = None
+    if config_path:
+        cfg = _load(config_path, {})
+    address = target
+    if not address:
+        c = cfg or Config()
+        host = c.server.grpc_bind
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        address = f"{host}:{c.server.grpc_port}"
+    tls_ca = conn.get("tls_ca")
+    if tls_ca is None and cfg is not None and cfg.security.tls_cert is not None:
+        tls_ca = cfg.security.tls_cert
+    return Target(
+        address,
+        tls_ca=Path(tls_ca) if tls_ca else None,
+        tls_cert=Path(conn["tls_cert"]) if conn.get("tls_cert") else None,
+        tls_key=Path(conn["tls_key"]) if conn.get("tls_key") else None,
+        token=conn.get("token") or None,
+        server_name=conn.get("tls_server_name") or None,
+    )
+
+
+_CONN_KEY = "itsd.conn"
+
+
+def _keep_conn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and param.name:
+        ctx.meta.setdefault(_CONN_KEY, {})[param.name] = value
+    return value
+
+
+def _conn_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """TLS and token options of the commands that call the gRPC API."""
+    opts = [
+        click.option(
+            "--tls-ca",
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            callback=_keep_conn,
+            help="CA certificate (PEM) that signed the daemon's; turns TLS on.",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            callback=_keep_conn,
+            help="Client certificate (PEM), for a daemon that asks for one.",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            callback=_keep_conn,
+            help="Private key (PEM) of --tls-cert.",
+        ),
+        click.option(
+            "--tls-server-name",
+            expose_value=False,
+            callback=_keep_conn,
+            help="Name in the daemon's certificate, when it is not the --target host.",
+        ),
+        click.option(
+            "--token",
+            envvar="ITSD_TOKEN",
+            expose_value=False,
+            callback=_keep_conn,
+            help="Bearer token (default: $ITSD_TOKEN).",
+        ),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,6 +306,7 @@ def stop(config_path: str | None, pid_file: str | None, timeout: float) -> None:
     "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
 )
 @click.option("--target", help="gRPC address host:port (default from the config).")
+@_conn_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def status(config_path: str | None, target: str | None, as_json: bool, timeout: float) -> None:
@@ -265,6 +348,69 @@ def status(config_path: str | None, target: str | None, as_json: bool, timeout: 
             click.echo(f"  ! {reason}")
     if not serving:
         sys.exit(EXIT_FAILURE)
+
+
+# --------------------------------------------------------------------------- metrics
+def _ms(lat: Any) -> str:
+    return f"{lat.p50_ms:7.1f} {lat.p95_ms:7.1f} {lat.p99_ms:7.1f} {lat.max_ms:7.1f}"
+
+
+@main.command("metrics")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
+)
+@click.option("--target", help="gRPC address host:port (default from the config).")
+@_conn_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def metrics_command(
+    config_path: str | None, target: str | None, as_json: bool, timeout: float
+) -> None:
+    """Show a running daemon's counters, rates, latencies and rings as tables."""
+    from google.protobuf.json_format import MessageToDict
+
+    from itsd.control.client import ControlClientError, metrics, queue_metrics
+
+    addr = _grpc_target(config_path, target)
+    try:
+        eng = metrics(addr, timeout)
+        rings = queue_metrics(addr, timeout)
+    except ControlClientError as err:
+        _fail(str(err), EXIT_NOT_RUNNING)
+        return
+    if as_json:
+        doc = {
+            name: MessageToDict(
+                msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            for name, msg in (("engine", eng), ("queues", rings))
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(
+        f"frames decoded {eng.frames_decoded}, inferred {eng.frames_inferred}, dropped "
+        f"{eng.frames_dropped}; {eng.decode_fps:.1f} fps in, {eng.inference_fps:.1f} fps out"
+    )
+    b = eng.batch_size
+    click.echo(f"batch size: mean {b.mean:.2f}, min {b.min}, max {b.max}, last {b.last}")
+    click.echo(f"{'LATENCY (ms)':<14} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
+    click.echo(f"{'inference':<14} {_ms(eng.inference_latency)}")
+    click.echo(f"{'pipeline':<14} {_ms(eng.pipeline_latency)}")
+    click.echo("")
+    click.echo(
+        f"{'CAMERA':<24} {'DECODED':>10} {'INFERRED':>10} {'DROPPED':>9} {'IN':>6} {'OUT':>6}"
+    )
+    for c in eng.cameras:
+        click.echo(
+            f"{c.camera_id:<24} {c.frames_decoded:>10} {c.frames_inferred:>10} "
+            f"{c.frames_dropped:>9} {c.fps_in:>6.1f} {c.fps_out:>6.1f}"
+        )
+    click.echo("")
+    click.echo(f"{'RING':<40} {'USED':>9} {'CAPACITY':>10} {'WRITTEN':>10} {'DROPPED':>9}")
+    for r in rings.rings:
+        name = r.name.rsplit("-", 1)[-1] if r.camera_id else r.name
+        label = f"frames/{r.camera_id}" if r.camera_id else name
+        click.echo(f"{label[:40]:<40} {r.used:>9} {r.capacity:>10} {r.written:>10} {r.dropped:>9}")
 
 
 # --------------------------------------------------------------------------- demo
@@ -386,6 +532,7 @@ def streams() -> None:
 @streams.command("list")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--target", help="gRPC address host:port.")
+@_conn_options
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def streams_list(config_path: str | None, target: str | None, timeout: float) -> None:
     """List the cameras of a running daemon."""
@@ -431,6 +578,7 @@ def _parse_line(spec: str) -> dict[str, Any]:
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--target", help="gRPC address host:port.")
+@_conn_options
 @click.option("--timeout", type=float, default=90.0, show_default=True)
 def streams_add(
     camera_id: str,
@@ -477,6 +625,7 @@ def streams_add(
 @click.option("--missing-ok", is_flag=True, help="Succeed when the camera is not registered.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--target", help="gRPC address host:port.")
+@_conn_options
 @click.option("--timeout", type=float, default=90.0, show_default=True)
 def streams_remove(
     camera_id: str, missing_ok: bool, config_path: str | None, target: str | None, timeout: float
@@ -504,6 +653,7 @@ def streams_remove(
     "--config", "config_path", type=click.Path(dir_okay=False), help="Configuration file."
 )
 @click.option("--target", help="gRPC address host:port (default from the config).")
+@_conn_options
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 def reload(config_path: str | None, target: str | None, timeout: float) -> None:
     """Make a running daemon re-read its configuration file and apply the camera changes.
@@ -640,6 +790,8 @@ def config_check(file: str) -> None:
         f"gRPC {cfg.server.grpc_bind}:{cfg.server.grpc_port}, "
         f"kafka {'on' if cfg.kafka.enabled else 'off'})"
     )
+    for warning in security_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @config_group.command("show-defaults")

@@ -1,6 +1,7 @@
 """Small typed client of the itsd.v1 control API, for the CLI and scripts.
 
-Each function opens a channel to ``target`` (``host:port``, as grpc accepts it), makes
+Each function opens a channel to ``target`` (``host:port``, as grpc accepts it, or a
+``Target`` with TLS files and a bearer token), makes
 one call with a deadline of ``timeout`` seconds, closes the channel and returns the
 response message. A failed call raises ``ControlClientError`` whose message says what
 failed in words a person can act on; its ``code`` is the gRPC status code name, and
@@ -14,6 +15,8 @@ retry on its own: the caller decides what a failure means.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +33,98 @@ from itsd.errors import ItsdError
 
 _T = TypeVar("_T")
 _M = TypeVar("_M")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the daemon listens and how to talk to it.
+
+    ``tls_ca`` (the CA that signed the daemon's certificate) turns TLS on; ``tls_cert``
+    and ``tls_key`` add a client certificate; ``token`` is sent as ``authorization:
+    Bearer <token>`` on every call (never printed: ``repr`` hides it).
+    """
+
+    address: str
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+    #: TLS name to check the daemon's certificate against, when it differs from the host.
+    server_name: str | None = None
+
+    def __repr__(self) -> str:
+        tls = "TLS" if self.tls_ca is not None else "plain"
+        return f"Target({self.address!r}, {tls}, token={'set' if self.token else 'none'})"
+
+    def __str__(self) -> str:
+        return self.address
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the daemon (TLS when ``tls_ca`` is set)."""
+        if self.tls_ca is None:
+            if self.tls_cert is not None or self.tls_key is not None:
+                raise ItsdError("a client certificate needs TLS: give --tls-ca as well")
+            channel = grpc.insecure_channel(self.address)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(self.tls_ca),
+                private_key=_read(self.tls_key) if self.tls_key else None,
+                certificate_chain=_read(self.tls_cert) if self.tls_cert else None,
+            )
+            options = (
+                [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+            )
+            channel = grpc.secure_channel(self.address, creds, options=options)
+        if self.token:
+            return grpc.intercept_channel(channel, _Bearer(self.token))
+        return channel
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ItsdError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, base: Any, metadata: list[tuple[str, str]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> _CallDetails:
+        return _CallDetails(details, [*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+TargetLike = str | Target
 
 
 class ControlClientError(ItsdError):
@@ -62,16 +157,17 @@ class ControlUnavailable(ControlClientError):  # noqa: N818  (name used by the C
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
-def _call(target: str, method: str, invoke: Callable[[grpc.Channel], _T]) -> _T:
+def _call(target: TargetLike, method: str, invoke: Callable[[grpc.Channel], _T]) -> _T:
+    spec = target if isinstance(target, Target) else Target(target)
     try:
-        with grpc.insecure_channel(target) as channel:
+        with spec.channel() as channel:
             return invoke(channel)
     except grpc.RpcError as exc:
         code: Any = exc.code() if callable(getattr(exc, "code", None)) else None
         details: Any = exc.details() if callable(getattr(exc, "details", None)) else None
         name = code.name if code is not None else "UNKNOWN"
         kind = ControlUnavailable if name in _UNREACHABLE else ControlClientError
-        raise kind(target, method, name, str(details or exc)) from exc
+        raise kind(str(spec), method, name, str(details or exc)) from exc
 
 
 def _expect(kind: type[_M], response: object) -> _M:
@@ -81,7 +177,7 @@ def _expect(kind: type[_M], response: object) -> _M:
     return response
 
 
-def get_health(target: str, timeout: float) -> vision_pb2.EngineHealth:
+def get_health(target: TargetLike, timeout: float) -> vision_pb2.EngineHealth:
     """VisionCoreService.GetEngineHealth: overall and per-stage health of the daemon."""
     return _call(
         target,
@@ -95,7 +191,7 @@ def get_health(target: str, timeout: float) -> vision_pb2.EngineHealth:
     )
 
 
-def metrics(target: str, timeout: float) -> vision_pb2.EngineMetrics:
+def metrics(target: TargetLike, timeout: float) -> vision_pb2.EngineMetrics:
     """VisionCoreService.GetEngineMetrics: pipeline counters, rates and per-camera counters."""
     return _call(
         target,
@@ -109,7 +205,7 @@ def metrics(target: str, timeout: float) -> vision_pb2.EngineMetrics:
     )
 
 
-def list_streams(target: str, timeout: float) -> list[streaming_pb2.StreamInfo]:
+def list_streams(target: TargetLike, timeout: float) -> list[streaming_pb2.StreamInfo]:
     """StreamingService.ListStreams: the camera streams, ordered by camera id."""
     response = _call(
         target,
@@ -124,7 +220,7 @@ def list_streams(target: str, timeout: float) -> list[streaming_pb2.StreamInfo]:
     return list(response.streams)
 
 
-def queue_metrics(target: str, timeout: float) -> streaming_pb2.QueueMetrics:
+def queue_metrics(target: TargetLike, timeout: float) -> streaming_pb2.QueueMetrics:
     """StreamingService.GetQueueMetrics: state of the shared-memory rings."""
     return _call(
         target,
@@ -139,7 +235,7 @@ def queue_metrics(target: str, timeout: float) -> streaming_pb2.QueueMetrics:
 
 
 def camera_health(
-    target: str, timeout: float, camera_id: str = ""
+    target: TargetLike, timeout: float, camera_id: str = ""
 ) -> list[analytics_pb2.CameraHealth]:
     """AnalyticsService.GetCameraHealth: one camera, or every camera when ``camera_id`` is ""."""
     response = _call(
@@ -204,18 +300,18 @@ def stream_dict(msg: streaming_pb2.StreamInfo) -> dict[str, Any]:
     }
 
 
-def get_health_dict(target: str, timeout: float) -> dict[str, Any]:
+def get_health_dict(target: TargetLike, timeout: float) -> dict[str, Any]:
     """``get_health`` as a dict (see ``health_dict``)."""
     return health_dict(get_health(target, timeout))
 
 
-def list_streams_dicts(target: str, timeout: float) -> list[dict[str, Any]]:
+def list_streams_dicts(target: TargetLike, timeout: float) -> list[dict[str, Any]]:
     """``list_streams`` as dicts (see ``stream_dict``)."""
     return [stream_dict(s) for s in list_streams(target, timeout)]
 
 
 def register_stream(
-    target: str,
+    target: TargetLike,
     timeout: float,
     camera_id: str,
     source_url: str,
@@ -246,7 +342,7 @@ def register_stream(
 
 
 def unregister_stream(
-    target: str, timeout: float, camera_id: str, allow_missing: bool = False
+    target: TargetLike, timeout: float, camera_id: str, allow_missing: bool = False
 ) -> bool:
     """StreamingService.UnregisterStream: remove a camera; True if one was removed."""
     return _call(
@@ -264,7 +360,7 @@ def unregister_stream(
     ).removed
 
 
-def reload_config(target: str, timeout: float) -> streaming_pb2.ReloadConfigResponse:
+def reload_config(target: TargetLike, timeout: float) -> streaming_pb2.ReloadConfigResponse:
     """StreamingService.ReloadConfig: re-read the daemon's configuration file."""
     return _call(
         target,
