@@ -736,14 +736,28 @@ class CameraConfig(_Model):
     realtime: bool = Field(
         True, description="Pace a file source at its own frame rate (false: as fast as possible)."
     )
-    max_width: int = Field(
-        1920, ge=16, le=8192, description="Largest frame width kept; larger frames are scaled down."
+    substream: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A second, smaller stream of the same camera (e.g. an RTSP substream at 640x360) "
+            "decoded for analytics instead of source; source stays the camera's main stream."
+        ),
     )
-    max_height: int = Field(
-        1080,
+    max_width: int = Field(
+        1280,
         ge=16,
         le=8192,
-        description="Largest frame height kept; larger frames are scaled down.",
+        description=(
+            "Largest frame width kept; larger frames are scaled down as they are decoded "
+            "and the ring's slots are sized from it."
+        ),
+    )
+    max_height: int = Field(
+        720,
+        ge=16,
+        le=8192,
+        description="Largest frame height kept; larger frames are scaled down as they are decoded.",
     )
     open_timeout_s: float = Field(
         10.0, gt=0.0, description="Timeout of opening and reading a network source."

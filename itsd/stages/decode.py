@@ -137,8 +137,11 @@ class _CameraRun(threading.Thread):
     """One camera's decode loop, in its own thread, until stopped or its file ends."""
 
     def __init__(self, ctx: StageContext, binding: CameraBinding, mem: _Memory) -> None:
-        self.camera = CameraConfig.model_validate(binding.config)
-        super().__init__(name=f"camera-{self.camera.id}", daemon=True)
+        camera = CameraConfig.model_validate(binding.config)
+        if camera.substream:  # analytics decodes the smaller stream; source stays the main
+            camera = camera.model_copy(update={"source": camera.substream})
+        self.camera = camera
+        super().__init__(name=f"camera-{camera.id}", daemon=True)
         self.ctx = ctx
         self.binding = binding
         self.mem = mem

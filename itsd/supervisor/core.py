@@ -114,7 +114,18 @@ ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
 GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH = 0, 1, 2, 3
 
 #: Camera settings that only the decoder uses: a change restarts that decoder alone.
-DECODER_KEYS = frozenset({"source", "target_fps", "loop", "realtime", "open_timeout_s"})
+DECODER_KEYS = frozenset(
+    {
+        "source",
+        "substream",
+        "target_fps",
+        "loop",
+        "realtime",
+        "open_timeout_s",
+        "stall_timeout_s",
+        "rtsp_transport",
+    }
+)
 #: Camera settings that size the camera's ring: a change replaces the camera.
 RING_KEYS = frozenset({"max_width", "max_height"})
 

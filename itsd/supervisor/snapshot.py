@@ -349,6 +349,8 @@ class Snapshotter:
         data = traffic.get(cid, {}) if isinstance(traffic.get(cid), dict) else {}
         config = cfg.model_dump(mode="json")
         config["source"] = redact_url(cfg.source)
+        if cfg.substream:
+            config["substream"] = redact_url(cfg.substream)
         view = CameraView(
             camera_id=cid,
             key=entry.key,
