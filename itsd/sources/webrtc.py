@@ -38,12 +38,12 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from itsd.config import CameraConfig
 from itsd.errors import SourceError
 from itsd.redact import redact_text, redact_url
 from itsd.sources import DEFAULT_OPTIONS, Sampler, SourceOptions
+from itsd.sources.pyav import Converter
 
 log = logging.getLogger("itsd.decode")
 
@@ -103,7 +103,7 @@ class WhepSource:
         self.where = redact_url(camera.source)
         self.description = "webrtc (whep)"
         self.endpoint, self._auth = split_whep_url(camera.source)
-        self._scaler = VideoReformatter()
+        self._converter = Converter(options.interpolation)
         self._frames: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._dropped = 0
         self._error: str | None = None
@@ -254,14 +254,7 @@ class WhepSource:
 
     def convert(self, frame: Any, width: int, height: int) -> np.ndarray:
         """``frame`` as RGB24 at ``width`` x ``height`` (one libswscale pass)."""
-        out: np.ndarray = self._scaler.reformat(
-            frame,
-            width=width,
-            height=height,
-            format="rgb24",
-            interpolation=self.options.interpolation,
-        ).to_ndarray()
-        return out
+        return self._converter.rgb(frame, width, height)
 
     def frames(self, stats: dict[str, int]) -> Iterator[WhepFrame]:
         """Frames until the peer ends the session; TimeoutError when none comes for
