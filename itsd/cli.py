@@ -1,4 +1,4 @@
-"""The ``itsd`` command line: start, stop, status, demo, streams, models, config.
+"""The ``itsd`` command line: start, stop, status, demo, streams, models, config, db, report.
 
 ``start`` runs the supervisor (in the foreground, as systemd wants, or detached with
 ``--daemon``). ``stop`` signals the daemon named by the pid file and waits: SIGTERM is
@@ -13,6 +13,7 @@ This module must never import a stage, an engine or numpy at import time: ``itsd
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -728,6 +729,140 @@ def events_tail(
         pass
     except ValueError as err:
         _fail(str(err))
+
+
+# --------------------------------------------------------------------------- db
+@main.group("db")
+def db_group() -> None:
+    """The aggregates store's database (SQLite or PostgreSQL)."""
+
+
+@db_group.command("upgrade")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Its store: section."
+)
+@click.option("--url", help="Database URL instead of the configuration's store.url.")
+def db_upgrade(config_path: str | None, url: str | None) -> None:
+    """Migrate the store's schema to this version (the daemon also does at start)."""
+    from itsd.store.db import (
+        StoreError,
+        StoreVersionError,
+        describe_url,
+        make_engine,
+        migrate,
+        normalize_url,
+        store_url,
+    )
+
+    cfg = _load(config_path, {}) if config_path else Config()
+    try:
+        target = normalize_url(url) if url else store_url(cfg)
+    except ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+        return
+    if target is None:
+        _fail("the store is disabled (store.enabled: false) and no --url was given", EXIT_CONFIG)
+        return
+    engine = make_engine(target, connect_timeout_s=cfg.store.connect_timeout_s)
+    try:
+        before, head = migrate(engine)
+    except StoreVersionError as err:
+        _fail(str(err), EXIT_CONFIG)
+        return
+    except StoreError as err:
+        _fail(str(err))
+        return
+    finally:
+        engine.dispose()
+    was = "already there" if before == (head,) else f"was {', '.join(before) or 'empty'}"
+    click.echo(f"{describe_url(target)}: schema at revision {head} ({was})")
+
+
+# --------------------------------------------------------------------------- report
+@main.command()
+@click.option("--camera", required=True, help="Camera id.")
+@click.option("--since", default="24h", show_default=True, help="Start: this long before now.")
+@click.option("--until", default=None, help="End: this long before now (default: now).")
+@click.option("--bucket", default=None, help="Bucket size, e.g. 15m (default: fits ~96 rows).")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Chart file.")
+@click.option(
+    "--from-store",
+    is_flag=True,
+    help="Read the store of --config directly (no daemon needed) instead of asking the daemon.",
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The daemon's.")
+@click.option("--target", help="gRPC address host:port (default from the config).")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+def report(
+    camera: str,
+    since: str,
+    until: str | None,
+    bucket: str | None,
+    png_path: str | None,
+    from_store: bool,
+    config_path: str | None,
+    target: str | None,
+    timeout: float,
+) -> None:
+    """A camera's traffic as a table (crossings, speeds, queues) and a PNG chart."""
+    from itsd import report as rep
+
+    try:
+        now = time.time()
+        end = now - (rep.parse_duration(until) if until else 0)
+        start = now - rep.parse_duration(since)
+        bucket_s = rep.parse_duration(bucket) if bucket else rep.choose_bucket(end - start)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    if end <= start:
+        raise click.BadParameter("--until must be shorter than --since")
+    start = math.floor(start / bucket_s) * bucket_s
+    end = math.ceil(end / bucket_s) * bucket_s
+    try:
+        if from_store:
+            buckets = _report_from_store(config_path, camera, start, end, bucket_s)
+        else:
+            from itsd.control.aggregates import fetch_aggregated
+            from itsd.control.client import ControlUnavailable
+
+            addr = _grpc_target(config_path, target)
+            try:
+                got = fetch_aggregated(addr, timeout, camera, start, end, bucket_s)
+            except ControlUnavailable as err:
+                _fail(f"cannot reach itsd at {addr}: {err} (or use --from-store)")
+                return
+            buckets = [rep.from_control(b) for b in got]
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    click.echo(rep.table(buckets, camera, start, end, bucket_s))
+    out = Path(png_path) if png_path else Path(f"itsd-report-{camera}.png")
+    try:
+        rep.chart(buckets, camera, start, end, bucket_s, out)
+    except OSError as err:
+        _fail(f"cannot write the chart: {err}")
+    click.echo(f"chart: {out}")
+
+
+def _report_from_store(
+    config_path: str | None, camera: str, start: float, end: float, bucket_s: int
+) -> list[Any]:
+    from itsd.store.aggregate import rebucket
+    from itsd.store.db import engine_for
+    from itsd.store.reader import StoreReader
+
+    cfg = _load(config_path, {}) if config_path else Config()
+    engine = engine_for(cfg, reader=True)
+    if engine is None:
+        raise ConfigError("the store is disabled (store.enabled: false)")
+    reader = StoreReader(engine)
+    try:
+        rows = reader.intervals(camera, int(start * 1000), int(end * 1000))
+    except ValueError as err:
+        raise ItsdError(str(err)) from None
+    finally:
+        reader.close()
+    return rebucket(rows, bucket_s * 1000)
 
 
 # --------------------------------------------------------------------------- models

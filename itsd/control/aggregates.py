@@ -1,5 +1,6 @@
 """GetAggregatedMetrics and the latest interval of GetTrafficMetrics: store buckets to
-protobuf messages, and the checks of a request.
+protobuf messages and back, the checks of a request, and the client call ``itsd report``
+makes.
 
 This module must never import a stage, an engine, analytics or the store (the backend
 reads the store; this module only maps its plain buckets), and never fabricate a value:
@@ -9,11 +10,12 @@ what the store does not know stays unset.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
 from itsd.control._pb import analytics_pb2, common_pb2
-from itsd.control.backend import AggregateBucket, LineCounts
+from itsd.control.backend import AggregateBucket, LineCounts, ZoneAggregate
 
 #: Bucket size when a request names none, and the largest one accepted (seconds).
 DEFAULT_BUCKET_S = 60
@@ -96,3 +98,62 @@ def aggregate_range(
     if end <= start:
         raise ValueError("end_time must be after start_time")
     return math.floor(start / bucket) * bucket, math.ceil(end / bucket) * bucket, bucket
+
+
+def bucket_from_message(m: analytics_pb2.MinuteAggregate) -> AggregateBucket:
+    """The plain bucket of a MinuteAggregate (the reverse of ``aggregate_message``)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for lc in m.line_counts:
+        counts.setdefault(lc.line_id, {}).setdefault(lc.direction, {})[lc.class_name] = lc.count
+    return AggregateBucket(
+        camera_id=m.camera_id,
+        start=m.minute_start.ToNanoseconds() / 1e9,
+        bucket_s=float(m.bucket_s),
+        line_counts=counts,
+        intervals=m.intervals,
+        covered_s=m.covered_s,
+        frames=m.frames,
+        speed_samples=m.speed_samples,
+        avg_speed_kmh=m.avg_speed_kmh if m.HasField("avg_speed_kmh") else None,
+        p85_speed_kmh=m.p85_speed_kmh if m.HasField("p85_speed_kmh") else None,
+        longest_queue_m=m.longest_queue_m if m.HasField("longest_queue_m") else None,
+        zones=[
+            ZoneAggregate(
+                z.zone_id,
+                z.occupancy_mean if z.HasField("occupancy_mean") else None,
+                z.occupied_fraction if z.HasField("occupied_fraction") else None,
+                z.dwell_mean_s if z.HasField("dwell_mean_s") else None,
+                z.queue_max_m if z.HasField("queue_max_m") else None,
+            )
+            for z in m.zones
+        ],
+    )
+
+
+def fetch_aggregated(
+    target: Any,
+    timeout: float,
+    camera_id: str,
+    start: float,
+    end: float,
+    bucket_s: int,
+) -> list[AggregateBucket]:
+    """AnalyticsService.GetAggregatedMetrics on a running daemon, as plain buckets
+    (``ControlClientError`` when the call fails)."""
+    from itsd.control import client
+    from itsd.control._pb import analytics_pb2_grpc
+
+    request = analytics_pb2.GetAggregatedMetricsRequest(
+        camera_id=camera_id, start_time=_ts(start), end_time=_ts(end), bucket_s=bucket_s
+    )
+    response = client._call(
+        target,
+        "GetAggregatedMetrics",
+        lambda ch: client._expect(
+            analytics_pb2.GetAggregatedMetricsResponse,
+            analytics_pb2_grpc.AnalyticsServiceStub(ch).GetAggregatedMetrics(
+                request, timeout=timeout
+            ),
+        ),
+    )
+    return [bucket_from_message(m) for m in response.aggregates]
