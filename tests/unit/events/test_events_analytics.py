@@ -1,0 +1,121 @@
+"""The 1.1 additions: speed, heading and vehicle type; interval summaries; alert pairs."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from itsd.events import (
+    SCHEMA_VERSION,
+    alert_event,
+    analytics_summary_event,
+    detection_event,
+    detection_item,
+    line_crossing_event,
+    load_schema,
+)
+
+NS = 1_800_000_060_000_000_000
+
+
+def valid(rec: object) -> dict[str, object]:
+    obj = json.loads(rec.payload)  # type: ignore[attr-defined]
+    jsonschema.validate(obj, load_schema(obj["event_type"]))
+    return obj  # type: ignore[no-any-return]
+
+
+def test_version_is_1_1() -> None:
+    assert SCHEMA_VERSION == "1.1"
+
+
+def test_detection_with_speed_heading_and_vehicle_type() -> None:
+    item = detection_item("car", 0.9, (1, 2, 3, 4), 7, True, "VEHICLE_TYPE_CAR", 48.26, "north")
+    assert item["vehicle_type"] == "VEHICLE_TYPE_CAR"
+    assert item["speed_kmh"] == 48.3 and item["heading"] == "north"
+    bare = detection_item("person", 0.9, (1, 2, 3, 4), None, False, "VEHICLE_TYPE_UNSPECIFIED")
+    assert "speed_kmh" not in bare and "heading" not in bare
+    valid(detection_event("c", 1, NS, [item, bare], 640, 360, 1.0, 2.0, 1))
+
+
+def test_line_crossing_speed_is_null_when_unknown() -> None:
+    args = ("c", 1, NS, "mid", "in", "car", 7, True, (1.0, 2.0), {"in": {"car": 1}, "out": {}})
+    known = valid(line_crossing_event(*args, "VEHICLE_TYPE_CAR", 52.04, "south_west"))
+    assert known["data"]["speed_kmh"] == 52.0  # type: ignore[index]
+    assert known["data"]["heading"] == "south_west"  # type: ignore[index]
+    unknown = valid(line_crossing_event(*args, "VEHICLE_TYPE_CAR", None, "image_left"))
+    assert unknown["data"]["speed_kmh"] is None  # type: ignore[index]
+
+
+def test_interval_summary_shape() -> None:
+    obj = valid(
+        analytics_summary_event(
+            "c",
+            NS,
+            60.0,
+            600,
+            3,
+            {"mid": {"in": {"car": 9}, "out": {}}},
+            interval=(1_800_000_000.0, 1_800_000_060.0),
+            interval_counts={"mid": {"in": {"car": 2}}},
+            speed={
+                "samples": 2,
+                "mean_kmh": 45.0,
+                "p85_kmh": 49.5,
+                "histogram": {"bin_kmh": 5, "counts": [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]},
+            },
+            zones={
+                "lane": {
+                    "occupancy_mean": 1.5,
+                    "occupied_fraction": 0.8,
+                    "dwell_mean_s": None,
+                    "queue_max_m": 22.0,
+                }
+            },
+            longest_queue_m=22.0,
+        )
+    )
+    data = obj["data"]
+    assert data["interval"] == {  # type: ignore[index]
+        "start": "2027-01-15T08:00:00.000Z",
+        "end": "2027-01-15T08:01:00.000Z",
+        "seconds": 60.0,
+    }
+    assert data["interval_counts"] == {"mid": {"in": {"car": 2}}}  # type: ignore[index]
+    assert data["longest_queue_m"] == 22.0  # type: ignore[index]
+
+
+def test_summary_without_interval_stays_1_0_shaped() -> None:
+    obj = valid(analytics_summary_event("c", NS, 60.0, 10, 0, {}))
+    assert "interval" not in obj["data"]  # type: ignore[operator]
+
+
+def test_alert_pair() -> None:
+    raised = valid(
+        alert_event(
+            "ALERT_TYPE_WRONG_WAY",
+            "ALERT_SEVERITY_CRITICAL",
+            "track 7 drives south",
+            camera_id="c",
+            tracking_id=7,
+            zone_id="lane",
+            state="raised",
+            alert_id="c:wrong_way:lane:7@1.000",
+            evidence={"track_ids": [7], "distance_m": 12.0, "min_distance_m": 10.0},
+            snapshot_path="snaps/c/x.jpg",
+        )
+    )
+    assert raised["data"]["state"] == "raised"  # type: ignore[index]
+    valid(
+        alert_event(
+            "ALERT_TYPE_CAMERA_BLIND",
+            "ALERT_SEVERITY_WARNING",
+            "cleared: the picture changes again",
+            camera_id="c",
+            state="cleared",
+            alert_id="c:blind:frozen@1.000",
+        )
+    )
+    with pytest.raises(ValueError, match="state"):
+        alert_event("ALERT_TYPE_CONGESTION", "ALERT_SEVERITY_INFO", "x", state="over")
