@@ -82,7 +82,7 @@ def _shm_bytes(run_id: str) -> dict[str, int]:
     core = cams = 0
     for p in SHM.glob(f"itsd-{run_id}-*"):
         size = p.stat().st_blocks * 512  # what tmpfs really holds
-        if "-frames-" in p.name or "decodek" in p.name:
+        if "-frames-" in p.name or "camk" in p.name:
             cams += size
         else:
             core += size
@@ -105,6 +105,9 @@ def main() -> int:
             "ITSD_TEST_MODEL", str(REPO.parent / "shared/models/yolo11n_int8_320.onnx")
         ),
     )
+    ap.add_argument(
+        "--decode-workers", type=int, default=0, help="performance.decode_workers (0: auto)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -116,6 +119,8 @@ def main() -> int:
         "server": {"grpc_port": grpc_port, "monitoring_port": http_port},
         "pid_file": str(work / "itsd.pid"),
         "state_dir": str(work / "state"),
+        "performance": {"decode_workers": args.decode_workers},
+        "supervisor": {"max_cameras": max(64, args.cameras)},
         "cameras": [],
     }
     (work / "itsd.yaml").write_text(yaml.safe_dump(cfg))
@@ -126,13 +131,17 @@ def main() -> int:
         stderr=subprocess.STDOUT,
     )
     target = f"127.0.0.1:{grpc_port}"
-    result: dict[str, Any] = {"cameras": args.cameras, "fps": args.fps}
+    result: dict[str, Any] = {
+        "cameras": args.cameras,
+        "fps": args.fps,
+        "decode_workers": args.decode_workers or "auto",
+    }
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 h = client.get_health(target, 2)
-                if any(s.name == "infer" and s.state == 2 for s in h.stages):
+                if any(s.name.startswith("infer") and s.state == 2 for s in h.stages):
                     break
             except client.ControlClientError:
                 pass
