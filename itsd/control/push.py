@@ -341,11 +341,19 @@ class PushHub:
         with self._lock:
             return len(self._tickets)
 
-    def inflight_free(self) -> dict[str, int]:
-        """Free in-flight slots per camera (equal to the limit when nothing leaked)."""
+    def slots_taken(self) -> int:
+        """In-flight slots held, all cameras (0 when idle: a slot that stays taken leaked)."""
         with self._lock:
             cams = list(self._cameras.values())
-        return {c.target.camera_id: c.inflight._value for c in cams}
+        return sum(c.limit - c.inflight._value for c in cams)
+
+    def counters(self) -> dict[str, float]:
+        """Latency percentiles and the state of the push path, as metrics counters."""
+        out = self.stats.counters()
+        out["push_frames_waiting"] = float(self.pending())
+        out["push_slots_taken"] = float(self.slots_taken())
+        out["results_read"] = float(self.results_read)
+        return out
 
     # -- frames -------------------------------------------------------------------------
     def submit(

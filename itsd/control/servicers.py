@@ -502,7 +502,7 @@ class VisionCoreServicer:
         detection events of the last minute."""
         snap = self._backend.metrics()
         if self._frames is not None:
-            counters = {**snap.counters, **self._frames.hub.stats.counters()}
+            counters = {**snap.counters, **self._frames.hub.counters()}
             snap = BackendMetrics(counters, snap.per_camera, snap.queues, snap.taken_at)
         return metrics_message(snap)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -176,3 +179,87 @@ def channel(server: ControlServer) -> Iterator[grpc.Channel]:
     """A client channel to ``server``."""
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         yield ch
+
+
+# ------------------------------------------------------------------- throwaway certificates
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate, all
+    signed by the CA, written as PEM files into ``folder``; returns their paths."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = key()
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("itsd test CA"))
+        .issuer_name(name("itsd test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, server: bool) -> tuple[Any, Any]:
+        k = key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if server:
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        return k, b.sign(ca_key, hashes.SHA256())
+
+    out: dict[str, Path] = {}
+
+    def write(label: str, cert: Any, k: Any | None) -> None:
+        path = folder / f"{label}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{label}_cert"] = path
+        if k is not None:
+            kp = folder / f"{label}.key"
+            kp.write_bytes(
+                k.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            out[f"{label}_key"] = kp
+
+    write("ca", ca, None)
+    write("server", *reversed(leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, True)))
+    write("client", *reversed(leaf("itsd test client", ExtendedKeyUsageOID.CLIENT_AUTH, False)))
+    return out
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    """Throwaway CA, server and client certificates (see ``make_certs``)."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    return make_certs(folder)
