@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -83,3 +87,29 @@ def server(backend: SwitchableBackend) -> Iterator[ControlServer]:
 def target(server: ControlServer) -> str:
     """Client target of ``server``."""
     return f"127.0.0.1:{server.port}"
+
+
+# ----------------------------------------------------- a real daemon, throwaway certificates
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_TESTS = Path(__file__).resolve().parents[2]
+#: The supervisor tests' daemon helpers (``start_daemon``, ``Daemon``, ``wait_until``).
+daemon_helpers = _load("itsd_test_daemon_helpers", _TESTS / "integration/supervisor/conftest.py")
+#: ``make_certs`` of the control unit tests.
+cert_helpers = _load("itsd_test_cert_helpers", _TESTS / "unit/control/conftest.py")
+start_daemon = daemon_helpers.start_daemon
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    """Throwaway CA, server (localhost, 127.0.0.1) and client certificates."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    return cert_helpers.make_certs(folder)  # type: ignore[no-any-return]
