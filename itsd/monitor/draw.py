@@ -40,15 +40,8 @@ def _label(img: npt.NDArray[np.uint8], text: str, x: int, y: int, colour: Any) -
     cv2.putText(img, text, (x + 1, y - base + 1), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
 
 
-def draw_snapshot(
-    frame: Any, det: dict[str, Any] | None, lines: list[dict[str, Any]], max_side: int
-) -> npt.NDArray[np.uint8]:
-    """The frame (scaled to ``max_side`` at most) with boxes, track ids and lines drawn.
-
-    ``det``: {"frame_id", "width", "height", "boxes": [[x1, y1, x2, y2, track id, class]]}
-    in the frame's pixel coordinates; ``lines``: [{"id", "start": [x, y], "end": [x, y]}]
-    in normalised coordinates (0..1).
-    """
+def prepare(frame: Any, max_side: int) -> npt.NDArray[np.uint8]:
+    """A frame copied from a ring as a BGR image no wider or taller than ``max_side``."""
     px = frame.pixels
     if frame.pixel_format == PIXEL_FORMAT_RGB24:
         img = cv2.cvtColor(px, cv2.COLOR_RGB2BGR)
@@ -60,6 +53,22 @@ def draw_snapshot(
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def draw_snapshot(
+    image: npt.NDArray[np.uint8],
+    frame_id: int,
+    det: list[Any] | None,
+    lines: list[dict[str, Any]],
+) -> npt.NDArray[np.uint8]:
+    """``image`` (from ``prepare``, drawn on in place) with boxes, track ids and lines.
+
+    ``det``: [frame id, width, height, [[x1, y1, x2, y2, track id, class], ...]] in the
+    frame's own pixel coordinates (the detections board's entry); ``lines``: [{"id",
+    "start": [x, y], "end": [x, y]}] in normalised coordinates (0..1).
+    """
+    img = image
     out_h, out_w = img.shape[:2]
     for ln in lines:
         try:
@@ -69,10 +78,12 @@ def draw_snapshot(
         p1 = (round(x1 * out_w), round(y1 * out_h))
         p2 = (round(x2 * out_w), round(y2 * out_h))
         cv2.line(img, p1, p2, LINE_COLOUR, 2, cv2.LINE_AA)
-        _label(img, f"line {ln.get('id', '')}", p1[0] + 2, p1[1] - 2, LINE_COLOUR)
-    if det is not None and det.get("width") and det.get("height"):
-        sx, sy = out_w / float(det["width"]), out_h / float(det["height"])
-        for box in det.get("boxes", []):
+        _label(img, f"line {ln.get('id', '')}", p1[0] + 2, p1[1] + 16, LINE_COLOUR)
+    det_frame = None
+    if det is not None and len(det) == 4 and det[1] and det[2]:
+        det_frame = int(det[0])
+        sx, sy = out_w / float(det[1]), out_h / float(det[2])
+        for box in det[3]:
             try:
                 bx1, by1, bx2, by2, tid, cls = box
             except (TypeError, ValueError):
@@ -83,8 +94,10 @@ def draw_snapshot(
             cv2.rectangle(img, a, b, colour, 2)
             text = f"#{int(tid)} {cls}" if int(tid) > 0 else str(cls)
             _label(img, text, a[0], a[1] - 1, colour)
-    note = f"frame {frame.frame_id}"
-    if det is not None and int(det.get("frame_id", -1)) != frame.frame_id:
-        note += f" (boxes of frame {det.get('frame_id')})"
+    note = f"frame {frame_id}"
+    if det_frame is None:
+        note += " (no boxes)"
+    elif det_frame != frame_id:
+        note += f" (boxes of frame {det_frame})"
     _label(img, note, 4, out_h - 4, (255, 255, 255))
-    return np.asarray(img, dtype=np.uint8)
+    return img

@@ -34,8 +34,9 @@ never a stage, a process object or a lock). Pixels for a snapshot are copied fro
 camera's frame ring with ``FrameRing.peek`` (read-only; the ring's reader and writer are
 never disturbed), on one worker thread, at most once per camera per
 ``SNAPSHOT_PERIOD_S``, and drawn with the boxes of the last frame analytics published
-(the same frame when the ring still holds it; else the newest frame, with the frame ids
-in ``X-Frame-Id`` and ``X-Boxes-Frame-Id``).
+from the detections board (``itsd-<run>-board-detections``, analytics' boxes of each
+camera's frames of the last two seconds), on the frame they were found in (see
+``_Snapshots``; the frame ids are in ``X-Frame-Id`` and ``X-Boxes-Frame-Id``).
 
 This module must never import a stage, an engine or the supervisor, never write to shared
 memory, and never block the supervisor's loop.
@@ -80,6 +81,7 @@ HISTORY_S = 600.0  # the charts' span: the last ten minutes
 MAX_STREAMS = 64  # event streams open at once; more get 503
 SNAPSHOT_PERIOD_S = 1.0  # at most one new JPEG per camera per period
 SNAPSHOT_MAX_SIDE = 960  # snapshots are scaled down to this width or height
+HELD_MAX_S = 10.0  # a frame held for the next snapshot longer than this is dropped
 JPEG_QUALITY = 75
 
 
@@ -173,7 +175,6 @@ def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
             {"id": ln.get("id"), "start": ln.get("start"), "end": ln.get("end")}
             for ln in _plain(c.config).get("lines", [])
         ]
-        det = state.detections.get(c.camera_id)
         cams.append(
             {
                 "camera_id": c.camera_id,
@@ -188,8 +189,11 @@ def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
                 "line_counts": _plain(c.line_counts),
                 "lines": lines,
                 "worker": c.worker,
+                "decoder": c.decoder,
+                "source_state": c.source_state,
+                "reason": c.reason,
                 "last_error": c.last_error,
-                "boxes_frame_id": det.get("frame_id") if det is not None else None,
+                "frames_inferred": c.frames_inferred,
             }
         )
     out["cameras"] = cams
@@ -302,13 +306,26 @@ class _Charts:
 
 
 class _Snapshots:
-    """JPEG snapshots of cameras' frame rings, on one worker thread, rate-limited."""
+    """JPEG snapshots of cameras' frame rings, on one worker thread, rate-limited.
+
+    Boxes must be drawn on the frame they were found in, but analytics finishes a frame
+    a moment after the ring has moved on to newer ones. So each render peeks the newest
+    frame and *holds* it (scaled down), and draws the frame held at the previous render,
+    whose boxes the detections board has by then; the picture is about one period old,
+    and exact. The first render of a camera, or a frame the board no longer has, is drawn
+    with the boxes of the nearest frame, and says so on the picture.
+    """
 
     def __init__(self) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="itsd-snap")
         self.rings: dict[str, tuple[str, Any]] = {}  # camera id -> (ring name, FrameRing)
+        self.held: dict[str, tuple[float, int, Any]] = {}  # camera -> (time, frame id, image)
         self.cache: dict[str, tuple[float, bytes, dict[str, str]]] = {}
         self.pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str]] | None]] = {}
+        self._board: Any = None
+        self._board_name = ""
+        self._boxes: dict[str, Any] = {}
+        self._boxes_at = -1e9
 
     def _ring(self, camera_id: str, ring_name: str) -> Any:
         from itsd.shm.frame_ring import FrameRing
@@ -322,32 +339,87 @@ class _Snapshots:
         self.rings[camera_id] = (ring_name, ring)
         return ring
 
+    def _frames(self, ring_name: str, camera_id: str) -> dict[int, list[Any]]:
+        """The detections board's frames of one camera, by frame id (parsed at most 4x/s)."""
+        from itsd.runtime.service_metrics import detections_board_name
+        from itsd.shm.board import Board
+        from itsd.shm.segments import parse_segment_name
+
+        parsed = parse_segment_name(ring_name)
+        if parsed is None:
+            return {}
+        name = detections_board_name(parsed.run_id)
+        now = time.monotonic()
+        if name != self._board_name or now - self._boxes_at >= 0.25:
+            self._boxes_at = now
+            if name != self._board_name or self._board is None:
+                if self._board is not None:
+                    self._board.close()
+                self._board, self._board_name = None, name
+                try:
+                    self._board = Board.attach(name)
+                except (OSError, ValueError):
+                    self._boxes = {}
+                    return {}
+            blob = self._board.read(timeout=0.02)
+            try:
+                data = json.loads(blob) if blob else {}
+            except ValueError:
+                data = {}
+            cams = data.get("cameras") if isinstance(data, dict) else None
+            self._boxes = cams if isinstance(cams, dict) else {}
+        out: dict[int, list[Any]] = {}
+        for entry in self._boxes.get(camera_id) or ():
+            if isinstance(entry, list) and len(entry) == 4:
+                out[int(entry[0])] = entry
+        return out
+
     def forget(self, keep: set[str]) -> None:
         """Let go of the rings of cameras no longer registered (on the worker thread)."""
         for cid in [c for c in self.rings if c not in keep]:
             self.rings.pop(cid)[1].close()
             self.cache.pop(cid, None)
+            self.held.pop(cid, None)
 
     def render(
-        self, camera_id: str, ring_name: str, det: Any, lines: list[dict[str, Any]]
+        self, camera_id: str, ring_name: str, lines: list[dict[str, Any]]
     ) -> tuple[bytes, dict[str, str]] | None:
         """Peek, draw and encode (on the worker thread)."""
         import cv2
 
-        from itsd.monitor.draw import draw_snapshot
+        from itsd.monitor.draw import draw_snapshot, prepare
 
         ring = self._ring(camera_id, ring_name)
-        want = int(det["frame_id"]) if det is not None else None
-        frame = ring.peek(want)
-        if frame is None:
+        now = time.monotonic()
+        newest = ring.peek(taken=True)  # a frame inference took: its boxes will come
+        frames = self._frames(ring_name, camera_id)
+        held = self.held.pop(camera_id, None)
+        if held is not None and now - held[0] > HELD_MAX_S:
+            held = None
+        current = (now, newest.frame_id, prepare(newest, SNAPSHOT_MAX_SIDE)) if newest else None
+        choice = None
+        for cand in (held, current):
+            if cand is not None and cand[1] in frames:
+                choice = cand
+                break
+        exact = choice is not None
+        if choice is None:
+            choice = current or held
+        if current is not None and not (exact and current is choice):
+            self.held[camera_id] = current  # drawn next time, once its boxes are out
+        if choice is None:
             return None
-        img = draw_snapshot(frame, det, lines, SNAPSHOT_MAX_SIDE)
+        _, frame_id, image = choice
+        det = frames.get(frame_id)
+        if det is None and frames:
+            det = frames[min(frames, key=lambda f: abs(f - frame_id))]
+        img = draw_snapshot(image.copy(), frame_id, det, lines)
         ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None
-        headers = {"X-Frame-Id": str(frame.frame_id)}
+        headers = {"X-Frame-Id": str(frame_id)}
         if det is not None:
-            headers["X-Boxes-Frame-Id"] = str(det["frame_id"])
+            headers["X-Boxes-Frame-Id"] = str(det[0])
         return bytes(jpg), headers
 
     def close(self) -> None:
@@ -355,6 +427,10 @@ class _Snapshots:
             for _, ring in self.rings.values():
                 ring.close()
             self.rings.clear()
+            self.held.clear()
+            if self._board is not None:
+                self._board.close()
+                self._board = None
 
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             self.pool.submit(shut).result(timeout=5)
@@ -568,7 +644,6 @@ class MonitorServer:
         if cached is None or now - cached[0] >= SNAPSHOT_PERIOD_S:
             fut = self.snapshots.pending.get(cid)
             if fut is None:
-                det = st.detections.get(cid)
                 lines = [
                     {"id": ln.get("id"), "start": ln.get("start"), "end": ln.get("end")}
                     for ln in _plain(cam.config).get("lines", [])
@@ -579,7 +654,6 @@ class MonitorServer:
                     self.snapshots.render,
                     cid,
                     cam.ring,
-                    _plain(det) if det is not None else None,
                     lines,
                 )
                 self.snapshots.pending[cid] = fut

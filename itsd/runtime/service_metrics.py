@@ -10,16 +10,22 @@ samples it read from the stages' cell tables and what it knows of cameras and qu
 
     {"transitions": [{"seq": 7, "rule": "QueueDepthHigh", "state": "firing", ...}, ...]}
 
-The publisher stage reads that board and turns each transition it has not published yet
-(its sequence number is above the publisher's ``itsd_publish_alert_seq`` state cell) into
-one ``alert`` event on topic alert_events. Why a board and not a ring: the supervisor
-must never wait on a stage, a board write never blocks, transitions are rare (a few per
-hour), and the board keeps the last ``RECENT`` of them, so a publisher that restarts
-catches up from its state cell; only a publisher down through more than ``RECENT``
-transitions would miss some (they stay in the log and on the dashboard).
+It also makes the *detections board* (``itsd-<run>-board-detections``) where analytics
+leaves the boxes of each camera's last frames for the dashboard's snapshots (the
+supervisor itself never reads it). The publisher stage reads the alerts board and turns
+each transition it has not published yet (its sequence number is above the publisher's
+``itsd_publish_alert_seq`` state cell) into one ``alert`` event on topic alert_events.
+
+Why a board and not a ring: the supervisor must never wait on a stage, a board write
+never blocks, transitions are rare (a few per hour), and the board keeps the last
+``RECENT`` of them, so a publisher that restarts catches up from its state cell; only a
+publisher down through more than ``RECENT`` transitions would miss some (they stay in
+the log and on the dashboard). Why the supervisor evaluates: it alone sees every input
+at once (every stage's cells, the rings' headers, NVML), and the dashboard shows the
+same alert states it publishes.
 
 This module must never import a stage, the supervisor, ``control`` or ``monitor``, and
-never block: it reads numbers and writes one board.
+never block: it reads numbers and writes boards.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from itsd.shm.segments import segment_name
 log = logging.getLogger("itsd.alerts")
 
 ALERTS_BOARD_BYTES = 256 * 1024
+DETECTIONS_BOARD_BYTES = 4 * 1024 * 1024
 #: Errors counted by ml_error_rate.
 ERROR_METRICS = (
     m.DECODE_ERRORS,
@@ -63,6 +70,11 @@ ERROR_METRICS = (
 def alerts_board_name(run_id: str) -> str:
     """Name of the alerts board of a run."""
     return segment_name(run_id, "board", "alerts")
+
+
+def detections_board_name(run_id: str) -> str:
+    """Name of the board where analytics leaves the last frames' boxes (the dashboard)."""
+    return segment_name(run_id, "board", "detections")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,7 @@ class ServiceMetrics:
         self._err_hist: collections.deque[tuple[float, float, float]] = collections.deque()
         self._board: Board | None = None
         self._board_failed = False
+        self._detections: Board | None = None
         self.host = HostSample()
 
     # -- the alerts board ------------------------------------------------------------------
@@ -102,6 +115,9 @@ class ServiceMetrics:
         if self._board is None:
             try:
                 self._board = Board.create(alerts_board_name(self.run_id), ALERTS_BOARD_BYTES)
+                self._detections = Board.create(
+                    detections_board_name(self.run_id), DETECTIONS_BOARD_BYTES
+                )
             except (OSError, ValueError) as err:
                 self._board_failed = True
                 log.error("alerts board not created (no alert events): %s", err)
@@ -118,11 +134,12 @@ class ServiceMetrics:
             log.error("alerts board: %s", err)
 
     def close(self) -> None:
-        """Remove the alerts board and let NVML go."""
-        if self._board is not None:
-            self._board.close()
-            self._board.unlink()
-            self._board = None
+        """Remove the boards and let NVML go."""
+        for board in (self._board, self._detections):
+            if board is not None:
+                board.close()
+                board.unlink()
+        self._board = self._detections = None
         self.probe.close()
 
     # -- one tick ---------------------------------------------------------------------------

@@ -832,9 +832,13 @@ class FrameRing(SegmentBacked):
 
     # ------------------------------------------------------------------ peeking
 
-    def peek(self, frame_id: int | None = None, attempts: int = 4) -> PeekedFrame | None:
-        """Copy the frame ``frame_id`` if a slot still holds it, else the newest published one.
+    def peek(
+        self, frame_id: int | None = None, *, taken: bool = False, attempts: int = 4
+    ) -> PeekedFrame | None:
+        """Copy the frame ``frame_id`` if a slot still holds it, else (with ``taken``) the
+        frame the reader took last if a slot still holds it, else the newest published one.
 
+        ``taken`` finds a frame that goes through inference (the newest may be skipped).
         Read-only: no slot changes state, no counter moves (see "Peeking" above). None
         when nothing was published yet or every attempt met a slot being rewritten.
         """
@@ -854,6 +858,9 @@ class FrameRing(SegmentBacked):
             if not found:
                 return None
             pick = next((f for f in found if f[2][2] == frame_id), None)
+            if pick is None and taken:
+                last_read = load_u64(buf, _H_LAST_READ)
+                pick = next((f for f in found if f[2][1] == last_read), None)
             if pick is None:
                 pick = max(found, key=lambda f: f[2][1])
             index, word, fields = pick

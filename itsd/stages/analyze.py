@@ -44,6 +44,7 @@ This stage must never import an engine or a GPU library, and never draw on image
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -96,12 +97,16 @@ from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import RecordRing
 from itsd.shm.board import Board
+from itsd.shm.segments import parse_segment_name, segment_name
 from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
 log = logging.getLogger("itsd.analyze")
 
 BATCH_RECORDS = 64
 BOARD_PERIOD_S = 0.5
+#: The dashboard's snapshots: boxes of the frames of the last seconds, per camera.
+DETECTIONS_S = 2.0
+DETECTIONS_KEPT = 64
 #: What a counting line counts when its config names no classes.
 DEFAULT_LINE_CLASSES = frozenset(VEHICLE_CLASS_NAMES | {"bicycle", "person"})
 
@@ -175,8 +180,10 @@ class CameraAnalytics:
         self.in_view = 0
         self.scene = Scene(scene_spec(camera, self.analytics))
         self._classes: dict[int, tuple[str, bool]] = {}
-        #: The last frame's detections and their track ids, drawn by the dashboard.
-        self.latest: tuple[DetectionRecord, dict[int, int], float] | None = None
+        self.last_frame_mono = time.monotonic()
+        #: The last frames' detections with their track ids, for the dashboard's
+        #: snapshots: [record, track ids by detection index, report_min, JSON or None].
+        self.recent: collections.deque[list[Any]] = collections.deque(maxlen=DETECTIONS_KEPT)
 
     @staticmethod
     def _lines(camera: CameraConfig) -> list[CountingLine]:
@@ -218,10 +225,11 @@ class CameraAnalytics:
             events.append(self._alert_event(a, 0, None))
         return events
 
-    def flush_idle(self, now: float, grace_s: float = 5.0) -> list[EventRecord]:
-        """Close the open interval of a camera that sent no frame since it ended."""
+    def flush_idle(self, now_mono: float, grace_s: float = 5.0) -> list[EventRecord]:
+        """Close the open interval of a camera that sent no frame for an interval and
+        ``grace_s`` (monotonic clock: a file's capture clock may lag the wall clock)."""
         acc = self.scene.summary
-        if acc.start is None or now < acc.start + acc.interval_s + grace_s:
+        if acc.start is None or now_mono - self.last_frame_mono < acc.interval_s + grace_s:
             return []
         summary = self.scene.flush()
         return [self._summary_event(summary)] if summary is not None else []
@@ -317,11 +325,12 @@ class CameraAnalytics:
         t = rec.capture_wall_ns / 1e9
         tracks = self.tracker.update(rec.boxes, rec.scores, rec.class_ids, t)
         track_of = {tr.det_index: tr.track_id for tr in tracks if tr.det_index >= 0}
-        self.latest = (rec, track_of, report_min)  # for the live board (references only)
+        self.recent.append([rec, track_of, report_min, None])  # references only
         crossings = self.counter.update(tracks, rec.width, rec.height, t)
         removed = self.tracker.pop_removed()
         self.counter.forget(removed)
         self.in_view = len(self.tracker.active_tracks())
+        self.last_frame_mono = time.monotonic()
         reported = int(np.count_nonzero(rec.scores >= report_min)) if len(rec.scores) else 0
         scene = self.scene.update(
             tracks,
@@ -460,7 +469,7 @@ class _State:
 
     def idle_flush(self) -> list[EventRecord]:
         """Close the intervals of cameras that went quiet (checked once a second)."""
-        now = time.time()
+        now = time.monotonic()
         if now - self.last_idle_check < 1.0:
             return []
         self.last_idle_check = now
@@ -544,6 +553,7 @@ def run(ctx: StageContext) -> int:
     board_name = ctx.spec.extra.get("board", "")
     board = Board.attach(board_name) if board_name else None
     last_board = 0.0
+    detections = _DetectionsBoard(ctx)
     slot = ctx.slot
     ctx.set_running()
     try:
@@ -572,6 +582,7 @@ def run(ctx: StageContext) -> int:
             if board is not None and now - last_board >= BOARD_PERIOD_S:
                 last_board = now
                 _publish_board(board, state)
+            detections.publish(state)
             state.save_all()
         # Drained on a stop request: the partial intervals and the clears of the alerts
         # still raised go out before the publisher is stopped.
@@ -583,6 +594,7 @@ def run(ctx: StageContext) -> int:
         if board is not None:
             _publish_board(board, state)
             board.close()
+        detections.close()
         for r in det_rings:
             r.close()
         evt_ring.close()
@@ -626,11 +638,10 @@ def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes
     return True
 
 
-def _latest_boxes(c: CameraAnalytics) -> dict[str, Any] | None:
-    """The last frame's boxes for the dashboard: [x1, y1, x2, y2, track id (0: none), class]."""
-    if c.latest is None:
-        return None
-    rec, track_of, report_min = c.latest
+def _boxes_json(c: CameraAnalytics, item: list[Any]) -> bytes:
+    """One frame for the detections board: [frame id, width, height, boxes], each box
+    [x1, y1, x2, y2, track id (0: none), class]."""
+    rec, track_of, report_min = item[0], item[1], item[2]
     boxes = []
     for i in range(len(rec.scores)):
         tid = track_of.get(i, 0)
@@ -638,7 +649,56 @@ def _latest_boxes(c: CameraAnalytics) -> dict[str, Any] | None:
             continue
         x1, y1, x2, y2 = (round(float(v), 1) for v in rec.boxes[i])
         boxes.append([x1, y1, x2, y2, tid, c.class_name(int(rec.class_ids[i]))])
-    return {"frame_id": rec.frame_id, "width": rec.width, "height": rec.height, "boxes": boxes}
+    return _dumps([rec.frame_id, rec.width, rec.height, boxes])
+
+
+class _DetectionsBoard:
+    """The boxes of each camera's last frames (``DETECTIONS_S``), for the dashboard.
+
+    The board (``itsd-<run>-board-detections``) is made by the supervisor; the monitoring
+    port draws these boxes on the very frame they belong to. Each frame is turned into
+    JSON once, when first published; the blob is joined from those pieces.
+    """
+
+    def __init__(self, ctx: StageContext) -> None:
+        parsed = parse_segment_name(ctx.spec.cells) if ctx.spec.cells else None
+        self.name = segment_name(parsed.run_id, "board", "detections") if parsed else ""
+        self.board: Board | None = None
+        self.next_at = 0.0
+        self.warned = False
+
+    def publish(self, state: _State, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.name or (now < self.next_at and not force):
+            return
+        self.next_at = now + BOARD_PERIOD_S
+        if self.board is None:
+            try:
+                self.board = Board.attach(self.name)
+            except (OSError, ValueError):
+                return  # not made (yet): nobody draws
+        oldest = time.time_ns() - int(DETECTIONS_S * 1e9)
+        parts = []
+        for cam in state.cams.values():
+            c = cam.a
+            frags = []
+            for item in c.recent:
+                if item[0].capture_wall_ns < oldest:
+                    continue
+                if item[3] is None:
+                    item[3] = _boxes_json(c, item)
+                frags.append(item[3])
+            parts.append(_dumps(c.camera.id) + b":[" + b",".join(frags) + b"]")
+        try:
+            self.board.publish(b'{"cameras":{' + b",".join(parts) + b"}}")
+        except ValueError as err:
+            if not self.warned:
+                self.warned = True
+                log.warning("detections for the dashboard not published: %s", err)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def _publish_board(board: Board, state: _State) -> None:
@@ -648,7 +708,6 @@ def _publish_board(board: Board, state: _State) -> None:
             c.camera.id: {
                 "line_counts": c.counter.totals(),
                 "vehicles_in_view": c.in_view,
-                "latest": _latest_boxes(c),
             }
             for c in cams
         },

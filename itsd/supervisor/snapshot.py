@@ -277,13 +277,6 @@ class Snapshotter:
             generation=sup.generation,
             alerts=alerts,
             host=self.service.host,
-            detections=_frozen(
-                {
-                    cid: d["latest"]
-                    for cid, d in traffic.items()
-                    if isinstance(d, dict) and isinstance(d.get("latest"), dict)
-                }
-            ),
         )
 
     def _window_mean(self, key: str, total: float, count: float, now: float) -> float:

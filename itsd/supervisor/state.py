@@ -128,9 +128,6 @@ class DaemonState:
     alerts: AlertsView = field(default_factory=AlertsView)
     #: Host memory and the GPUs (NVML), sampled at most once a second.
     host: HostSample = field(default_factory=HostSample)
-    #: Per camera id, the boxes of the last frame analytics published (frame_id, width,
-    #: height, boxes: [x1, y1, x2, y2, track id, class]); drawn by the dashboard.
-    detections: Mapping[str, Any] = field(default_factory=_empty)
 
     def camera(self, camera_id: str) -> CameraView:
         """The camera named; KeyError when it is not registered."""
