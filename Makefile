@@ -22,8 +22,10 @@ SOURCE ?=
 # decoder in bench/decode_bench.py.
 # postgresql: the store tests start a private server (initdb/pg_ctl from
 # /usr/lib/postgresql/<ver>/bin, as the postgres user when run as root).
-DEB_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg postgresql
-GST_PROBE := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" && command -v ffmpeg && ls /usr/lib/postgresql/*/bin/pg_ctl
+# prometheus: promtool checks /metrics and deploy/prometheus/itsd-rules.yml.
+# chromium: the dashboard test opens the page headless and takes a screenshot.
+DEB_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg postgresql prometheus chromium
+GST_PROBE := /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" && command -v ffmpeg && ls /usr/lib/postgresql/*/bin/pg_ctl && command -v promtool && command -v chromium
 
 system-deps:
 	@if $(GST_PROBE) >/dev/null 2>&1; then :; \
