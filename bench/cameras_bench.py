@@ -167,7 +167,7 @@ def main() -> int:
         dt = time.monotonic() - t_run
         mem = _memory(proc.pid)
         shm = _shm_bytes(run_id)
-        c0, c1 = s0["metrics"]["counters"], s1["metrics"]["counters"]
+        c0, c1 = (x.get("counters") or x["metrics"]["counters"] for x in (s0, s1))
         n = args.cameras
         marks = sorted({1, *[2**k for k in range(1, 12) if 2**k <= n], n})
         result.update(
