@@ -269,6 +269,18 @@ RULES: tuple[Rule, ...] = (
         modules=("itsd.sources",),
         forbidden=("itsd.stages", *STAGES_UPWARD),
     ),
+    Rule(
+        "the store never imports a stage, analytics, control, monitor, the CLI or the supervisor",
+        "itsd/store/__init__.py",
+        modules=("itsd.store",),
+        forbidden=("itsd.stages", "itsd.engines", "itsd.analytics", *STAGES_UPWARD, *GPU_LIBS),
+    ),
+    Rule(
+        "the store's schema and records import nothing else from itsd",
+        "itsd/store/{schema,model}.py",
+        modules=("itsd.store.schema", "itsd.store.model"),
+        forbidden=("itsd",),
+    ),
 )
 
 #: (rule name, importing module, imported module) that break a rule today and are being
