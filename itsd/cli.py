@@ -927,6 +927,47 @@ def config_check(file: str) -> None:
     )
     for warning in security_warnings(cfg):
         click.echo(f"warning: {warning}", err=True)
+    for cam in cfg.cameras:
+        if cam.calibration is not None:
+            from itsd.analytics.calibration import Calibration
+
+            c = cam.calibration
+            fit = Calibration.fit(c.image_points, c.world_points, c.bearing_deg)
+            n = len(c.image_points)
+            click.echo(
+                f"camera {cam.id}: calibration of {n} points, reprojection error rms "
+                f"{fit.rms_error_m:.2f} m, max {fit.max_error_m:.2f} m, +y bearing "
+                f"{c.bearing_deg:g} deg"
+                + (" (4 points fit exactly: a fifth makes the error a check)" if n == 4 else "")
+            )
+
+
+@main.command("calibrate")
+@click.argument("camera", required=False)
+@click.option("--config", "config_path", required=True, help="Configuration file.")
+@click.option("-o", "--output", default=None, help="PNG to write [calibration-CAMERA.png].")
+@click.option("--frame", "frame_index", default=0, show_default=True, help="Frame of a file.")
+@click.option("--grid", "grid_m", default=5.0, show_default=True, help="Grid spacing, metres.")
+def calibrate_command(
+    camera: str | None, config_path: str, output: str | None, frame_index: int, grid_m: float
+) -> None:
+    """Draw CAMERA's calibration points, lines and projected ground grid onto a frame of
+    its source and write a PNG (every calibrated camera when CAMERA is not given)."""
+    from itsd.calibrate import calibrate
+
+    cfg = _load(config_path, {})
+    cams = [c for c in cfg.cameras if c.calibration is not None and camera in (None, c.id)]
+    if not cams:
+        what = f"camera {camera!r} is not configured or" if camera else "no camera"
+        _fail(f"{config_path}: {what} has no calibration", EXIT_CONFIG)
+        return
+    for cam in cams:
+        out = Path(output) if output and len(cams) == 1 else Path(f"calibration-{cam.id}.png")
+        path, fit, real = calibrate(cam, out, frame_index, grid_m)
+        click.echo(
+            f"{path}: camera {cam.id}, reprojection error rms {fit.rms_error_m:.2f} m"
+            + ("" if real else " (source not readable: drawn on a blank canvas)")
+        )
 
 
 @config_group.command("show-defaults")

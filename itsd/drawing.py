@@ -140,9 +140,7 @@ def draw_calibration(
             if abs(v) < 1e-9:
                 color = _RED if axis == 1 else _CYAN  # y = 0 is the x axis, x = 0 the y axis
             _polyline(img, im, w, h, color)
-    # Points, their polygon, their numbers and ground coordinates.
-    poly = np.array([px(p) for p in image_points], dtype=np.int32)
-    cv2.polylines(img, [poly], True, _YELLOW, 1, cv2.LINE_AA)
+    # Points, their numbers, ground coordinates and reprojection errors.
     mapped = calibration.to_ground(np.asarray(image_points, dtype=np.float64))
     for i, (p, wp) in enumerate(zip(image_points, world_points, strict=True)):
         c = px(p)

@@ -4,7 +4,8 @@ Intervals are aligned to multiples of ``interval_s`` of the capture clock (UTC),
 summaries of every camera (and of a restarted daemon) fall on the same boundaries, which
 is what an aggregates store wants. An interval closes when the first frame of a later
 one arrives (or the stage closes it on shutdown or when a camera goes quiet, with
-``flush``); an interval with no frame gives no summary.
+``flush``); an interval with no frame gives no summary. An interval closed early (``flush``) and
+then continued gives a second summary for the rest of it, never the same span twice.
 
 What one summary holds (``IntervalSummary.data``):
 
@@ -78,6 +79,9 @@ class IntervalAccumulator:
         self.queue_zones = set(queue_zones)
         self.start: float | None = None
         self.last_t = 0.0
+        #: End of the last interval closed early by ``flush``: a later frame of the same
+        #: aligned interval opens the rest of it, never the part already summarised.
+        self.resume_at = -math.inf
         self._reset()
 
     def _reset(self) -> None:
@@ -101,10 +105,10 @@ class IntervalAccumulator:
         a frame of a later interval closes."""
         closed = None
         if self.start is None:
-            self.start = self.boundary(t)
-        elif t >= self.start + self.interval_s:
-            closed = self.close(self.start + self.interval_s)
-            self.start = self.boundary(t)
+            self.start = max(self.boundary(t), self.resume_at)
+        elif t >= self.boundary(self.start) + self.interval_s:
+            closed = self.close(self.boundary(self.start) + self.interval_s)
+            self.start = max(self.boundary(t), self.resume_at)
         self.last_t = max(self.last_t, t)
         return closed
 
@@ -139,9 +143,10 @@ class IntervalAccumulator:
         """Close the open interval at the last frame's time (shutdown, camera gone)."""
         if self.start is None or self.frames == 0:
             return None
-        end = min(self.start + self.interval_s, max(self.last_t, self.start))
+        end = min(self.boundary(self.start) + self.interval_s, max(self.last_t, self.start))
         out = self.close(end)
         self.start = None
+        self.resume_at = end
         return out
 
     def close(self, end: float) -> IntervalSummary | None:

@@ -262,3 +262,17 @@ def test_interval_counts_are_per_interval() -> None:
 def test_percentile() -> None:
     assert percentile([10.0, 20.0, 30.0, 40.0], 85.0) == pytest.approx(35.5)
     assert percentile([42.0], 85.0) == 42.0
+
+
+def test_an_interval_flushed_early_is_never_summarised_twice() -> None:
+    acc = IntervalAccumulator(60.0, [], set())
+    acc.advance(T0 + 10)
+    acc.add_frame()
+    first = acc.flush()  # the camera went quiet
+    acc.advance(T0 + 30)  # and came back within the same minute
+    acc.add_frame()
+    rest = acc.advance(T0 + 61)
+    assert first is not None and rest is not None
+    assert first.data["interval"]["end"] == T0 + 10
+    assert rest.data["interval"]["start"] == T0 + 10
+    assert rest.data["interval"]["end"] == T0 + 60

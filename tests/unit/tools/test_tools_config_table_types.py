@@ -87,7 +87,7 @@ def test_rows_in_the_readme() -> None:
 
 
 def test_unavailable_keys_say_so() -> None:
-    assert "Not available in this version" in row("cameras[].zones")[3]
+    assert "Not available in this version" in row("model.tensorrt")[3]
     assert "Not available" not in row("kafka.topic_prefix")[3]
     assert "Not available" not in row("kafka.enabled")[3]
     assert "Not available" not in row("performance.max_batch_size")[3]
