@@ -111,11 +111,11 @@ class Kinematics:
         boxes = np.empty((n, 4), dtype=np.float64)
         for i, tr in enumerate(live):
             boxes[i] = tr.box
-        m = EDGE_PX
-        cut = (boxes[:, 0] <= m) | (boxes[:, 2] >= frame_w - m) | (boxes[:, 3] >= frame_h - m)
+        e = EDGE_PX
+        cut = (boxes[:, 0] <= e) | (boxes[:, 2] >= frame_w - e) | (boxes[:, 3] >= frame_h - e)
         if cut.any():
-            for i in np.flatnonzero(cut):
-                self._hist.pop(live[i].track_id, None)
+            for j in np.flatnonzero(cut).tolist():
+                self._hist.pop(live[j].track_id, None)
             keep = ~cut
             live = [tr for tr, k in zip(live, keep, strict=True) if k]
             boxes = boxes[keep]
