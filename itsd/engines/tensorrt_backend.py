@@ -220,7 +220,8 @@ class TensorRTEngine(YoloEngine):
         nbytes = self._plan.nbytes[inp.name]
         self._host_ptr = _check(cudart.cudaHostAlloc(nbytes, 0), "cudaHostAlloc")
         host = (ctypes.c_byte * nbytes).from_address(int(self._host_ptr))
-        self._buffer = np.frombuffer(memoryview(host), dtype=np.float32).reshape(self._plan.shapes[inp.name])
+        flat = np.frombuffer(memoryview(host), dtype=np.float32)
+        self._buffer = flat.reshape(self._plan.shapes[inp.name])
         self._buffer[:] = 114 / 255
         probe = self._forward(self._buffer[: self.static_batch or 1])
         nc = check_yolo_output(tuple(probe.shape), self.input_size, where)
