@@ -163,3 +163,21 @@ def test_a_postgres_restart_mid_run_loses_no_interval(
         assert rows[key].counts == row.counts
     assert "intervals go to the buffer" in d.log()
     engine.dispose()
+
+
+def test_a_store_newer_than_the_code_stops_the_start(
+    start_daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from itsd.store.db import migrate
+
+    workdir = tmp_path / "newer"
+    engine = make_engine(f"sqlite:///{workdir / 'state' / 'store.sqlite3'}")
+    migrate(engine)
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE alembic_version SET version_num = 'f00d_future'"))
+    engine.dispose()
+    d = start_daemon(extra=SUMMARY, workdir=workdir)
+    assert d.proc.wait(60) == 78
+    assert "f00d_future" in d.log() and "newer itsd" in d.log()
