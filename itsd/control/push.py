@@ -56,6 +56,8 @@ STATS_WINDOW = 4096
 STATS_WINDOW_S = 60.0
 #: Results kept per StreamFrames subscriber when the client reads slower than they come.
 SUBSCRIBER_QUEUE = 64
+#: How often the reader unmaps the rings of push cameras that were removed.
+PRUNE_S = 2.0
 _IDLE_S = 0.002
 _LATENCY_RE = re.compile(
     rb'"latency_ms":\{"inference":(-?[0-9.eE+-]+),"capture_to_analytics":(-?[0-9.eE+-]+)\},'
@@ -428,9 +430,36 @@ class PushHub:
                 self._subs.pop(sub.camera_id, None)
 
     # -- the results reader -------------------------------------------------------------
+    def prune(self) -> list[str]:
+        """Unmap the rings of cameras removed (or replaced) since their frames came, so
+        their shared memory is freed; returns their ids."""
+        with self._lock:
+            cams = list(self._cameras.items())
+        gone = []
+        for cid, cam in cams:
+            try:
+                target = self.backend.push_target(cid)  # never creates a camera
+                alive = target.key == cam.target.key
+            except Exception:  # unknown now, or no longer a push camera
+                alive = False
+            if not alive:
+                with self._lock:
+                    if self._cameras.get(cid) is cam:
+                        del self._cameras[cid]
+                cam.close()
+                gone.append(cid)
+        return gone
+
     def _run(self, ring: RecordRing) -> None:
+        next_prune = time.monotonic() + PRUNE_S
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_S
+                    try:
+                        self.prune()
+                    except Exception as exc:  # never stop reading results
+                        _log.warning("cannot check the push cameras: %s", exc)
                 raw = ring.get_many(256)
                 if not raw:
                     time.sleep(_IDLE_S)

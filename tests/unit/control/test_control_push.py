@@ -444,3 +444,21 @@ def test_engine_metrics_have_percentiles_from_results(vision: Any, pipeline: Fak
     assert m.batch_size.max == 1 and m.batch_size.last == 1
     assert m.extra["push_frames_waiting"] == 0
     assert m.extra["push_result_latency_p50_ms"] > 0
+
+
+def test_removed_camera_is_unmapped_and_not_found(
+    vision: Any, pipeline: FakePipeline, push_backend: PushFakeBackend, push_server: ControlServer
+) -> None:
+    vision.ProcessFrame(vision_pb2.ProcessFrameRequest(frame=jpeg_frame("gate", 1)), timeout=5)
+    hub = push_server.hub
+    assert hub is not None
+    cam = hub.camera("gate")
+    pipeline.paused.set()
+    ring = push_backend.rings.pop("gate")
+    ring.close()
+    ring.unlink()
+    assert hub.prune() == ["gate"] and cam.closed
+    with pytest.raises(grpc.RpcError) as err:
+        vision.ProcessFrame(vision_pb2.ProcessFrameRequest(frame=jpeg_frame("gate", 2)), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    pipeline.paused.clear()
