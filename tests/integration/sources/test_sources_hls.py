@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 
 import pytest
@@ -31,3 +33,30 @@ def test_hls_wrong_playlist_path_says_so(hls_server: Callable[[], str]) -> None:
     host = hls_server()
     with pytest.raises(SourceError, match=r"cannot open http://127.0.0.1:\d+/nope.m3u8: wrong"):
         open_source(camera(f"http://{host}/nope.m3u8"))
+
+
+def _pts_steps(url: str, behind_s: float, seconds: float = 3.0) -> tuple[set[int], dict[str, int]]:
+    """Read ``url`` while spending 60 ms per frame (slower than its 24 fps) for ``seconds``;
+    the pts steps between delivered frames and the source's counts."""
+    src = open_source(camera(url), SourceOptions(behind_s=behind_s, threads=1))
+    stats: dict[str, int] = {}
+    pts: list[int] = []
+    t0 = time.monotonic()
+    for frame in src.frames(stats):
+        pts.append(frame.pts)
+        time.sleep(0.06)
+        if time.monotonic() - t0 > seconds:
+            break
+    src.close()
+    return {b - a for a, b in itertools.pairwise(pts)}, stats
+
+
+def test_a_source_far_behind_skips_non_reference_frames(hls_server: Callable[[], str]) -> None:
+    # The clip is H.264 High profile with B-frames; one frame is 3753.75 ticks of 90 kHz.
+    url = f"http://{hls_server()}/index.m3u8"
+    steps, stats = _pts_steps(url, behind_s=0.5)
+    assert stats.get("behind", 0) >= 1
+    assert max(steps) >= 7507  # non-reference frames were not decoded
+    steps, stats = _pts_steps(url, behind_s=0.0)  # off: every frame decoded, however late
+    assert "behind" not in stats
+    assert max(steps) <= 3754
