@@ -5,7 +5,7 @@
 * ``hls_server()``: segments made with ``ffmpeg -f hls`` from a shared clip into a temp
   dir, served by ``python -m http.server``;
 * ``whep_server(token=None)``: ``whep_server.py`` here, an aiortc peer sending a shared clip;
-* ``rtsp_server(transport)``: GStreamer's RTSP server (``tools/rtsp_server.py``, Debian's
+* ``rtsp_server(user="", password="")``: GStreamer's RTSP server (``tools/rtsp_server.py``, Debian's
   python3), skipped where GStreamer is missing (failed under CI).
 
 Each factory returns the server's base URL and stops what it started at the end.
@@ -139,17 +139,19 @@ def _gst_available() -> bool:
 
 
 @pytest.fixture
-def rtsp_server(clip: Path, servers: list[subprocess.Popen[str]]) -> Callable[[], str]:
+def rtsp_server(clip: Path, servers: list[subprocess.Popen[str]]) -> Callable[..., str]:
     if not _gst_available():
         msg = "GStreamer RTSP server not installed (run `make system-deps`)"
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
 
-    def start() -> str:
+    def start(user: str = "", password: str = "") -> str:
         port = free_port()
         cmd = [DEBIAN_PY, str(REPO / "tools" / "rtsp_server.py"), "--file", str(clip)]
         cmd += ["--port", str(port)]
+        if user:
+            cmd += ["--user", user, "--password", password]
         servers.append(_start(cmd, lambda line: line.startswith("READY")))
         return f"127.0.0.1:{port}"
 

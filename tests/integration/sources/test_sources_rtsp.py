@@ -13,7 +13,7 @@ from itsd.sources import SourceOptions, open_source
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_rtsp_delivers_frames_over_each_transport(
-    rtsp_server: Callable[[], str], transport: str
+    rtsp_server: Callable[..., str], transport: str
 ) -> None:
     host = rtsp_server()
     frames, _stats, desc = open_and_take(
@@ -24,9 +24,26 @@ def test_rtsp_delivers_frames_over_each_transport(
     assert all(looks_like_footage(p) and p.shape == (360, 640, 3) for _, p in frames)
 
 
-def test_rtsp_wrong_path_says_so_without_the_password(rtsp_server: Callable[[], str]) -> None:
-    host = rtsp_server()
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("rtsp://admin:s3cret@{host}/nope", "wrong path (404 Not Found)"),
+        ("rtsp://admin:wrong@{host}/stream", "bad or missing credentials (401 Unauthorized)"),
+        ("rtsp://{host}/stream", "bad or missing credentials (401 Unauthorized)"),
+    ],
+)
+def test_rtsp_open_failures_say_why_without_the_password(
+    rtsp_server: Callable[..., str], url: str, reason: str
+) -> None:
+    host = rtsp_server(user="admin", password="s3cret")
     with pytest.raises(SourceError) as err:
-        open_source(camera(f"rtsp://admin:s3cret@{host}/nope"))
-    assert "rtsp://admin:***@" in str(err.value) and "wrong path (404" in str(err.value)
-    assert "s3cret" not in str(err.value)
+        open_source(camera(url.format(host=host)))
+    msg = str(err.value)
+    assert reason in msg, msg
+    assert "s3cret" not in msg and "admin:wrong" not in msg
+
+
+def test_rtsp_with_the_right_login_delivers_frames(rtsp_server: Callable[..., str]) -> None:
+    host = rtsp_server(user="admin", password="s3cret")
+    frames, _, _ = open_and_take(f"rtsp://admin:s3cret@{host}/stream", 3)
+    assert len(frames) == 3 and looks_like_footage(frames[-1][1])
