@@ -895,6 +895,92 @@ class AlertsConfig(_Model):
         return out
 
 
+class FleetConfig(_Model):
+    """A fleet of edge servers sharing cameras through a Kafka consumer group (``itsd.fleet``).
+
+    Cameras live in a compacted registry topic (key = camera id, value = the camera's
+    configuration as JSON, a tombstone removes it); each node joins one consumer group on
+    it and runs the cameras of the partitions it is assigned."""
+
+    enabled: bool = Field(
+        False, description="Join the fleet: run the cameras of the registry partitions assigned."
+    )
+    node_id: str | None = Field(
+        None,
+        pattern=CAMERA_ID_PATTERN,
+        description="This node's name in events and fleet status; null: the host name.",
+    )
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers of the fleet; null: kafka.bootstrap_servers."
+    )
+    registry_topic: str = Field(
+        "itsd.cameras", min_length=1, description="Compacted topic of camera configurations."
+    )
+    status_topic: str = Field(
+        "itsd.nodes", min_length=1, description="Compacted topic of node status records."
+    )
+    group_id: str = Field("itsd-fleet", min_length=1, description="Consumer group of the nodes.")
+    partitions: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description=(
+            "Partitions of the registry topic when it is created (many more than nodes: "
+            "the unit of assignment)."
+        ),
+    )
+    capacity: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most fleet cameras this node runs; the rest of its partitions' cameras wait and "
+            "show as not running. null: supervisor.max_cameras minus the file's cameras."
+        ),
+    )
+    assignor: Literal["cooperative-sticky", "range", "roundrobin"] = Field(
+        "cooperative-sticky",
+        description=(
+            "Partition assignment strategy; cooperative-sticky moves only the partitions "
+            "that must move."
+        ),
+    )
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        le=300_000,
+        description="A node silent this long is out of the group and its cameras move.",
+    )
+    revoke_timeout_s: float = Field(
+        15.0,
+        gt=0.0,
+        le=300.0,
+        description=(
+            "Longest a node spends detaching the cameras of revoked partitions (and "
+            "flushing their events) before the rebalance goes on."
+        ),
+    )
+    status_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Period of this node's record on the status topic."
+    )
+    consumer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings of the fleet's clients (security, ...).",
+    )
+
+    def resolved_node_id(self) -> str:
+        """node_id, else the host name (cut to a valid id)."""
+        return self.node_id or node_name_from_host()
+
+
+def node_name_from_host() -> str:
+    """The host name as a node id (letters, digits, ``_.-``; at most 64 characters)."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).lstrip("_.-")[:64]
+    return name or "node"
+
+
 class Config(_Model):
     """The whole configuration of one itsd daemon."""
 
@@ -922,6 +1008,9 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Process supervision."
+    )
+    fleet: FleetConfig = Field(
+        default_factory=FleetConfig, description="A fleet of nodes sharing cameras over Kafka."
     )
     alerts: AlertsConfig = Field(
         default_factory=AlertsConfig,
@@ -969,6 +1058,26 @@ class Config(_Model):
                 f"{self.supervisor.max_cameras}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _fleet_fits(self) -> Config:
+        cap = self.fleet.capacity
+        if cap is not None and cap + len(self.cameras) > self.supervisor.max_cameras:
+            raise ValueError(
+                f"fleet.capacity ({cap}) plus the {len(self.cameras)} file camera(s) exceeds "
+                f"supervisor.max_cameras ({self.supervisor.max_cameras})"
+            )
+        return self
+
+    def fleet_capacity(self) -> int:
+        """Fleet cameras this node takes: fleet.capacity, else what max_cameras leaves."""
+        if self.fleet.capacity is not None:
+            return self.fleet.capacity
+        return max(0, self.supervisor.max_cameras - len(self.cameras))
+
+    def fleet_bootstrap(self) -> str:
+        """Bootstrap servers of the fleet: fleet.bootstrap_servers, else kafka's."""
+        return self.fleet.bootstrap_servers or self.kafka.bootstrap_servers
 
     def resolved_pid_file(self) -> Path:
         """The pid file path in effect."""

@@ -7,7 +7,11 @@ hand-written dictionary in a stage, and each type has a JSON Schema in
 Envelope (every type)::
 
     {"event_type": "...", "schema_version": "1.0", "timestamp": "RFC 3339, UTC",
-     "camera_id": "...", "frame_id": 0, "data": {...}}
+     "camera_id": "...", "frame_id": 0, "node": "...", "data": {...}}
+
+``node`` (since 1.2) names the itsd node that produced the event (``fleet.node_id`` or
+the host name); it is left out when the producer has no node name (events built
+outside a daemon).
 
 ``camera_id`` is also the Kafka message key (the events of one camera stay in order in
 one partition); daemon-wide events (metrics snapshots, spool alerts) have ``""``.

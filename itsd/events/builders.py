@@ -12,6 +12,7 @@ a GPU library: it is called for every frame and must stay cheap.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -19,10 +20,15 @@ from typing import Any
 from itsd.records import EventRecord, EventType, Topic, rfc3339_from_ns
 
 #: Version of the event schemas (see ``itsd.events`` for the rules of change).
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 # 1.1: vehicle_type, speed_kmh and heading on detections and line crossings; interval,
 # interval_counts, speed, zones and longest_queue_m on analytics_summary; state,
 # alert_id, evidence and snapshot_path on alerts; ALERT_TYPE_CAMERA_BLIND.
+# 1.2: ``node`` in the envelope of every event: the itsd node that produced it.
+
+#: The node that produces the events (``fleet.node_id`` or the host name), put in the
+#: environment by the supervisor before it starts the stages; None leaves ``node`` out.
+NODE: str | None = os.environ.get("ITSD_NODE") or None
 
 #: Alert types: the traffic ones of ``events.proto`` plus the daemon's own.
 ALERT_TYPES = (
@@ -57,7 +63,7 @@ def _dumps(obj: Any) -> bytes:
 def _envelope(
     kind: EventType, wall_ns: int, camera_id: str, frame_id: int, data: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
+    env = {
         "event_type": kind.wire_name,
         "schema_version": SCHEMA_VERSION,
         "timestamp": rfc3339_from_ns(wall_ns),
@@ -65,6 +71,9 @@ def _envelope(
         "frame_id": frame_id,
         "data": data,
     }
+    if NODE is not None:
+        env["node"] = NODE
+    return env
 
 
 def _record(topic: Topic, kind: EventType, key: str, obj: dict[str, Any]) -> EventRecord:

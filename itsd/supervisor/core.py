@@ -171,7 +171,7 @@ class CameraEntry:
 
     config: CameraConfig
     key: int
-    origin: str  # "file" or "registered"
+    origin: str  # "file", "registered", "fleet" (itsd.fleet) or "internal" (ad hoc)
     ring: FrameRing
     cells: CellTable  # the camera's decode counters (written by its decode worker)
     info: Board  # the camera's decode state (connecting, streaming, ...)
@@ -729,13 +729,23 @@ class Supervisor:
         self._wake()
         return fut
 
-    def add_camera(self, cfg: CameraConfig) -> Future[Any]:
-        """Register a camera at run time (persisted); resolves to its CameraEntry id."""
-        return self.submit(lambda: self._op_add(cfg, "registered", persist=True))
+    def add_camera(
+        self, cfg: CameraConfig, origin: str = "registered", persist: bool = True
+    ) -> Future[Any]:
+        """Register a camera at run time (persisted); resolves to its CameraEntry id.
 
-    def remove_camera(self, camera_id: str) -> Future[Any]:
+        ``origin="fleet", persist=False``: a camera of the fleet's registry topic
+        (``itsd.fleet``), never written to cameras.json and left alone by a reload."""
+        return self.submit(lambda: self._op_add(cfg, origin, persist=persist))
+
+    def remove_camera(self, camera_id: str, persist: bool = True) -> Future[Any]:
         """Remove a camera (persisted); resolves to True, KeyError if unknown."""
-        return self.submit(lambda: self._op_remove(camera_id, persist=True))
+        return self.submit(lambda: self._op_remove(camera_id, persist=persist))
+
+    def update_camera(self, cfg: CameraConfig) -> Future[Any]:
+        """Apply a new configuration to a running camera (not persisted); resolves to
+        True when something changed, KeyError if unknown."""
+        return self.submit(lambda: self._op_update(cfg))
 
     def request_reload(self) -> Future[Any]:
         """Re-read the configuration file and apply the difference."""
@@ -917,7 +927,8 @@ class Supervisor:
         removed = [
             cid
             for cid, e in self.cameras.items()
-            if cid not in want and e.origin != "internal"  # the ad-hoc camera stays
+            # the ad-hoc camera and the fleet's cameras (itsd.fleet) stay
+            if cid not in want and e.origin not in ("internal", "fleet")
         ]
         added = [cid for cid in want if cid not in self.cameras]
         kept = [cid for cid in want if cid in self.cameras]

@@ -26,8 +26,9 @@ def valid(rec: object) -> dict[str, object]:
     return obj  # type: ignore[no-any-return]
 
 
-def test_version_is_1_1() -> None:
-    assert SCHEMA_VERSION == "1.1"
+def test_version_is_1_1_or_later() -> None:
+    major, minor = (int(v) for v in SCHEMA_VERSION.split("."))
+    assert major == 1 and minor >= 1
 
 
 def test_detection_with_speed_heading_and_vehicle_type() -> None:

@@ -122,3 +122,16 @@ def test_every_type_has_a_schema_with_a_version() -> None:
         schema = load_schema(t)
         assert schema["schema_version"] == SCHEMA_VERSION
         assert schema["properties"]["event_type"] == {"const": t}
+
+
+def test_node_names_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schema 1.2: ``node`` in every envelope when the daemon named its node."""
+    from itsd.events import builders, load_schema
+
+    monkeypatch.setattr(builders, "NODE", "edge-7")
+    obj = json.loads(builders.detection_event("cam-1", 1, NS, [], 640, 360, 1.0, 2.0, 1).payload)
+    assert obj["node"] == "edge-7" and obj["schema_version"] == "1.2"
+    jsonschema.validate(obj, load_schema("detection"))
+    monkeypatch.setattr(builders, "NODE", None)
+    obj = json.loads(builders.detection_event("cam-1", 1, NS, [], 640, 360, 1.0, 2.0, 1).payload)
+    assert "node" not in obj
