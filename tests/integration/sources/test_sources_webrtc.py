@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -44,3 +46,21 @@ def test_whep_open_failures_say_why_without_the_token(
     assert reason in msg, msg
     assert "cannot open whep+http://***@" in msg
     assert "tok123" not in msg
+
+
+def test_whep_peer_that_goes_away_ends_the_stream_within_the_read_timeout(
+    whep_server: Callable[..., str], servers: list[subprocess.Popen[str]]
+) -> None:
+    host = whep_server()
+    src = open_source(camera(f"whep+http://{host}/whep", open_timeout_s=2.0))
+    got = 0
+    t_kill = 0.0
+    with pytest.raises(TimeoutError, match=r"no frame for 2 s \(stalled\)"):
+        for _ in src.frames({}):
+            got += 1
+            if got == 5:
+                servers[-1].kill()  # the peer vanishes without a goodbye
+                t_kill = time.monotonic()
+    src.close()
+    assert got >= 5
+    assert time.monotonic() - t_kill < 8
