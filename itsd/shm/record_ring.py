@@ -37,7 +37,10 @@ False keeps the record and retries, or shuts down.
 Crash semantics: a writer that dies mid-record never published it (head not advanced);
 the next writer overwrites the partial bytes. A reader that dies before advancing the
 tail gets the record again (at-least-once); for processing-level at-least-once use
-``peek`` then ``advance`` after the record is handled, instead of ``get``.
+``peek`` then ``advance`` after the record is handled, instead of ``get``. A reader that
+keeps several batches in hand (pipelining) reads ahead with ``peek_from(position, n)``,
+which returns the position after the last record it read, and drops each handled batch
+with ``advance_to(position, count)``, oldest first.
 
 This module must never drop a record, never block inside ``try_put``/``get``, and never
 import anything else from ``itsd`` (only ``itsd.shm``).
@@ -317,6 +320,67 @@ class RecordRing(SegmentBacked):
             data, tail = self._read_at(tail, head)
             out.append(data)
         return out
+
+    def peek_from(self, position: int | None, max_records: int) -> tuple[list[bytes], int]:
+        """Up to ``max_records`` records from byte ``position`` on, without taking them;
+        and the position just past the last one returned.
+
+        ``position`` is None (the oldest record) or a position an earlier call returned
+        whose records have not all been advanced past yet: a reader that holds batches it
+        has not finished with reads the next ones without advancing (pipelining), then
+        drops each batch with ``advance_to`` once it is handled.
+        """
+        buf = self._buf
+        head = load_u64(buf, _H_HEAD)  # acquire: the record bytes are visible
+        tail = load_u64(buf, _H_TAIL)
+        if position is None:
+            position = tail
+        elif not tail <= position <= head:
+            raise ValueError(
+                f"record ring {self.name!r}: position {position} is outside the unread "
+                f"bytes {tail}..{head}"
+            )
+        cap = self.capacity_bytes
+        max_record = self.max_record_size
+        unpack = _PREFIX.unpack_from
+        out: list[bytes] = []
+        append = out.append
+        left = max_records
+        while position != head and left > 0:
+            # The common case inline (no wrap); the helper checks and reads the rest.
+            pos = position % cap
+            start = HEADER_SIZE + pos + PREFIX_SIZE
+            n, check = unpack(buf, HEADER_SIZE + pos)
+            end = position + PREFIX_SIZE + ((n + 7) & ~7)
+            if (
+                check == n ^ 0xFFFF_FFFF
+                and n <= max_record
+                and end <= head
+                and pos + PREFIX_SIZE + n <= cap
+            ):
+                append(buf[start : start + n])
+                position = end
+                left -= 1
+                continue
+            data, position = self._read_at(position, head)
+            append(data)
+            left -= 1
+        return out, position
+
+    def advance_to(self, position: int, count: int) -> None:
+        """Drop every record before byte ``position`` (a position ``peek_from`` returned);
+        ``count`` is how many records that is (it feeds the ring's statistics)."""
+        buf = self._buf
+        head = load_u64(buf, _H_HEAD)
+        tail = load_u64(buf, _H_TAIL)
+        if not tail <= position <= head:
+            raise ValueError(
+                f"record ring {self.name!r}: cannot advance to {position}, outside the "
+                f"unread bytes {tail}..{head}"
+            )
+        if position != tail:
+            store_u64(buf, _H_TAIL, position)  # release: hands the bytes back to the writer
+            fetch_add_u64(buf, _H_GOT, count)
 
     def advance(self, count: int = 1) -> int:
         """Drop the ``count`` oldest records (after ``peek``/``peek_many`` and handling

@@ -268,3 +268,85 @@ def test_random_puts_and_gets_are_fifo(run_id: str, capacity: int, ops: list[int
     finally:
         r.close()
         r.unlink()
+
+
+def test_peek_from_reads_ahead_of_what_is_not_advanced(ring: RecordRing) -> None:
+    for i in range(4):
+        assert ring.try_put(bytes([i]) * 3)
+    first, pos1 = ring.peek_from(None, 2)
+    assert first == [b"\0\0\0", b"\1\1\1"]
+    second, pos2 = ring.peek_from(pos1, 10)  # the next batch, the first still held
+    assert second == [b"\2\2\2", b"\3\3\3"]
+    assert ring.peek_from(pos2, 10) == ([], pos2)
+    assert ring.peek_many(10) == first + second  # nothing taken yet
+    ring.advance_to(pos1, 2)
+    assert ring.stats().got == 2
+    assert ring.peek_many(10) == second
+    with pytest.raises(ValueError, match="outside the unread bytes"):
+        ring.peek_from(0, 1)  # before the tail: already advanced past
+    with pytest.raises(ValueError, match="outside the unread bytes"):
+        ring.advance_to(pos2 + 8, 1)
+    ring.advance_to(pos2, 2)
+    assert ring.is_empty()
+    ring.advance_to(pos2, 0)  # nothing left: a no-op
+    assert ring.stats().got == 4
+
+
+def test_peek_from_wraps_and_detects_corruption(ring: RecordRing) -> None:
+    """A 64-byte ring: two records read in two steps at every start offset, so records
+    and prefixes cross the end of the data area."""
+    for step in range(ring.capacity_bytes // 8):
+        data = [payload(step, 13), payload(step + 1, 5)]  # 24 + 16 bytes with prefixes
+        for d in data:
+            assert ring.try_put(d)
+        got, pos = ring.peek_from(None, 1)
+        more, end = ring.peek_from(pos, 5)
+        assert got + more == data
+        ring.advance_to(end, 2)
+        assert ring.is_empty()
+        assert ring.try_put(b"") and ring.get() == b""  # start 8 bytes further next time
+    tail = ring.peek_from(None, 0)[1]
+    assert ring.try_put(b"hello")
+    ring.segment.buf[HEADER_SIZE + tail % ring.capacity_bytes] ^= 0xFF  # scribble on the length
+    with pytest.raises(RuntimeError, match="corrupt record prefix"):
+        ring.peek_from(None, 1)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    capacity=st.integers(min_value=16, max_value=300),
+    ops=st.lists(st.integers(min_value=-3, max_value=120), max_size=120),
+)
+def test_random_pipelined_reads_are_fifo(run_id: str, capacity: int, ops: list[int]) -> None:
+    """Puts (op >= 0: a record of that size), read-ahead batches (-1, -2) and advances
+    of the oldest batch (-3): every record read once per batch, in order, none lost."""
+    r = RecordRing.create(segment_name(run_id, "rec", f"p{capacity}"), capacity)
+    try:
+        written: list[bytes] = []  # not advanced past yet
+        held: list[tuple[int, int]] = []  # (records, end position) of batches read ahead
+        cursor: int | None = None
+        for i, op in enumerate(ops):
+            if op >= 0:
+                data = payload(i, op)
+                if op <= r.max_record_size and r.try_put(data):
+                    written.append(data)
+            elif op in (-1, -2):
+                got, cursor = r.peek_from(cursor, -op)
+                before = sum(n for n, _ in held)
+                assert got == written[before : before + len(got)]
+                if got:
+                    held.append((len(got), cursor))
+            elif held:
+                n, end = held.pop(0)
+                r.advance_to(end, n)
+                del written[:n]
+                if not held:
+                    cursor = None
+        assert r.peek_many(len(written) + 1) == written
+    finally:
+        r.close()
+        r.unlink()
