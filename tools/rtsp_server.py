@@ -1,14 +1,16 @@
 """A small RTSP server for tests and demos: serves an H.264 MP4 file as a camera would.
 
     /usr/bin/python3 tools/rtsp_server.py --file clip.mp4 [--port 8554] [--path /stream]
-        [--user U --password P]
+        [--user U --password P] [--mounts N]
 
 It uses GStreamer's RTSP server through Debian's python3-gi (the bindings import only in
 Debian's own python3, not in a virtual environment). The file's H.264 is sent as is
 (no re-encoding), in real time; each client gets the clip from its start. It binds to
 127.0.0.1 only, prints ``READY rtsp://127.0.0.1:PORT/PATH`` once it listens, and runs
 until killed. With ``--user`` and ``--password`` a client must log in (RTSP basic
-authentication), as most cameras ask.
+authentication), as most cameras ask. With ``--mounts N`` it serves N cameras at
+``/cam0`` ... ``/cam<N-1>`` (each client gets the clip from its start) instead of PATH,
+for load tests.
 
 Needs: gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good
 gstreamer1.0-plugins-bad (``make system-deps`` installs them).
@@ -34,6 +36,7 @@ def main() -> int:
     ap.add_argument("--path", default="/stream")
     ap.add_argument("--user", default="")
     ap.add_argument("--password", default="")
+    ap.add_argument("--mounts", type=int, default=0, help="serve N mounts /cam0.. (0: PATH)")
     args = ap.parse_args()
     if not args.file.is_file():
         print(f"rtsp_server: no such file: {args.file}", file=sys.stderr)
@@ -59,11 +62,13 @@ def main() -> int:
         permissions.add_permission_for_role(args.user, "media.factory.access", True)
         permissions.add_permission_for_role(args.user, "media.factory.construct", True)
         factory.set_permissions(permissions)
-    server.get_mount_points().add_factory(args.path, factory)
+    paths = [f"/cam{i}" for i in range(args.mounts)] if args.mounts > 0 else [args.path]
+    for path in paths:
+        server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
         print(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
         return 1
-    print(f"READY rtsp://127.0.0.1:{args.port}{args.path}", flush=True)
+    print(f"READY rtsp://127.0.0.1:{args.port}{paths[0]}", flush=True)
     GLib.MainLoop().run()
     return 0
 
