@@ -79,6 +79,7 @@ def mjpeg_server(clip: Path, servers: list[subprocess.Popen[str]]) -> Callable[.
         port = free_port()
         cmd = [sys.executable, str(HERE / "mjpeg_server.py"), "--file", str(clip)]
         cmd += ["--port", str(port)]
+        opts.setdefault("frames", 30)  # JPEGs made at start: few, so the server is up fast
         for k, v in opts.items():
             cmd += [f"--{k}", str(v)]
         servers.append(_start(cmd, lambda line: line.startswith("READY")))

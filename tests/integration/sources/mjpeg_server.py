@@ -1,13 +1,13 @@
 """A small HTTP MJPEG camera for tests: JPEGs of a clip's frames as multipart/x-mixed-replace.
 
     python mjpeg_server.py --file clip.mp4 --port P [--path /video] [--fps 25]
-        [--frames 120] [--user U --password W] [--mode ok|garbage|stall]
+        [--frames 120] [--user U --password W] [--mode ok|garbage|turns-garbage|stall]
 
 It binds to 127.0.0.1 only, prints ``READY http://127.0.0.1:PORT/PATH`` once it
 listens, and runs until killed. ``--mode garbage`` answers with the multipart header and
-then random bytes; ``--mode stall`` sends a few frames and then nothing (the connection
-stays open). Other paths get 404; with ``--user`` a request without the right Basic
-credentials gets 401.
+then random bytes; ``--mode turns-garbage`` sends 10 frames, then random bytes; ``--mode
+stall`` sends 10 frames and then nothing (the connection stays open). Other paths get
+404; with ``--user`` a request without the right Basic credentials gets 401.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--user")
     ap.add_argument("--password", default="")
-    ap.add_argument("--mode", choices=("ok", "garbage", "stall"), default="ok")
+    ap.add_argument("--mode", choices=("ok", "garbage", "stall", "turns-garbage"), default="ok")
     args = ap.parse_args()
     jpegs = load_jpegs(args.file, args.frames)
     expected = None
@@ -76,7 +76,7 @@ def main() -> int:
             i = 0
             try:
                 while True:
-                    if args.mode == "garbage":
+                    if args.mode == "garbage" or (args.mode == "turns-garbage" and i >= 10):
                         self.wfile.write(os.urandom(4096))
                     elif args.mode == "stall" and i >= 10:
                         time.sleep(3600)

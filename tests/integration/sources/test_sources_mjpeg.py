@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import av
 import pytest
 from source_helpers import camera, free_port, looks_like_footage, open_and_take
 
@@ -75,4 +76,24 @@ def test_mjpeg_server_that_stalls_ends_the_stream_after_the_read_timeout(
             got += 1
     src.close()
     assert 1 <= got <= 10
+    assert time.monotonic() - t0 < 10
+
+
+def test_mjpeg_server_that_turns_to_garbage_ends_the_stream_without_hanging(
+    mjpeg_server: Callable[..., str],
+) -> None:
+    host = mjpeg_server(mode="turns-garbage")
+    src = open_source(camera(f"http://{host}/video", open_timeout_s=2.0))
+    stats: dict[str, int] = {}
+    got = 0
+    t0 = time.monotonic()
+    try:
+        for _ in src.frames(stats):
+            got += 1
+    except (OSError, av.error.FFmpegError):
+        pass  # ending with an error is as good as ending: the decode loop reopens either way
+    finally:
+        src.close()
+    assert got == 10
+    assert stats.get("corrupt", 0) >= 1
     assert time.monotonic() - t0 < 10
