@@ -50,6 +50,22 @@ import numpy as np
 
 from itsd.config import CameraConfig
 
+#: URL schemes the sources open (besides plain file paths and ``sample:NAME``); the
+#: supervisor's check of a camera registered at run time can refuse the others.
+SCHEMES = (
+    "file",
+    "pattern",
+    "rtsp",
+    "rtsps",
+    "http",
+    "https",
+    "rtmp",
+    "udp",
+    "tcp",
+    "whep+http",
+    "whep+https",
+)
+
 #: libswscale filters accepted by ``SourceOptions.interpolation``.
 INTERPOLATIONS = ("FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "POINT", "LANCZOS")
 

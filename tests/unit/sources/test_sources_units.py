@@ -117,3 +117,10 @@ def test_pattern_source_honours_the_options() -> None:
     assert frames[0].rgb().shape == (240, 320, 3)
     assert frames[0].rgb(640, 480).shape == (480, 640, 3)
     assert frames[0].capture_ns > 0
+
+
+def test_every_scheme_listed_is_one_a_source_opens() -> None:
+    from itsd.sources import SCHEMES
+
+    assert {"rtsp", "http", "https", "whep+http", "whep+https", "pattern", "file"} <= set(SCHEMES)
+    assert all(s == s.lower() and "://" not in s for s in SCHEMES)
