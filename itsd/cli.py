@@ -1,4 +1,5 @@
-"""The ``itsd`` command line: start, stop, status, demo, streams, models, config, db, report.
+"""The ``itsd`` command line: start, stop, status, demo, streams, fleet, models, config, db,
+report.
 
 ``start`` runs the supervisor (in the foreground, as systemd wants, or detached with
 ``--daemon``). ``stop`` signals the daemon named by the pid file and waits: SIGTERM is
@@ -581,6 +582,9 @@ def _parse_line(spec: str) -> dict[str, Any]:
 @click.option("--target", help="gRPC address host:port.")
 @_conn_options
 @click.option("--timeout", type=float, default=90.0, show_default=True)
+@click.option(
+    "--fleet", "to_fleet", is_flag=True, help="Write it to the fleet's registry topic instead."
+)
 def streams_add(
     camera_id: str,
     source: str,
@@ -592,8 +596,10 @@ def streams_add(
     config_path: str | None,
     target: str | None,
     timeout: float,
+    to_fleet: bool,
 ) -> None:
-    """Add camera CAMERA_ID reading SOURCE to a running daemon (kept across restarts)."""
+    """Add camera CAMERA_ID reading SOURCE to a running daemon (kept across restarts), or
+    with --fleet to the fleet's registry (the node that owns it starts it)."""
     from itsd.control.client import ControlClientError, ControlUnavailable, register_stream
 
     options: dict[str, Any] = {}
@@ -609,6 +615,14 @@ def streams_add(
         options["lines"] = [_parse_line(spec) for spec in lines]
     if loop:
         options["loop"] = True
+    if to_fleet:
+        entry = {**options, "id": camera_id, "source": source}
+        if fps:
+            entry["target_fps"] = fps
+        if priority:
+            entry["priority"] = priority
+        _fleet_put(config_path, entry)
+        return
     addr = _grpc_target(config_path, target)
     try:
         info = register_stream(addr, timeout, camera_id, source, fps, priority, options)
@@ -628,11 +642,24 @@ def streams_add(
 @click.option("--target", help="gRPC address host:port.")
 @_conn_options
 @click.option("--timeout", type=float, default=90.0, show_default=True)
+@click.option(
+    "--fleet", "to_fleet", is_flag=True, help="Remove it from the fleet's registry topic instead."
+)
 def streams_remove(
-    camera_id: str, missing_ok: bool, config_path: str | None, target: str | None, timeout: float
+    camera_id: str,
+    missing_ok: bool,
+    config_path: str | None,
+    target: str | None,
+    timeout: float,
+    to_fleet: bool,
 ) -> None:
-    """Stop and remove camera CAMERA_ID from a running daemon (kept across restarts)."""
+    """Stop and remove camera CAMERA_ID from a running daemon (kept across restarts), or
+    with --fleet from the fleet's registry (its node stops it)."""
     from itsd.control.client import ControlClientError, ControlUnavailable, unregister_stream
+
+    if to_fleet:
+        _fleet_delete(config_path, camera_id, missing_ok)
+        return
 
     addr = _grpc_target(config_path, target)
     try:
@@ -847,7 +874,6 @@ def report(
 def _report_from_store(
     config_path: str | None, camera: str, start: float, end: float, bucket_s: int
 ) -> list[Any]:
-    from itsd.store.aggregate import rebucket
     from itsd.store.db import engine_for
     from itsd.store.reader import StoreReader
 
@@ -857,12 +883,11 @@ def _report_from_store(
         raise ConfigError("the store is disabled (store.enabled: false)")
     reader = StoreReader(engine)
     try:
-        rows = reader.intervals(camera, int(start * 1000), int(end * 1000))
+        return reader.buckets(camera, int(start * 1000), int(end * 1000), bucket_s * 1000)
     except ValueError as err:
         raise ItsdError(str(err)) from None
     finally:
         reader.close()
-    return rebucket(rows, bucket_s * 1000)
 
 
 # --------------------------------------------------------------------------- models
@@ -872,19 +897,96 @@ def models() -> None:
 
 
 @models.command("list")
-def models_list() -> None:
-    """List the models itsd knows by name and whether they are in the model cache."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(as_json: bool) -> None:
+    """List the model files in the cache: format, input size, classes, sha256, origin."""
+    import dataclasses
+    import json
+
     from itsd.engines.manifest import load_manifest
     from itsd.engines.model_source import default_model_dir
+    from itsd.engines.models import list_models
 
     cache = default_model_dir()
-    manifest = load_manifest()
+    try:
+        found = list_models(cache)
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(i) for i in found], indent=1))
+        return
     click.echo(f"model cache: {cache}")
-    click.echo(f"{'NAME':<12} {'INPUT':<9} {'LICENCE':<10} CACHED")
-    for name, entry in manifest.models.items():
-        found = [p.name for p in (cache / f"{name}.onnx", cache / f"{name}.pt") if p.is_file()]
-        size = f"{entry.input_size[1]}x{entry.input_size[0]}"
-        click.echo(f"{name:<12} {size:<9} {entry.licence:<10} {', '.join(found) or 'no'}")
+    if not found:
+        names = ", ".join(load_manifest().models)
+        click.echo(
+            f"no model files yet: `itsd models import PATH` or `itsd models fetch NAME` ({names})"
+        )
+        return
+    head = ("FILE", "FORMAT", "INPUT", "BATCH", "CLASSES", "PREC", "SHA256")
+    widths = (28, 7, 9, 7, 8, 5, 13)
+    click.echo(" ".join(f"{h:<{w}}" for h, w in zip(head, widths, strict=True)) + " ORIGIN")
+    for i in found:
+        size = f"{i.input_size[1]}x{i.input_size[0]}" if i.input_size else "?"
+        batch = "dynamic" if i.batch is None else str(i.batch)
+        classes = "?" if i.classes is None else str(i.classes)
+        origin = i.origin + (f" ({i.note})" if i.note else "")
+        click.echo(
+            f"{i.file:<28} {i.format:<7} {size:<9} {batch:<7} {classes:<8} "
+            f"{i.precision or '?':<5} {i.sha256[:12]}  {origin}"
+        )
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", help="File name in the cache (default: the file's own name).")
+def models_import(path: str, name: str | None) -> None:
+    """Copy the model file PATH (.onnx, .pt, .engine) into the model cache."""
+    from itsd.engines.models import import_model
+
+    try:
+        info = import_model(
+            Path(path), name=name, progress=lambda s: click.echo(f"  {s}", err=True)
+        )
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    click.echo(f"{info.file}: {info.format}, sha256 {info.sha256}")
+
+
+@models.command("export")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "engine"]), required=True)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
+@click.option("--imgsz", type=int, default=640, show_default=True, help="Input side, pixels.")
+@click.option("--batch", type=int, default=0, show_default=True, help="Static batch; 0: dynamic.")
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True),
+    help="int8 engines: a video or a folder of images to calibrate on.",
+)
+def models_export(
+    name: str, fmt: str, precision: str, imgsz: int, batch: int, calibration: str | None
+) -> None:
+    """Export model NAME (cache file name or path): .pt to ONNX, ONNX to a TensorRT engine."""
+    from itsd.engines.models import export_model
+
+    try:
+        info = export_model(
+            name,
+            fmt,
+            precision,
+            imgsz,
+            batch,
+            calibration=Path(calibration) if calibration else None,
+            progress=lambda s: click.echo(f"  {s}", err=True),
+        )
+    except ItsdError as err:
+        _fail(str(err), err.exit_code)
+        return
+    click.echo(f"{info.file}: {info.format}, {info.precision}, sha256 {info.sha256}")
 
 
 @models.command("fetch")
@@ -899,6 +1001,148 @@ def models_fetch(name: str) -> None:
         _fail(str(err), err.exit_code)
         return
     click.echo(str(path))
+
+
+# --------------------------------------------------------------------------- fleet
+@main.group()
+def fleet() -> None:
+    """The fleet's camera registry (a Kafka topic) and the nodes sharing it."""
+
+
+def _fleet_config(config_path: str | None) -> Config:
+    return _load(config_path, {})
+
+
+def _fleet_fail(err: Exception) -> None:
+    _fail(f"fleet: {err}", EXIT_FAILURE)
+
+
+@fleet.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Fleet settings.")
+@click.option("--prune", is_flag=True, help="Remove registry cameras the file does not list.")
+@click.option("--dry-run", is_flag=True, help="Validate and show the changes; write nothing.")
+def fleet_apply(file: str, config_path: str | None, prune: bool, dry_run: bool) -> None:
+    """Put the cameras of FILE (a `cameras:` list, as in a configuration) in the registry.
+
+    Every entry is validated like a camera of one daemon first; nothing is written when
+    one is refused. Unchanged cameras are not written again."""
+    import yaml
+
+    from itsd.fleet.registry import (
+        RegistryError,
+        RegistryWriter,
+        plan,
+        read_registry,
+        validate_cameras,
+    )
+
+    cfg = _fleet_config(config_path)
+    try:
+        data = yaml.safe_load(Path(file).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        _fail(f"{file}: {err}", EXIT_CONFIG)
+        return
+    entries = data.get("cameras") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        _fail(f"{file}: expected a list of cameras (or a mapping with cameras:)", EXIT_CONFIG)
+        return
+    try:
+        wanted = validate_cameras(entries, file)
+    except ValueError as err:
+        _fail(f"nothing written; {file} has problems:\n{err}", EXIT_CONFIG)
+        return
+    try:
+        writer = None if dry_run else RegistryWriter(cfg)
+        current = read_registry(cfg)
+        p = plan(current, wanted, prune)
+        if writer is not None:
+            by_id = {c.id: c for c in wanted}
+            for cid in p.added + p.changed:
+                writer.put(by_id[cid])
+            for cid in p.removed:
+                writer.delete(cid)
+            writer.flush()
+    except RegistryError as err:
+        _fleet_fail(err)
+        return
+    verb = "would be" if dry_run else ""
+    click.echo(
+        f"{cfg.fleet.registry_topic}: {len(p.added)} added, {len(p.changed)} changed, "
+        f"{len(p.removed)} removed, {len(p.unchanged)} unchanged{' (dry run)' if dry_run else ''}"
+    )
+    for what, ids in (("added", p.added), ("changed", p.changed), ("removed", p.removed)):
+        if ids:
+            click.echo(f"  {what}{' ' + verb if verb else ''}: {', '.join(ids)}")
+
+
+@fleet.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Fleet settings.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, default=20.0, show_default=True)
+def fleet_status_command(config_path: str | None, as_json: bool, timeout: float) -> None:
+    """Nodes, their cameras, load and consumer lag, and the cameras nobody runs.
+
+    Exit 1 when a camera of the registry runs nowhere."""
+    from itsd.fleet.registry import RegistryError
+    from itsd.fleet.status import fleet_status, format_status
+
+    cfg = _fleet_config(config_path)
+    try:
+        st = fleet_status(cfg, timeout)
+    except RegistryError as err:
+        _fleet_fail(err)
+        return
+    click.echo(json.dumps(st, indent=1) if as_json else format_status(st))
+    if st["not_running"]:
+        sys.exit(EXIT_FAILURE)
+
+
+def _fleet_put(config_path: str | None, entry: dict[str, Any]) -> None:
+    """``streams add --fleet``: validate the entry, write it to the registry topic."""
+    from itsd.fleet.registry import RegistryError, RegistryWriter, partition_of, validate_camera
+
+    cfg = _fleet_config(config_path)
+    try:
+        cam = validate_camera(entry, "camera")
+    except ValueError as err:
+        _fail(f"camera {entry.get('id')} not added: {err}", EXIT_CONFIG)
+        return
+    try:
+        writer = RegistryWriter(cfg)
+        writer.put(cam)
+        writer.flush()
+    except RegistryError as err:
+        _fleet_fail(err)
+        return
+    click.echo(
+        f"camera {cam.id} written to {cfg.fleet.registry_topic} "
+        f"(partition {partition_of(cam.id, writer.partitions)}); the node that owns it starts it"
+    )
+
+
+def _fleet_delete(config_path: str | None, camera_id: str, missing_ok: bool) -> None:
+    """``streams remove --fleet``: a tombstone for the camera in the registry topic."""
+    from itsd.fleet.registry import RegistryError, RegistryWriter, read_registry
+
+    cfg = _fleet_config(config_path)
+    try:
+        known = camera_id in read_registry(cfg).cameras
+        if not known and not missing_ok:
+            _fail(f"camera {camera_id} is not in {cfg.fleet.registry_topic}", EXIT_NOT_RUNNING)
+            return
+        if known:
+            writer = RegistryWriter(cfg, create=False)
+            writer.delete(camera_id)
+            writer.flush()
+    except RegistryError as err:
+        _fleet_fail(err)
+        return
+    click.echo(
+        f"camera {camera_id} removed from {cfg.fleet.registry_topic}"
+        if known
+        else f"camera {camera_id} was not in {cfg.fleet.registry_topic}"
+    )
 
 
 # --------------------------------------------------------------------------- config

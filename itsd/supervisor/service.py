@@ -1,8 +1,9 @@
 """``itsd start`` in one call: logging, the supervisor, and its side services.
 
-Starts the gRPC control API and the HTTP monitoring port (threads of the supervisor
-process; neither touches frame pixels) once shared memory exists, and stops them after
-the stages. A port that cannot be bound stops the start with a clear message.
+Starts the gRPC control API, the HTTP monitoring port and, with ``fleet.enabled``, the
+fleet member (threads of the supervisor process; none touches frame pixels) once shared
+memory exists, and stops them after the stages. A port that cannot be bound stops the
+start with a clear message.
 
 This module must never import a stage module.
 """
@@ -22,6 +23,7 @@ log = logging.getLogger("itsd.supervisor")
 
 def _start_services(sup: Supervisor) -> None:
     from itsd.control.server import start_control_server
+    from itsd.fleet.member import start_member
     from itsd.monitor.http import MonitorServer
     from itsd.store.reader import open_daemon_store
     from itsd.supervisor.backend import SupervisorBackend
@@ -64,6 +66,9 @@ def _start_services(sup: Supervisor) -> None:
             cfg.monitoring_bind,
             monitor.port,
         )
+    # Names this node in every event (before the stages start); with fleet.enabled,
+    # joins the fleet's consumer group once the stages run (stopped after the stages).
+    start_member(sup)
 
 
 def serve(
