@@ -20,7 +20,7 @@ This module must never import anything from itsd but ``itsd.store.model``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from itsd.store.model import CountKey, IntervalRow
@@ -121,12 +121,21 @@ def _max(values: Iterable[float | None]) -> float | None:
     return max(known) if known else None
 
 
-def merge(camera_id: str, start_ms: int, bucket_ms: int, rows: Sequence[IntervalRow]) -> Bucket:
-    """One bucket from the intervals that fall in it (see the module docstring)."""
-    counts: dict[CountKey, int] = {}
-    for r in rows:
-        for k, n in r.counts.items():
-            counts[k] = counts.get(k, 0) + n
+def merge(
+    camera_id: str,
+    start_ms: int,
+    bucket_ms: int,
+    rows: Sequence[IntervalRow],
+    counts: Mapping[CountKey, int] | None = None,
+) -> Bucket:
+    """One bucket from the intervals that fall in it (see the module docstring);
+    ``counts``: the bucket's crossings when the database summed them already."""
+    if counts is None:
+        summed: dict[CountKey, int] = {}
+        for r in rows:
+            for k, n in r.counts.items():
+                summed[k] = summed.get(k, 0) + n
+        counts = summed
     measured = [r for r in rows if r.speed_samples > 0 and r.speed_mean_kmh is not None]
     samples = sum(r.speed_samples for r in measured)
     mean = (
@@ -173,7 +182,7 @@ def merge(camera_id: str, start_ms: int, bucket_ms: int, rows: Sequence[Interval
         intervals=len(rows),
         covered_s=sum(r.seconds for r in rows),
         frames=sum(r.frames for r in rows),
-        counts=counts,
+        counts=dict(counts),
         speed_samples=samples,
         speed_mean_kmh=mean,
         speed_p85_kmh=p85,
@@ -182,15 +191,26 @@ def merge(camera_id: str, start_ms: int, bucket_ms: int, rows: Sequence[Interval
     )
 
 
-def rebucket(rows: Iterable[IntervalRow], bucket_ms: int) -> list[Bucket]:
+def rebucket(
+    rows: Iterable[IntervalRow],
+    bucket_ms: int,
+    counts: Mapping[tuple[str, int], Mapping[CountKey, int]] | None = None,
+) -> list[Bucket]:
     """Buckets of ``bucket_ms`` from intervals, ordered by camera then start; buckets
-    without an interval are absent."""
+    without an interval are absent. ``counts`` (camera, bucket start) -> crossings, when
+    the database summed them (the rows' own counts are then not used)."""
     if bucket_ms <= 0:
         raise ValueError(f"bucket size must be > 0 ms, got {bucket_ms}")
     groups: dict[tuple[str, int], list[IntervalRow]] = {}
     for r in rows:
         groups.setdefault((r.camera_id, bucket_start(r.start_ms, bucket_ms)), []).append(r)
     return [
-        merge(cam, start, bucket_ms, sorted(groups[(cam, start)], key=lambda r: r.start_ms))
+        merge(
+            cam,
+            start,
+            bucket_ms,
+            sorted(groups[(cam, start)], key=lambda r: r.start_ms),
+            None if counts is None else counts.get((cam, start), {}),
+        )
         for cam, start in sorted(groups)
     ]

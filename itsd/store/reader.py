@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from itsd.config import Config
+from itsd.store.aggregate import Bucket, rebucket
 from itsd.store.db import (
     StoreError,
     StoreUnavailable,
@@ -68,24 +69,65 @@ class StoreReader:
     def intervals(self, camera_id: str | None, start_ms: int, end_ms: int) -> list[IntervalRow]:
         """Intervals starting in ``[start_ms, end_ms)``, of one camera or all, ordered by
         camera and start. RangeTooLargeError past ``max_rows``."""
-        cond = [intervals.c.start_ms >= start_ms, intervals.c.start_ms < end_ms]
-        if camera_id:
-            cond.append(intervals.c.camera_id == camera_id)
         with self._conn() as conn:
-            rows = conn.execute(
-                sa.select(intervals)
-                .where(*cond)
-                .order_by(intervals.c.camera_id, intervals.c.start_ms)
-                .limit(self.max_rows + 1)
-            ).all()
-            if len(rows) > self.max_rows:
-                raise RangeTooLargeError(
-                    f"the range holds more than {self.max_rows} intervals: narrow the time "
-                    "range or ask for one camera"
-                )
+            rows = self._rows(conn, camera_id, start_ms, end_ms)
             if not rows:
                 return []
             return self._with_children(conn, rows, camera_id, start_ms, end_ms)
+
+    def buckets(
+        self, camera_id: str | None, start_ms: int, end_ms: int, bucket_ms: int
+    ) -> list[Bucket]:
+        """The intervals of the range re-bucketed (``aggregate.rebucket``), with the line
+        counts summed per bucket by the database: a month of one camera in hour buckets
+        reads one row per interval and a few per bucket, not one per interval and class."""
+        if bucket_ms <= 0:
+            raise ValueError(f"bucket size must be > 0 ms, got {bucket_ms}")
+        with self._conn() as conn:
+            rows = self._rows(conn, camera_id, start_ms, end_ms)
+            if not rows:
+                return []
+            bare = self._with_children(conn, rows, camera_id, start_ms, end_ms, counts=False)
+            lc = line_counts.c
+            bucket = (lc.start_ms // bucket_ms) * bucket_ms
+            cond = [lc.start_ms >= start_ms, lc.start_ms < end_ms]
+            if camera_id:
+                cond.append(lc.camera_id == camera_id)
+            summed: dict[tuple[str, int], dict[CountKey, int]] = {}
+            query = (
+                sa.select(
+                    lc.camera_id,
+                    bucket,
+                    lc.line_id,
+                    lc.direction,
+                    lc.class_name,
+                    sa.func.sum(lc.count),
+                )
+                .where(*cond)
+                .group_by(lc.camera_id, bucket, lc.line_id, lc.direction, lc.class_name)
+            )
+            for cam, b, line, direction, cls, n in conn.execute(query):
+                summed.setdefault((cam, int(b)), {})[(line, direction, cls)] = int(n)
+        return rebucket(bare, bucket_ms, summed)
+
+    def _rows(
+        self, conn: sa.Connection, camera_id: str | None, start_ms: int, end_ms: int
+    ) -> Sequence[Any]:
+        cond = [intervals.c.start_ms >= start_ms, intervals.c.start_ms < end_ms]
+        if camera_id:
+            cond.append(intervals.c.camera_id == camera_id)
+        rows = conn.execute(
+            sa.select(intervals)
+            .where(*cond)
+            .order_by(intervals.c.camera_id, intervals.c.start_ms)
+            .limit(self.max_rows + 1)
+        ).all()
+        if len(rows) > self.max_rows:
+            raise RangeTooLargeError(
+                f"the range holds more than {self.max_rows} intervals: narrow the time "
+                "range or ask for one camera"
+            )
+        return rows
 
     def latest(self, camera_id: str) -> IntervalRow | None:
         """The newest interval of one camera, or None."""
@@ -132,48 +174,58 @@ class StoreReader:
         camera_id: str | None,
         start_ms: int,
         end_ms: int,
+        counts: bool = True,
     ) -> list[IntervalRow]:
-        counts: dict[tuple[str, int], dict[CountKey, int]] = {}
+        by_key: dict[tuple[str, int], dict[CountKey, int]] = {}
         zones: dict[tuple[str, int], list[ZoneRow]] = {}
-        for table in (line_counts, zone_stats):
+
+        def where(table: sa.Table) -> list[Any]:
             cond = [table.c.start_ms >= start_ms, table.c.start_ms < end_ms]
             if camera_id:
                 cond.append(table.c.camera_id == camera_id)
-            for r in conn.execute(sa.select(table).where(*cond)):
-                key = (str(r.camera_id), int(r.start_ms))
-                if table is line_counts:
-                    ck = (r.line_id, r.direction, r.class_name)
-                    counts.setdefault(key, {})[ck] = int(r._mapping["count"])
-                else:
-                    zones.setdefault(key, []).append(
-                        ZoneRow(
-                            r.zone_id,
-                            r.occupancy_mean,
-                            r.occupied_fraction,
-                            r.dwell_mean_s,
-                            r.queue_max_m,
-                        )
-                    )
+            return cond
+
+        lc = line_counts.c
+        # Rows unpacked as tuples: attribute access costs more than the query itself.
+        if counts:
+            query = sa.select(
+                lc.camera_id, lc.start_ms, lc.line_id, lc.direction, lc.class_name, lc.count
+            ).where(*where(line_counts))
+            for cam, start, line, direction, cls, n in conn.execute(query):
+                by_key.setdefault((cam, start), {})[(line, direction, cls)] = n
+        zc = zone_stats.c
+        for cam, start, *z in conn.execute(
+            sa.select(
+                zc.camera_id,
+                zc.start_ms,
+                zc.zone_id,
+                zc.occupancy_mean,
+                zc.occupied_fraction,
+                zc.dwell_mean_s,
+                zc.queue_max_m,
+            ).where(*where(zone_stats))
+        ):
+            zones.setdefault((cam, start), []).append(ZoneRow(*z))
         out = []
-        for r in rows:
-            key = (str(r.camera_id), int(r.start_ms))
-            hist = r.speed_histogram
+        # Columns in the order of schema.intervals.
+        for cam, start, end, secs, frames, viv, samples, mean, p85, width, hist, queue, _ in rows:
+            key = (cam, start)
             out.append(
                 IntervalRow(
-                    camera_id=key[0],
-                    start_ms=key[1],
-                    end_ms=int(r.end_ms),
-                    seconds=float(r.seconds),
-                    frames=int(r.frames),
-                    vehicles_in_view=int(r.vehicles_in_view),
-                    counts=counts.get(key, {}),
-                    speed_samples=int(r.speed_samples),
-                    speed_mean_kmh=r.speed_mean_kmh,
-                    speed_p85_kmh=r.speed_p85_kmh,
-                    speed_bin_kmh=r.speed_bin_kmh,
-                    speed_histogram=tuple(int(x) for x in hist) if hist is not None else None,
+                    camera_id=cam,
+                    start_ms=start,
+                    end_ms=end,
+                    seconds=secs,
+                    frames=frames,
+                    vehicles_in_view=viv,
+                    counts=by_key.get(key, {}),
+                    speed_samples=samples,
+                    speed_mean_kmh=mean,
+                    speed_p85_kmh=p85,
+                    speed_bin_kmh=width,
+                    speed_histogram=tuple(hist) if hist is not None else None,
                     zones=tuple(sorted(zones.get(key, []), key=lambda z: z.zone_id)),
-                    longest_queue_m=r.longest_queue_m,
+                    longest_queue_m=queue,
                 )
             )
         return out

@@ -52,7 +52,7 @@ from itsd.control.backend import (
 from itsd.errors import ConfigError, ResourceError, SourceError
 from itsd.redact import redact_text
 from itsd.samples import resolve_source
-from itsd.store.aggregate import Bucket, merge, rebucket
+from itsd.store.aggregate import Bucket, merge
 from itsd.store.db import StoreError, StoreUnavailable
 from itsd.store.model import IntervalRow
 from itsd.store.reader import StoreReader
@@ -253,12 +253,14 @@ class SupervisorBackend:
         if bucket_s < 1:
             raise ValueError(f"bucket_s must be >= 1, got {bucket_s}")
         try:
-            rows = self.store.intervals(camera_id, int(start * 1000), int(end * 1000))
+            buckets = self.store.buckets(
+                camera_id, int(start * 1000), int(end * 1000), bucket_s * 1000
+            )
         except StoreUnavailable as err:
             raise UnavailableError(str(err)) from None
         except StoreError as err:
             raise RuntimeError(str(err)) from None
-        return [_bucket(b) for b in rebucket(rows, bucket_s * 1000)]
+        return [_bucket(b) for b in buckets]
 
     # -- changes -------------------------------------------------------------------------
     def _wait(self, fut: Any) -> Any:

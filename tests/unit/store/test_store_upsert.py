@@ -154,3 +154,33 @@ def test_reads_are_bounded_latest_and_speed_since(
     assert reader.latest("nobody") is None
     assert reader.speed_since("cam", 0) == (10, 40.0)
     assert reader.cameras() == ["cam"]
+
+
+def test_buckets_summed_by_the_database_equal_rebucketing_in_python(
+    engine: sa.Engine, make_summary: Callable[..., dict[str, Any]]
+) -> None:
+    from itsd.store.aggregate import rebucket
+
+    rows = [
+        interval_from_event(
+            make_summary(
+                cam,
+                T0 + 60 * i,
+                counts={
+                    "l": {"in": {"car": i + 1}, "out": {"bus": i % 2}},
+                    "m": {"in": {"car": 1}},
+                },
+                speeds=[30.0 + i, 50.0] if i % 3 else None,
+                zones={"z": {"occupancy_mean": 0.1 * i, "queue_max_m": float(i)}},
+            )
+        )
+        for i in range(40)
+        for cam in ("a", "b")
+    ]
+    StoreWriter(engine).write([r for r in rows if r is not None])
+    reader = StoreReader(engine)
+    for camera in ("a", None):
+        for bucket_ms in (60_000, 900_000, 86_400_000):
+            by_db = reader.buckets(camera, 0, 2**62, bucket_ms)
+            in_python = rebucket(reader.intervals(camera, 0, 2**62), bucket_ms)
+            assert by_db == in_python
