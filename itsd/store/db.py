@@ -129,15 +129,21 @@ def make_engine(
     }
     if statement_timeout_s is not None:
         connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
-    return sa.create_engine(
-        u,
-        connect_args=connect_args,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=connect_timeout_s,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-    )
+    try:
+        return sa.create_engine(
+            u,
+            connect_args=connect_args,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=connect_timeout_s,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+    except ImportError as err:
+        raise ConfigError(
+            f"store.url: {describe_url(url)} needs the PostgreSQL driver ({err}): "
+            "pip install 'itsd[postgres]'"
+        ) from None
 
 
 def engine_for(config: Config, *, reader: bool = False) -> Engine | None:

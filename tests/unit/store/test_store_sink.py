@@ -176,3 +176,28 @@ def test_payloads_stay_valid_json(make_summary: Callable[..., dict[str, Any]]) -
     (rec,) = _events(make_summary, range(1))
     assert json.loads(rec.payload)["event_type"] == "analytics_summary"
     assert sa.__version__.startswith("2.")
+
+
+def test_retention_deletes_intervals_older_than_the_setting(
+    db: Path, tmp_path: Path, make_summary: Callable[..., dict[str, Any]]
+) -> None:
+    clock = Clock()
+    engine = make_engine(f"sqlite:///{db}")
+    wall = T0 + 10 * 86400 + 60  # ten days after the first interval
+    sink = StoreSink(
+        engine,
+        Spool(tmp_path / "buffer", 2**24, 4096),
+        2.0,
+        Tally(),
+        clock=clock,
+        wall=lambda: wall,
+    )
+    old = [as_record(make_summary("cam", T0 + 60 * m)) for m in range(3)]
+    new = [as_record(make_summary("cam", wall - 60 * (m + 1))) for m in range(2)]
+    sink.write(old + new)
+    sink.poll()  # too early: the first clean-up runs a few seconds after the start
+    assert len(_stored(db)) == 5
+    clock.t += 10
+    sink.poll()
+    assert len(_stored(db)) == 2
+    sink.close()
