@@ -28,6 +28,14 @@ a thread, and HEAD is answered for every GET route. Starlette would need uvicorn
 it for the same (two packages, a server with its own signal handling that must be kept
 off the supervisor's signals); aiohttp runs inside an existing thread with ``AppRunner``.
 
+Security (``security:`` of the configuration, the same as the gRPC API's): with TLS
+files the port serves HTTPS (client certificates required when ``tls_client_ca`` is
+set); with tokens every route but ``/health`` needs a read (or admin) token, as
+``Authorization: Bearer <token>`` (Prometheus' ``authorization`` scrape setting) or, for
+the dashboard in a browser (an ``EventSource`` cannot send headers), in the
+``itsd_token`` cookie the page's token form sets. Refusals are 401 (no or unknown token)
+with ``WWW-Authenticate: Bearer``; a token is never logged or echoed.
+
 What it reads: the health and the state come from a ``ControlBackend`` and from the
 supervisor's immutable state snapshot (``DaemonState``: one reference read per request,
 never a stage, a process object or a lock). Pixels for a snapshot are copied from the
@@ -52,6 +60,7 @@ import dataclasses
 import json
 import logging
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +77,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from itsd.control.auth import Scope, TokenTable, check_bearer
 from itsd.control.backend import ControlBackend, HealthStatus
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import REGISTRY, HistogramValue, Kind, Sample, merge_histograms
@@ -437,6 +447,43 @@ class _Snapshots:
         self.pool.shutdown(wait=False)
 
 
+TOKEN_COOKIE = "itsd_token"
+_LOGIN_PAGE = b"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>itsd</title></head><body style="font:14px system-ui;margin:2em">
+<h1 style="font-size:1.2em">itsd</h1>
+<p>This dashboard needs a read token.</p><form id="f"><input id="t" type="password" size="40"
+autocomplete="off" placeholder="token"> <button>open</button></form><script>
+document.getElementById("f").onsubmit = e => { e.preventDefault();
+  document.cookie = "itsd_token=" + encodeURIComponent(document.getElementById("t").value) +
+    "; path=/; SameSite=Strict" + (location.protocol === "https:" ? "; Secure" : "");
+  location.reload(); };
+</script></body></html>"""
+
+
+def server_ssl_context(security: Any) -> ssl.SSLContext | None:
+    """TLS for the port from ``security`` (None without ``tls_cert``); OSError or
+    ssl.SSLError naming the file when it cannot be loaded."""
+    if security is None or security.tls_cert is None or security.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(security.tls_cert), str(security.tls_key))
+    except (OSError, ssl.SSLError) as err:
+        raise OSError(
+            f"security.tls_cert/tls_key: cannot load {security.tls_cert}: {err}"
+        ) from None
+    if security.tls_client_ca is not None:
+        try:
+            ctx.load_verify_locations(str(security.tls_client_ca))
+        except (OSError, ssl.SSLError) as err:
+            raise OSError(
+                f"security.tls_client_ca: cannot load {security.tls_client_ca}: {err}"
+            ) from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 class MonitorServer:
     """The HTTP server: an aiohttp application on its own event loop, in a daemon thread."""
 
@@ -448,8 +495,12 @@ class MonitorServer:
         samples: Callable[[], Sequence[Sample]] = tuple,
         state: Callable[[], Any] | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        tokens: TokenTable | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.backend = backend
+        self.tokens = tokens or TokenTable()
+        self.ssl_context = ssl_context
         self.samples = samples
         self.state = state
         self.registry = CollectorRegistry(auto_describe=False)
@@ -496,7 +547,7 @@ class MonitorServer:
             self._loop.close()
 
     async def _start(self, bind: str, port: int, idle: float) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[self._auth])
         app.router.add_get("/health", self._health)
         app.router.add_get("/ml/health", self._ml_health)
         app.router.add_get("/metrics", self._metrics)
@@ -509,7 +560,14 @@ class MonitorServer:
             app, keepalive_timeout=idle, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, bind, port, backlog=BACKLOG, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            bind,
+            port,
+            backlog=BACKLOG,
+            reuse_address=True,
+            ssl_context=self.ssl_context,
+        )
         try:
             await site.start()
         except OSError:
@@ -574,6 +632,32 @@ class MonitorServer:
             await asyncio.sleep(PUSH_PERIOD_S)
 
     # -- handlers --------------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Tokens (when configured): every route but /health needs a read token."""
+        if not self.tokens.enabled or request.path == "/health":
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        auth = request.headers.get("Authorization")
+        cookie = request.cookies.get(TOKEN_COOKIE)
+        if not auth and cookie:
+            auth = f"Bearer {cookie}"
+        verdict = check_bearer(self.tokens, auth, Scope.READ)
+        if verdict.ok:
+            resp = await handler(request)
+            return resp
+        code = 403 if verdict.reason == "permission_denied" else 401
+        log.info("monitoring: %s refused (%s)", request.path, verdict.reason)
+        if request.path in ("/", "/index.html"):
+            return web.Response(
+                body=_LOGIN_PAGE, status=code, content_type="text/html", charset="utf-8"
+            )
+        return web.Response(
+            text=verdict.message + "\n",
+            status=code,
+            headers={"WWW-Authenticate": 'Bearer realm="itsd"'},
+        )
+
     async def _health(self, request: web.Request) -> web.Response:
         h = self.backend.health()
         return _json(dataclasses.asdict(h), 503 if h.status == HealthStatus.NOT_SERVING else 200)

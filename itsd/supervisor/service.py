@@ -50,6 +50,10 @@ def _start_services(sup: Supervisor) -> None:
     sup.add_service(lambda: control.stop(grace=1.0))
     log.info("gRPC control API on %s", control.address)
     if cfg.monitoring_port:
+        from itsd.control.auth import TokenTable
+        from itsd.monitor.http import server_ssl_context
+
+        security = sup.config.security
         try:
             monitor = MonitorServer(
                 backend,
@@ -57,12 +61,15 @@ def _start_services(sup: Supervisor) -> None:
                 cfg.monitoring_port,
                 lambda: backend.state.samples,
                 state=lambda: backend.state,
+                tokens=TokenTable.from_config(security),
+                ssl_context=server_ssl_context(security),
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise ResourceError(str(err)) from None
         sup.add_service(monitor.stop)
         log.info(
-            "monitoring on http://%s:%d/ (health /health, metrics /metrics)",
+            "monitoring on %s://%s:%d/ (health /health, metrics /metrics)",
+            "https" if monitor.ssl_context is not None else "http",
             cfg.monitoring_bind,
             monitor.port,
         )

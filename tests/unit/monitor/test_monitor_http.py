@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from itsd.config import SecurityConfig
+from itsd.control.auth import TokenTable
 from itsd.control.backend import HealthSnapshot, MetricsSnapshot
 from itsd.monitor import http as mh
-from itsd.monitor.http import MonitorServer
+from itsd.monitor.http import MonitorServer, server_ssl_context
 from itsd.runtime.hostinfo import GpuStat, HostSample
 from itsd.supervisor.state import DaemonState, StageView
 
@@ -133,3 +138,91 @@ def test_port_in_use_is_a_clear_error() -> None:
         port = s.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot bind the monitoring port on 127.0.0.1:{port}"):
             MonitorServer(Backend(), "127.0.0.1", port)  # type: ignore[arg-type]
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tokens_and_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    security = SecurityConfig(
+        tls_cert=cert,
+        tls_key=key,
+        read_tokens=[SecretStr("r" * 20)],
+        admin_tokens=[SecretStr("a" * 20)],
+    )
+    srv = MonitorServer(
+        Backend(),  # type: ignore[arg-type]
+        "127.0.0.1",
+        0,
+        state=state,
+        tokens=TokenTable.from_config(security),
+        ssl_context=server_ssl_context(security),
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    base = f"https://127.0.0.1:{srv.port}"
+
+    def call(path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+        req = urllib.request.Request(base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+                return resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), err.headers
+
+    try:
+        assert call("/health")[0] == 200  # open, as gRPC health checking is
+        code, body, headers = call("/metrics")
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"r" * 20 not in body
+        assert call("/metrics", {"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+        assert call("/metrics", {"Authorization": "Bearer " + "r" * 20})[0] == 200
+        assert call("/ml/health", {"Authorization": "Bearer " + "a" * 20})[0] == 200
+        assert call("/api/state", {"Cookie": "itsd_token=" + "r" * 20})[0] == 200
+        code, body, _ = call("/")
+        assert code == 401 and b"needs a read token" in body
+        with pytest.raises(OSError):  # plain HTTP is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/health", timeout=5)
+    finally:
+        srv.stop()
+
+
+def test_unreadable_certificate_is_named(tmp_path: Path) -> None:
+    security = SecurityConfig(tls_cert=tmp_path / "missing.pem", tls_key=tmp_path / "k.pem")
+    with pytest.raises(OSError, match=r"security\.tls_cert"):
+        server_ssl_context(security)
