@@ -122,6 +122,8 @@ def resolve_model(spec: str, *, cache_dir: Path | None = None, allow_download: b
     file_key = spec if suffix else next((f for f in manifest.files if f.startswith(f"{spec}.")), "")
     if file_key in manifest.files:
         return _resolve_known_file(file_key, manifest.files[file_key], cache)
+    if suffix and (cache / spec).is_file():  # a file imported or exported into the cache
+        return cache / spec
     if stem not in manifest.models:
         if suffix is None and "." in spec:
             detail = f"unsupported model format in {spec!r} (expected {', '.join(MODEL_SUFFIXES)})"

@@ -73,6 +73,41 @@ def _imports() -> tuple[Any, Any]:
     return torch, tasks
 
 
+def load_detection_model(model: str | Path, seed: int = 0) -> tuple[Any, int | None]:
+    """(Ultralytics DetectionModel, its training image size or None) from a ``.pt``
+    checkpoint or a model yaml (seeded random weights). Raises ModelError saying why not."""
+    torch, tasks = _imports()
+    where = f"PyTorch model {model}"
+    spec = str(model)
+    train_imgsz: Any = None
+    if spec.endswith((".yaml", ".yml")):
+        torch.manual_seed(seed)
+        try:
+            net = tasks.DetectionModel(spec, verbose=False)
+        except Exception as exc:
+            raise ModelError(f"cannot build {where}: {exc}") from exc
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise ModelError(f"{where} does not exist (or is not a file)")
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelError(f"cannot load {where}: {exc}") from exc
+        net = None
+        if isinstance(ckpt, dict):
+            net = ckpt.get("ema") or ckpt.get("model")
+            train = ckpt.get("train_args") or {}
+            train_imgsz = train.get("imgsz") if isinstance(train, dict) else None
+        else:
+            net = ckpt
+        if net is None or not hasattr(net, "forward"):
+            raise ModelError(f"{where} holds no model (expected an Ultralytics checkpoint)")
+    if not isinstance(net, tasks.DetectionModel):
+        raise ModelError(f"{where} is a {type(net).__name__}, not a YOLO detection model")
+    return net, train_imgsz if isinstance(train_imgsz, int) else None
+
+
 def _names(raw: Any, nc: int) -> list[str]:
     if isinstance(raw, dict) and sorted(raw) == list(range(len(raw))):
         names = [str(raw[i]) for i in range(len(raw))]
@@ -105,43 +140,18 @@ class TorchEngine(YoloEngine):
         cuda_graphs: bool = True,
         seed: int = 0,
     ) -> None:
-        torch, tasks = _imports()
+        torch, _ = _imports()
         self._torch = torch
         self.options = options
         self.model_path = Path(model)
         where = f"PyTorch model {model}"
-        spec = str(model)
-        if spec.endswith((".yaml", ".yml")):
-            torch.manual_seed(seed)
-            try:
-                net = tasks.DetectionModel(spec, verbose=False)
-            except Exception as exc:
-                raise ModelError(f"cannot build {where}: {exc}") from exc
-            train_imgsz = None
-        else:
-            if not self.model_path.is_file():
-                raise ModelError(f"{where} does not exist (or is not a file)")
-            try:
-                ckpt = torch.load(str(self.model_path), map_location="cpu", weights_only=False)
-            except Exception as exc:
-                raise ModelError(f"cannot load {where}: {exc}") from exc
-            net = None
-            if isinstance(ckpt, dict):
-                net = ckpt.get("ema") or ckpt.get("model")
-                train = ckpt.get("train_args") or {}
-                train_imgsz = train.get("imgsz") if isinstance(train, dict) else None
-            else:
-                net, train_imgsz = ckpt, None
-            if net is None or not hasattr(net, "forward"):
-                raise ModelError(f"{where} holds no model (expected an Ultralytics checkpoint)")
-        if not isinstance(net, tasks.DetectionModel):
-            raise ModelError(f"{where} is a {type(net).__name__}, not a YOLO detection model")
+        net, train_imgsz = load_detection_model(model, seed=seed)
         net = net.float().eval()
         if hasattr(net, "fuse"):
             net = net.fuse(verbose=False) if _accepts_verbose(net.fuse) else net.fuse()
         for p in net.parameters():
             p.requires_grad_(False)
-        side = int(imgsz or (train_imgsz if isinstance(train_imgsz, int) else DEFAULT_IMGSZ))
+        side = int(imgsz or train_imgsz or DEFAULT_IMGSZ)
         stride = int(max(getattr(net, "stride", torch.tensor([32])).tolist()))
         if side % stride:
             raise ModelError(f"{where}: input size {side} is not a multiple of stride {stride}")
