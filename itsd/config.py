@@ -88,7 +88,8 @@ class ServerConfig(_Model):
 
 
 class SecurityConfig(_Model):
-    """TLS and bearer tokens of the gRPC control API (``itsd.control.auth``).
+    """TLS and bearer tokens of the gRPC control API (``itsd.control.auth``) and of the
+    HTTP monitoring port (where ``/health`` needs no token and everything else a read one).
 
     With no token configured every call is allowed (keep the bind local then); with any
     token configured every call but health checking needs ``authorization: Bearer
@@ -1141,6 +1142,19 @@ def security_warnings(config: Config) -> list[str]:
             f"server.grpc_bind is {config.server.grpc_bind} without TLS: bearer tokens cross "
             "the network in clear text (set security.tls_cert and security.tls_key)"
         )
+    http_bind = config.server.monitoring_bind
+    if config.server.monitoring_port and not is_local_bind(http_bind):
+        if not sec.tls and not sec.has_tokens:
+            out.append(
+                f"server.monitoring_bind is {http_bind}, reachable from other machines, but "
+                "the monitoring port has neither TLS nor a token: anyone who reaches it sees "
+                "the metrics, the cameras and their pictures"
+            )
+        elif sec.has_tokens and not sec.tls:
+            out.append(
+                f"server.monitoring_bind is {http_bind} without TLS: bearer tokens cross the "
+                "network in clear text (set security.tls_cert and security.tls_key)"
+            )
     return out
 
 
