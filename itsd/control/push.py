@@ -291,6 +291,8 @@ class PushHub:
         self._thread: threading.Thread | None = None
         self.results_read = 0
         self.results_unmatched = 0
+        #: (capacity bytes, used bytes, records put) of the results ring, kept by its reader.
+        self.ring_stats: tuple[int, int, int] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -299,6 +301,7 @@ class PushHub:
         if not name:
             return
         ring = RecordRing.attach(name)
+        self.ring_stats = (ring.capacity_bytes, ring.used_bytes(), ring.stats().put)
         self._thread = threading.Thread(
             target=self._run, args=(ring,), name="itsd-grpc-results", daemon=True
         )
@@ -456,6 +459,7 @@ class PushHub:
             while not self._stop.is_set():
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_S
+                    self.ring_stats = (ring.capacity_bytes, ring.used_bytes(), ring.stats().put)
                     try:
                         self.prune()
                     except Exception as exc:  # never stop reading results

@@ -558,8 +558,17 @@ class StreamingServicer:
     def GetQueueMetrics(  # noqa: N802
         self, request: streaming_pb2.GetQueueMetricsRequest, context: grpc.ServicerContext
     ) -> streaming_pb2.QueueMetrics:
-        """Fill levels and counters of the shared-memory rings."""
-        return queue_metrics_message(self._backend.metrics())
+        """Fill levels and counters of the shared-memory rings (and of the results ring
+        that brings detection events back to this API)."""
+        msg = queue_metrics_message(self._backend.metrics())
+        stats = self._frames.hub.ring_stats if self._frames is not None else None
+        if stats is not None:
+            capacity, used, put = stats
+            msg.rings.append(
+                streaming_pb2.RingStats(name="results", capacity=capacity, used=used, written=put)
+            )
+            msg.rings.sort(key=lambda r: r.name)
+        return msg
 
     @_unary
     def RegisterStream(  # noqa: N802

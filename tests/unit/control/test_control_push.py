@@ -462,3 +462,19 @@ def test_removed_camera_is_unmapped_and_not_found(
         vision.ProcessFrame(vision_pb2.ProcessFrameRequest(frame=jpeg_frame("gate", 2)), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     pipeline.paused.clear()
+
+
+def test_queue_metrics_show_the_results_ring(
+    push_server: ControlServer, pipeline: FakePipeline
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{push_server.port}") as ch:
+        vision = vision_pb2_grpc.VisionCoreServiceStub(ch)
+        vision.ProcessFrame(vision_pb2.ProcessFrameRequest(frame=jpeg_frame("gate", 1)), timeout=5)
+        time.sleep(2.5)  # the reader refreshes the ring's numbers every 2 s
+        q = streaming_pb2_grpc.StreamingServiceStub(ch).GetQueueMetrics(
+            streaming_pb2.GetQueueMetricsRequest(), timeout=5
+        )
+    names = [r.name for r in q.rings]
+    assert names == sorted(names)
+    results = next(r for r in q.rings if r.name == "results")
+    assert results.capacity == 1 << 20 and results.written >= 1
