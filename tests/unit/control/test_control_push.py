@@ -478,3 +478,20 @@ def test_queue_metrics_show_the_results_ring(
     assert names == sorted(names)
     results = next(r for r in q.rings if r.name == "results")
     assert results.capacity == 1 << 20 and results.written >= 1
+
+
+def test_camera_stream_message_that_does_not_parse(
+    push_server: ControlServer, pipeline: FakePipeline
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{push_server.port}") as ch:
+        call = ch.stream_stream(
+            "/itsd.v1.VisionCoreService/ProcessCameraStream",
+            request_serializer=lambda b: b,
+            response_deserializer=common_pb2.FrameResult.FromString,
+        )
+        good = jpeg_frame("gate", 1).SerializeToString()
+        with pytest.raises(grpc.RpcError) as err:
+            list(call(iter([good, good[: len(good) // 2]]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "message 1 of the stream" in err.value.details()
+    no_leaks(push_server)
