@@ -844,17 +844,70 @@ class AlertRuleConfig(_Model):
     """One alert rule of the daemon: a threshold held for a duration."""
 
     enabled: bool = Field(True, description="Evaluate this rule.")
-    threshold: float = Field(..., ge=0.0, description="The value that breaks the rule.")
+    threshold: float = Field(0.0, ge=0.0, description="The value that breaks the rule.")
     for_s: float = Field(
-        ..., ge=0.0, le=86400.0, description="How long the rule must be broken before it fires."
+        0.0, ge=0.0, le=86400.0, description="How long the rule must be broken before it fires."
     )
 
 
-def _rule(threshold: float, for_s: float) -> Any:
+def _for(seconds: float) -> Any:
     return Field(
-        default_factory=lambda: AlertRuleConfig(threshold=threshold, for_s=for_s),
-        description=f"Default threshold {threshold:g}, for {for_s:g} s.",
+        seconds,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds the rule must be broken before the alert fires.",
     )
+
+
+class LatencyCriticalRule(AlertRuleConfig):
+    """Critical: inference latency (the percentile) above the threshold."""
+
+    threshold: float = Field(0.1, ge=0.0, description="Seconds (the p95 of batches).")
+    for_s: float = _for(300.0)
+
+
+class LatencyWarningRule(AlertRuleConfig):
+    """Warning: inference latency (the percentile) above the threshold."""
+
+    threshold: float = Field(0.075, ge=0.0, description="Seconds (the p95 of batches).")
+    for_s: float = _for(300.0)
+
+
+class GpuUtilizationRule(AlertRuleConfig):
+    """Critical: a GPU busy less than the threshold (only where NVML reports GPUs)."""
+
+    threshold: float = Field(50.0, ge=0.0, le=100.0, description="Percent of time busy.")
+    for_s: float = _for(300.0)
+
+
+class ErrorRateRule(AlertRuleConfig):
+    """Critical: errors per item above the threshold."""
+
+    threshold: float = Field(0.05, ge=0.0, le=1.0, description="Ratio, 0..1 (0.05 is 5 %).")
+    for_s: float = _for(60.0)
+
+
+class QueueDepthRule(AlertRuleConfig):
+    """Critical: a queue (frame ring, record ring) holding more items than the threshold."""
+
+    threshold: float = Field(1000.0, ge=0.0, description="Items waiting in one queue.")
+    for_s: float = _for(60.0)
+
+
+class ThroughputRule(AlertRuleConfig):
+    """Warning: a running camera's frames through the detector below a share of its target."""
+
+    threshold: float = Field(
+        0.9, ge=0.0, le=1.0, description="Share of the camera's target fps (0.9 is 90 %)."
+    )
+    for_s: float = _for(120.0)
+
+
+class MemoryRule(AlertRuleConfig):
+    """Warning: host memory (or a GPU's) in use above the threshold."""
+
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="Ratio in use, 0..1.")
+    for_s: float = _for(120.0)
 
 
 class AlertsConfig(_Model):
@@ -872,28 +925,27 @@ class AlertsConfig(_Model):
     latency_quantile: float = Field(
         0.95, gt=0.0, lt=1.0, description="Percentile of inference latency the rules compare."
     )
-    inference_latency_critical: AlertRuleConfig = _rule(0.1, 300.0)
-    inference_latency_warning: AlertRuleConfig = _rule(0.075, 300.0)
-    gpu_utilization_low: AlertRuleConfig = _rule(50.0, 300.0)
-    error_rate_high: AlertRuleConfig = _rule(0.05, 60.0)
-    queue_depth_high: AlertRuleConfig = _rule(1000.0, 60.0)
-    throughput_low: AlertRuleConfig = _rule(0.9, 120.0)
-    memory_high: AlertRuleConfig = _rule(0.9, 120.0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _partial_rules(cls, data: Any) -> Any:
-        """A rule given in part keeps the defaults of the rest (``{threshold: 0.2}``)."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for name, field in cls.model_fields.items():
-            given = out.get(name)
-            if isinstance(given, dict) and field.default_factory is not None:
-                default = field.default_factory()  # type: ignore[call-arg]
-                if isinstance(default, AlertRuleConfig):
-                    out[name] = {**default.model_dump(), **given}
-        return out
+    inference_latency_critical: LatencyCriticalRule = Field(
+        default_factory=LatencyCriticalRule, description="Inference latency, critical."
+    )
+    inference_latency_warning: LatencyWarningRule = Field(
+        default_factory=LatencyWarningRule, description="Inference latency, warning."
+    )
+    gpu_utilization_low: GpuUtilizationRule = Field(
+        default_factory=GpuUtilizationRule, description="GPU utilisation too low, critical."
+    )
+    error_rate_high: ErrorRateRule = Field(
+        default_factory=ErrorRateRule, description="Error rate, critical."
+    )
+    queue_depth_high: QueueDepthRule = Field(
+        default_factory=QueueDepthRule, description="Queue depth, critical."
+    )
+    throughput_low: ThroughputRule = Field(
+        default_factory=ThroughputRule, description="Throughput below the target fps, warning."
+    )
+    memory_high: MemoryRule = Field(
+        default_factory=MemoryRule, description="Memory in use, warning."
+    )
 
 
 class FleetConfig(_Model):
