@@ -295,6 +295,8 @@ class SupervisorBackend:
 
     # -- pushed frames (PushBackend) ------------------------------------------------------
     def _push_target(self, camera_id: str, adhoc: bool = False) -> PushTarget:
+        if self.sup.stopping:
+            raise UnavailableError("itsd is stopping: it takes no more frames")
         view = self.state.camera(camera_id)  # KeyError when unknown
         if not str(view.config.get("source", "")).startswith(PUSH_SCHEME):
             raise NotSupportedError(
