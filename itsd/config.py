@@ -54,7 +54,6 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 #: its leaves, except the keys in ``_WILDCARD_EXEMPT``.
 NOT_YET_AVAILABLE: dict[str, str] = {
     "model.tensorrt": "TensorRT engines are not built yet",
-    "model.precision": "a model runs in the precision it was exported in",
 }
 
 #: Keys a wildcard in NOT_YET_AVAILABLE does not cover.
