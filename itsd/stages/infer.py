@@ -162,15 +162,17 @@ def _policy(config: Config) -> BatchPolicy:
 def _options(config: Config, worker: int) -> EngineOptions:
     # The tracker sees every candidate down to candidate_confidence; detection events
     # report only those at or above model.confidence (analytics filters them).
+    gpu = config.gpus[worker % len(config.gpus)] if config.gpus else None
     return EngineOptions(
         confidence=min(config.model.confidence, config.model.candidate_confidence),
         iou=config.model.iou,
         max_detections=config.model.max_detections,
-        precision="fp32",
+        # model.precision is what GPU backends convert to; the CPU runs the file as is.
+        precision=config.model.precision if gpu is not None else "fp32",
         intra_op_threads=config.performance.cpu_threads,
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
         # Workers share the listed GPUs round-robin (one worker per GPU by default).
-        gpu=config.gpus[worker % len(config.gpus)] if config.gpus else None,
+        gpu=gpu,
     )
 
 
