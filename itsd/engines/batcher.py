@@ -128,7 +128,7 @@ class Batcher(Generic[K]):
     Keys are camera keys. Typical round::
 
         for key, high in batcher.visit_order():
-            if batcher.full(len(batch), high): break
+            if batcher.full(len(batch), n_normal, high): break
             frame = take(key)
             if frame and batcher.admit(key, frame.capture_ns, lossless): batch.append(frame)
         ...
@@ -183,10 +183,14 @@ class Batcher(Generic[K]):
         self._start = (self._start + 1) % max(1, n)
         return [(k, True) for k in self._high] + [(k, False) for k in rotated]
 
-    def full(self, taken: int, high: bool) -> bool:
-        """Whether a frame of this lane may no longer join a batch of `taken` frames."""
-        cap = self.policy.max_batch if high else self.size.limit
-        return taken >= cap
+    def full(self, taken: int, normal: int, high: bool) -> bool:
+        """Whether a frame of this lane may no longer join a batch of `taken` frames, of
+        which `normal` came from the normal lane: the batch never exceeds max_batch, and
+        the normal lane's frames never exceed the adaptive limit (high-lane frames do not
+        count against it, so a busy emergency camera cannot starve the others)."""
+        if taken >= self.policy.max_batch:
+            return True
+        return not high and normal >= self.size.limit
 
     def admit(self, key: K, capture_wall_ns: int, lossless: bool = False) -> bool:
         """False (and counted) when the frame is past its deadline; lossless frames pass."""

@@ -362,9 +362,10 @@ def _take(cams: _Cameras, batcher: Batcher[int]) -> tuple[list[tuple[_Camera, Fr
     """One round of the batcher: the frames of the next batch, and whether the batch
     filled up before every camera was visited (frames were left waiting)."""
     taken: list[tuple[_Camera, FrameSlot]] = []
+    normal = 0
     order = batcher.visit_order()
     for i, (key, high) in enumerate(order):
-        if batcher.full(len(taken), high):
+        if batcher.full(len(taken), normal, high):
             return taken, i < len(order)
         cam = cams.by_key.get(key)
         if cam is None:
@@ -377,6 +378,7 @@ def _take(cams: _Cameras, batcher: Batcher[int]) -> tuple[list[tuple[_Camera, Fr
             cam.expired.inc()
             continue
         taken.append((cam, s))
+        normal += not high
     return taken, False
 
 

@@ -88,9 +88,10 @@ def test_high_lane_first_normal_round_robin() -> None:
 
 def test_high_lane_bypasses_the_adaptive_limit_but_not_the_max() -> None:
     b: Batcher[str] = Batcher(BatchPolicy(max_batch=4, initial_batch=2))
-    assert b.full(2, high=False)
-    assert not b.full(2, high=True)
-    assert b.full(4, high=True)
+    assert b.full(2, 2, high=False)
+    assert not b.full(2, 2, high=True)
+    assert not b.full(3, 1, high=False)  # high-lane frames do not use up the limit
+    assert b.full(4, 1, high=True) and b.full(4, 1, high=False)
 
 
 def test_round_with_a_full_batch_keeps_the_emergency_camera() -> None:
@@ -102,16 +103,18 @@ def test_round_with_a_full_batch_keeps_the_emergency_camera() -> None:
     served: dict[str, int] = {}
     for _ in range(8):
         batch: list[str] = []
+        normal = 0
         for key, high in b.visit_order():
-            if b.full(len(batch), high):
+            if b.full(len(batch), normal, high):
                 break
             batch.append(key)
+            normal += not high
         for key in batch:
             served[key] = served.get(key, 0) + 1
         assert batch[0] == "ems"
     assert served["ems"] == 8
-    # The one remaining place rotates over the normal cameras: none starves.
-    assert sorted(served[k] for k in ("n1", "n2", "n3", "n4")) == [2, 2, 2, 2]
+    # The normal lane's two places rotate over the normal cameras: none starves.
+    assert sorted(served[k] for k in ("n1", "n2", "n3", "n4")) == [4, 4, 4, 4]
 
 
 def test_deadline_drops_and_counts_old_frames_but_not_lossless_ones() -> None:
