@@ -58,7 +58,10 @@ STATS_WINDOW_S = 60.0
 SUBSCRIBER_QUEUE = 64
 #: How often the reader unmaps the rings of push cameras that were removed.
 PRUNE_S = 2.0
-_IDLE_S = 0.002
+#: Polling period of the results ring while a pushed frame or a StreamFrames client waits.
+_BUSY_POLL_S = 0.001
+#: ... and while nobody waits (detection events then only feed the latency statistics).
+_IDLE_POLL_S = 0.05
 _LATENCY_RE = re.compile(
     rb'"latency_ms":\{"inference":(-?[0-9.eE+-]+),"capture_to_analytics":(-?[0-9.eE+-]+)\},'
     rb'"batch_size":([0-9]+)'
@@ -288,6 +291,7 @@ class PushHub:
         self._tickets: dict[tuple[str, int], Ticket] = {}
         self._subs: dict[str, list[_Subscriber]] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a frame or a subscriber came: poll fast again
         self._thread: threading.Thread | None = None
         self.results_read = 0
         self.results_unmatched = 0
@@ -310,6 +314,7 @@ class PushHub:
     def close(self) -> None:
         """Stop the reader, wake every waiter, unmap the rings."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
         with self._lock:
@@ -395,6 +400,7 @@ class PushHub:
                         "for its result"
                     )
                 self._tickets[key] = ticket
+            self._wake.set()
         except BaseException:
             cam.inflight.release()
             raise
@@ -422,6 +428,7 @@ class PushHub:
         sub = _Subscriber(camera_id)
         with self._lock:
             self._subs.setdefault(camera_id, []).append(sub)
+        self._wake.set()
         return sub
 
     def unsubscribe(self, sub: _Subscriber) -> None:
@@ -466,7 +473,10 @@ class PushHub:
                         _log.warning("cannot check the push cameras: %s", exc)
                 raw = ring.get_many(256)
                 if not raw:
-                    time.sleep(_IDLE_S)
+                    with self._lock:
+                        waiting = bool(self._tickets or self._subs)
+                    if self._wake.wait(_BUSY_POLL_S if waiting else _IDLE_POLL_S):
+                        self._wake.clear()
                     continue
                 for data in raw:
                     try:
