@@ -52,6 +52,7 @@ from itsd.control.backend import (
 from itsd.errors import ConfigError, ResourceError, SourceError
 from itsd.redact import redact_text
 from itsd.samples import resolve_source
+from itsd.sources import SCHEMES
 from itsd.store.aggregate import Bucket, merge
 from itsd.store.db import StoreError, StoreUnavailable
 from itsd.store.model import IntervalRow
@@ -97,18 +98,7 @@ def _check_source(cfg: CameraConfig) -> None:
     src = cfg.source.strip()
     if "://" in src:
         scheme = src.split("://", 1)[0].lower()
-        if scheme not in (
-            "rtsp",
-            "rtsps",
-            "http",
-            "https",
-            "file",
-            "pattern",
-            "rtmp",
-            "udp",
-            "tcp",
-            "push",
-        ):
+        if scheme not in (*SCHEMES, "push"):
             raise ValueError(f"config.source_url: unsupported scheme {scheme!r}")
         if scheme != "file":
             return
