@@ -193,8 +193,9 @@ def read_all(
     config: Config, topic: str, timeout: float = 20.0, idle_s: float = 2.0
 ) -> tuple[int, list[tuple[bytes | None, bytes | None, int]]]:
     """Every record of ``topic`` (key, value, partition), in offset order per partition,
-    without joining a group; stops when every partition reports its end (or after
-    ``idle_s`` without a record, since some brokers' end offsets are not exact)."""
+    without joining a group; stops once every partition has reported its end (records
+    written meanwhile may or may not be in), or after ``idle_s`` without a record, since
+    some brokers' end offsets are not exact."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     n = topic_partitions(config, topic, timeout)
@@ -224,7 +225,6 @@ def read_all(
                         ended.add(part)
                         continue
                     raise RegistryError(f"reading {topic}: {err}")
-                ended.discard(part)
                 out.append((msg.key(), msg.value(), part))
             if msgs:
                 last = time.monotonic()
