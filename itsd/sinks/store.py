@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from itsd.records import EventRecord, EventType
 from itsd.sinks.base import Sink, SinkError
 from itsd.sinks.spool import Spool, SpoolFullError
-from itsd.store.db import StoreRejected, StoreUnavailable, describe_url, migrate
+from itsd.store.db import StoreError, StoreRejected, StoreUnavailable, describe_url, migrate
 from itsd.store.model import IntervalRow
 from itsd.store.summary import interval_from_event
 from itsd.store.writer import StoreWriter
@@ -163,11 +163,11 @@ class StoreSink(Sink):
                 migrate(self.engine)
                 self._migrated = True
             self.writer.write(rows)
-        except StoreUnavailable as err:
-            self._mark_down(err)
-            return False
         except StoreRejected:
             return self._commit_one_by_one(rows)
+        except StoreError as err:  # away, or its schema cannot be set up now: retry later
+            self._mark_down(err)
+            return False
         self._mark_up()
         self.c.written(len(rows))
         return True
