@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import cv2
 import grpc
 import pytest
 from conftest import daemon_helpers
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from itsd.control import client
 from itsd.control._pb import (
@@ -210,7 +212,33 @@ def _every_rpc(d: Daemon, vision: Any, streaming: Any, analytics: Any, jpegs: li
     assert json.loads(out.stdout)["engine"]["inference_latency"]["p99_ms"] > 0
 
 
+def _idle_streams(ch: grpc.Channel, vision: Any) -> None:
+    """Twenty idle server-reflection streams from a local process: unary calls still
+    answer at once (they used to time out with eight)."""
+    stop = threading.Event()
+
+    def idle() -> Iterator[Any]:
+        stop.wait(60)
+        yield from ()
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    held = [stub.ServerReflectionInfo(idle()) for _ in range(20)]
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        for _ in range(10):
+            vision.GetEngineHealth(vision_pb2.GetEngineHealthRequest(), timeout=5)
+        assert time.monotonic() - t0 < 5.0
+        refused = [c for c in held if c.done()]
+        assert refused and all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for c in refused)
+    finally:
+        stop.set()
+        for c in held:
+            c.cancel()
+
+
 def _bad_requests(d: Daemon, ch: grpc.Channel, vision: Any, jpegs: list[bytes]) -> None:
+    _idle_streams(ch, vision)
     pid = int(d.pid_file.read_text().split()[0])
     rng = random.Random(20261129)
     good = vision_pb2.ProcessFrameRequest(frame=jpeg("gate", 1, jpegs[0])).SerializeToString()
