@@ -5,7 +5,6 @@ dashboard in headless Chromium updated by server-sent events (screenshot saved).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from monitor_cdp import chromium_or_skip, open_page
 
 ITSD = [sys.executable, "-m", "itsd"]
 SCREENSHOT_DIR = Path(os.environ.get("ITSD_SCREENSHOT_DIR", "/tmp"))
@@ -225,97 +225,38 @@ def test_snapshot_jpeg(daemon: Daemon) -> None:
     assert get(daemon.port, "/snapshot/nope")[0] == 404
 
 
-async def _cdp_session(ws_url: str, page_url: str, shot: Path) -> dict[str, Any]:
-    """Open the page in Chromium over the DevTools protocol; watch it update; screenshot."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        host = ws_url.split("/devtools/", maxsplit=1)[0].replace("ws://", "http://")
-        async with http.put(f"{host}/json/new?{page_url}") as r:
-            target = await r.json(content_type=None)
-        async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            ids = iter(range(1, 10_000))
-
-            async def call(method: str, **params: Any) -> Any:
-                n = next(ids)
-                await ws.send_json({"id": n, "method": method, "params": params})
-                while True:
-                    msg = json.loads((await ws.receive()).data)
-                    if msg.get("id") == n:
-                        return msg.get("result", {})
-
-            async def js(expr: str) -> Any:
-                res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
-                return res.get("result", {}).get("value")
-
-            probe = """(() => {
-              const img = document.querySelector('.cam img');
-              return {frame: img ? img.dataset.frame || null : null,
-                      loaded: img ? (img.complete && img.naturalWidth > 0) : false,
-                      counts: [...document.querySelectorAll('.count')].map(e => e.textContent),
-                      taken: window.last ? window.last.taken_at : null,
-                      alerts: document.querySelector('#alerts tbody').textContent,
-                      status: document.getElementById('status').textContent};
-            })()"""
-            await call("Runtime.enable")
-            seen: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline:
-                state = await js(probe.replace("window.last", "last"))
-                if state:
-                    seen.append(state)
-                frames = {s["frame"] for s in seen if s["frame"] and s["loaded"]}
-                if len(frames) >= 2 and seen[-1]["counts"] and seen[-1]["loaded"]:
-                    break
-                await asyncio.sleep(0.5)
+async def _watch_dashboard(url: str, profile: Path, shot: Path) -> list[dict[str, Any]]:
+    """Open the dashboard, watch it update through the event stream, screenshot it."""
+    probe = """(() => {
+      const img = document.querySelector('.cam img');
+      return {frame: img ? img.dataset.frame || null : null,
+              loaded: img ? (img.complete && img.naturalWidth > 0) : false,
+              counts: [...document.querySelectorAll('.count')].map(e => e.textContent),
+              alerts: document.querySelector('#alerts tbody').textContent,
+              status: document.getElementById('status').textContent};
+    })()"""
+    seen: list[dict[str, Any]] = []
+    async with open_page(url, profile) as page:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            state = await page.js(probe)
+            if state:
+                seen.append(state)
+            frames = {s["frame"] for s in seen if s["frame"] and s["loaded"]}
+            if len(frames) >= 2 and seen[-1]["counts"] and seen[-1]["loaded"]:
+                break
             await asyncio.sleep(0.5)
-            png = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-            shot.write_bytes(base64.b64decode(png["data"]))
-            return {"seen": seen}
+        await asyncio.sleep(0.5)
+        await page.screenshot(shot)
+    return seen
 
 
 def test_dashboard_in_headless_chromium(daemon: Daemon, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium missing in CI (Debian package chromium; make system-deps)")
-        pytest.skip("chromium not installed")
-    proc = subprocess.Popen(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--remote-debugging-port=0",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1400,1800",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    chromium_or_skip()
+    shot = SCREENSHOT_DIR / "itsd-dashboard.png"
+    seen = asyncio.run(
+        _watch_dashboard(f"http://127.0.0.1:{daemon.port}/", tmp_path / "profile", shot)
     )
-    try:
-        assert proc.stderr is not None
-        ws_url = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not ws_url:
-            line = proc.stderr.readline()
-            m = re.search(r"DevTools listening on (ws://\S+)", line)
-            if m:
-                ws_url = m.group(1)
-        assert ws_url, "chromium did not start its DevTools endpoint"
-        shot = SCREENSHOT_DIR / "itsd-dashboard.png"
-        result = asyncio.run(_cdp_session(ws_url, f"http://127.0.0.1:{daemon.port}/", shot))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    seen = result["seen"]
     assert seen, "the page never rendered"
     frames = [s["frame"] for s in seen if s["frame"] and s["loaded"]]
     assert len(set(frames)) >= 2, f"the snapshot did not update through the stream: {frames}"
