@@ -24,6 +24,11 @@ alert's tracks highlighted), the zone and a caption, on a blank canvas of the fr
 size (``itsd.drawing``). The picture checks of the blind-camera rule get their pixels'
 summary (mean luma, a CRC of a sparse grid) from inference, in the detection record.
 
+For the dashboard this stage leaves, twice a second, the boxes and track ids of each
+camera's frames of the last two seconds on the detections board (made by the
+supervisor); the monitoring port draws them on the very frame they belong to, which it
+copies from the frame ring with a read-only peek.
+
 Line totals and track-id blocks are saved per camera in the state directory
 (``itsd.analytics.totals``): totals continue after this stage or the daemon restarts, and
 a tracking id is never given to another object.
@@ -104,6 +109,8 @@ log = logging.getLogger("itsd.analyze")
 
 BATCH_RECORDS = 64
 BOARD_PERIOD_S = 0.5
+#: Longest wait for records before the loop's periodic work runs anyway.
+IDLE_RETURN_S = 1.0
 #: The dashboard's snapshots: boxes of the frames of the last seconds, per camera.
 DETECTIONS_S = 2.0
 DETECTIONS_KEPT = 64
@@ -606,8 +613,11 @@ def _next_batches(
 ) -> list[tuple[RecordRing, list[bytes]]] | None:
     """The oldest records of every ring that has some (peeked: advance after handling).
 
-    Waits (beating) while all are empty; None once draining and all are empty.
+    Waits (beating) while all are empty, for at most ``IDLE_RETURN_S`` (then an empty
+    list, so the caller's periodic work, such as closing the intervals of cameras that
+    went quiet, runs while no record arrives); None once draining and all are empty.
     """
+    waited_since = time.monotonic()
     while True:
         draining = ctx.check_drain()
         out = [(r, b) for r in rings if (b := r.peek_many(BATCH_RECORDS))]
@@ -615,6 +625,8 @@ def _next_batches(
             return out
         if draining:
             return None
+        if time.monotonic() - waited_since >= IDLE_RETURN_S:
+            return []
         ctx.beat()
         time.sleep(IDLE_SLEEP_S)
 
