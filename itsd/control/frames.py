@@ -315,19 +315,19 @@ class FrameService:
                     try:
                         waiting.append((i, p, self.push(p, wait_s=0.0)))
                         break
-                    except Busy as exc:
+                    except Busy:
                         # Our own frames fill the camera: take their results first.
-                        mine = [w for w in waiting if w[1].camera is p.camera]
-                        if mine:
-                            waiting.remove(mine[0])
-                            settle(mine[0])
+                        mine = next((w for w in waiting if w[1].camera is p.camera), None)
+                        if mine is not None:
+                            waiting.remove(mine)
+                            settle(mine)
                             continue
-                        left = deadline - time.monotonic()
+                        # Other calls' frames fill it: wait a little for a slot.
+                        left = min(1.0, max(0.0, deadline - time.monotonic()))
                         try:
-                            waiting.append((i, p, self.push(p, wait_s=min(1.0, max(0.0, left)))))
-                        except Exception as exc2:
-                            fail(i, exc2)
-                        del exc
+                            waiting.append((i, p, self.push(p, wait_s=left)))
+                        except Exception as exc:
+                            fail(i, exc)
                         break
                     except Exception as exc:
                         fail(i, exc)
@@ -350,6 +350,9 @@ class FrameService:
         yields results in the order the frames came."""
         pending: queue.Queue[tuple[Prepared, Ticket] | BaseException | None] = queue.Queue()
         stop = threading.Event()
+        # A ticket is queued only under this lock and only before the stop: so once the
+        # response side has stopped under it, draining the queue finishes every ticket.
+        handover = threading.Lock()
         context.add_callback(stop.set)
 
         def reader() -> None:
@@ -360,10 +363,15 @@ class FrameService:
                     p = self.prepare(frame)
                     while not stop.is_set():
                         try:
-                            pending.put((p, self.push(p, wait_s=0.5)))
-                            break
+                            ticket = self.push(p, wait_s=0.5)
                         except Busy:
                             continue  # backpressure: keep the client waiting, not reading
+                        with handover:
+                            if stop.is_set():
+                                ticket.finish()
+                                return
+                            pending.put((p, ticket))
+                        break
                 pending.put(None)
             except BaseException as exc:  # handed to the response side
                 pending.put(exc)
@@ -390,30 +398,31 @@ class FrameService:
                 held.append(ticket)
                 try:
                     result = self.result(p, ticket, Options(), self.result_timeout_s)
+                except Exception as exc:  # no result in time: the stream ends with it
+                    on_error(exc)
+                    return
                 finally:
                     ticket.finish()
                     held.remove(ticket)
                 yield result
         finally:
-            stop.set()
+            with handover:
+                stop.set()
             for t in held:
                 t.finish()
-            # Tickets the reader made after we stopped: finish them too.
-            while True:
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, tuple):
-                    item[1].finish()
+
+            def drain() -> None:
+                while True:
+                    try:
+                        item = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    if isinstance(item, tuple):
+                        item[1].finish()
+
+            drain()  # the reader may be blocked on a slot these tickets hold
             thread.join(timeout=1.0)
-            while True:
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, tuple):
-                    item[1].finish()
+            drain()  # tickets it made meanwhile
 
     def stream_results(
         self, camera_id: str, include_empty: bool, context: grpc.ServicerContext, alive: Any

@@ -5,6 +5,7 @@ tested in tests/integration/control."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -494,4 +495,20 @@ def test_camera_stream_message_that_does_not_parse(
             list(call(iter([good, good[: len(good) // 2]]), timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "message 1 of the stream" in err.value.details()
+    no_leaks(push_server)
+
+
+def test_camera_stream_without_results_ends_with_deadline_exceeded(
+    vision: Any,
+    pipeline: FakePipeline,
+    push_server: ControlServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    pipeline.paused.set()
+    with pytest.raises(grpc.RpcError) as err:
+        list(vision.ProcessCameraStream(iter([jpeg_frame("gate", 1)]), timeout=20))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "Traceback" not in caplog.text
+    pipeline.paused.clear()
     no_leaks(push_server)
