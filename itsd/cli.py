@@ -1073,7 +1073,8 @@ def fleet_apply(file: str, config_path: str | None, prune: bool, dry_run: bool) 
     )
     for what, ids in (("added", p.added), ("changed", p.changed), ("removed", p.removed)):
         if ids:
-            click.echo(f"  {what}{' ' + verb if verb else ''}: {', '.join(ids)}")
+            more = f" ... ({len(ids) - 20} more)" if len(ids) > 20 else ""
+            click.echo(f"  {what}{' ' + verb if verb else ''}: {', '.join(ids[:20])}{more}")
 
 
 @fleet.command("status")
