@@ -33,7 +33,8 @@ silently share the port with the first. A port that is taken makes
 ``cannot bind gRPC on ADDR:PORT: <reason>``.
 
 This module must never import a stage, an engine, analytics or the CLI, and never run
-frame processing in the server's threads.
+inference or analytics in the server's threads (frames sent by clients are only decoded
+there and copied into their camera's ring; the supervisor's own loop never sees them).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ characters, so a huge camera id gives NOT_FOUND, not a status too large to send.
 This module must never fabricate a result (no placeholder detections, no made-up
 values: an unknown optional value stays unset, a counter the backend does not report is
 0 as the API documents), never import a stage, an engine or analytics, and never touch
-pixels: frames do not pass through the control API's process loop.
+pixels itself (``itsd.control.frames`` does, for the frames clients send).
 """
 
 from __future__ import annotations
