@@ -13,7 +13,8 @@ asked), channels-last memory format, a pinned host batch buffer the letterbox wr
 into and one asynchronous copy to the device per batch on the engine's own CUDA stream,
 and CUDA graphs captured once per batch-size bucket (1, 2, 4, ... max_batch: a batch is
 padded up to its bucket) so a forward pass is a single graph replay. Without a usable
-GPU it runs on the CPU in fp32 (with a warning when a GPU was asked for).
+GPU it runs on the CPU in fp32 (with a warning when a GPU was asked for), with
+``EngineOptions.intra_op_threads`` threads (torch's thread count is per process).
 
 torch and ultralytics are optional (extra ``torch``): this module imports them only when
 an engine is made, and must never import them at module import time, never use
@@ -175,6 +176,10 @@ class TorchEngine(YoloEngine):
                     options.gpu,
                 )
         self.gpu = self.device.type == "cuda"
+        if not self.gpu:
+            # One engine per worker process, one worker per core: torch's default of one
+            # thread per core makes its threads spin against every other worker's.
+            torch.set_num_threads(options.intra_op_threads)
         net = net.to(self.device)
         if self.gpu:
             net = net.half() if self.half else net
