@@ -159,8 +159,8 @@ class FrameService:
         pixels = pushsrc.fit(pixels, max_w, max_h)
         if frame.HasField("capture_time"):
             capture_ns = frame.capture_time.ToNanoseconds()
-            if capture_ns <= 0:
-                raise ValueError("frame.capture_time must be after 1970")
+            if not 0 < capture_ns < _I64_MAX:
+                raise ValueError("frame.capture_time must be between 1970 and 2262")
             set_ = True
         else:
             capture_ns, set_ = time.time_ns(), False
@@ -169,7 +169,9 @@ class FrameService:
     def push(self, p: Prepared, wait_s: float | None = None) -> Ticket:
         """Write a prepared frame into its camera's ring (Busy when it has no slot)."""
         fid = None if p.camera.target.adhoc else p.client_frame_id
-        return self.hub.submit(p.camera, p.pixels, fid, p.capture_ns, wait_s)
+        # Ad-hoc frames of unrelated clients share one camera: its clock is their arrival.
+        ring_ns = time.time_ns() if p.camera.target.adhoc else p.capture_ns
+        return self.hub.submit(p.camera, p.pixels, fid, ring_ns, wait_s)
 
     def result(
         self, p: Prepared, ticket: Ticket, options: Options, timeout_s: float
