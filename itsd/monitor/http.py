@@ -670,7 +670,9 @@ class MonitorServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, ctype = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        # Encoding thousands of series takes a while: off the loop, so /health and the
+        # event streams are served meanwhile.
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self.registry)
         resp = web.Response(body=body, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
         return resp
 
