@@ -294,6 +294,13 @@ class PerformanceConfig(_Model):
     cpu_threads: int = Field(
         1, ge=1, le=256, description="Intra-op threads of the CPU inference backend."
     )
+    rebalance: bool = Field(
+        True,
+        description=(
+            "Move a camera off an inference worker that drops more than 20% of its frames "
+            "onto one that drops under 5% (one move per 30 s)."
+        ),
+    )
     decode_workers: int = Field(
         0,
         ge=0,
@@ -508,9 +515,12 @@ class AnalyticsConfig(_Model):
     speed_min_samples: int = Field(
         3, ge=2, le=1000, description="Samples a speed must rest on before it is reported."
     )
+    snapshots: bool = Field(
+        True, description="Write a JPEG snapshot (boxes drawn) when an alert is raised."
+    )
     snapshot_dir: Path | None = Field(
-        Path("itsd-snapshots"),
-        description="Where alert snapshots (JPEG, boxes drawn) are written; null disables them.",
+        None,
+        description="Where alert snapshots go; null: a 'snapshots' folder in the state directory.",
     )
     wrong_way_min_m: float = Field(
         10.0, gt=0.0, description="Distance against a zone's direction before a wrong-way alert."
@@ -873,7 +883,7 @@ class LatencyWarningRule(AlertRuleConfig):
 
 
 class GpuUtilizationRule(AlertRuleConfig):
-    """Critical: a GPU busy less than the threshold (only where NVML reports GPUs)."""
+    """Critical: a GPU of ``gpus:`` busy less than the threshold (through NVML)."""
 
     threshold: float = Field(50.0, ge=0.0, le=100.0, description="Percent of time busy.")
     for_s: float = _for(300.0)

@@ -273,6 +273,10 @@ def ml_health(state: Any) -> tuple[int, dict[str, Any]]:
         "gpus": [
             {
                 "index": g.index,
+                "in_use": any(
+                    x.defn is m.GPU_UTILIZATION and x.labels.get("gpu") == str(g.index)
+                    for x in state.samples
+                ),
                 "name": g.name,
                 "utilization_percent": g.utilization,
                 "memory_used_bytes": g.memory_used,

@@ -7,7 +7,7 @@ the same rules for a Prometheus server (a test keeps the two in step)::
     rule                       severity  condition (defaults)
     InferenceLatencyCritical   critical  p95 of ml_inference_latency_seconds > 100 ms for 5 min
     InferenceLatencyHigh       warning   p95 of ml_inference_latency_seconds > 75 ms for 5 min
-    GpuUtilizationLow          critical  gpu_utilization < 50 % for 5 min (only with a GPU)
+    GpuUtilizationLow          critical  gpu_utilization < 50 % for 5 min (GPUs of gpus:)
     ErrorRateHigh              critical  ml_error_rate > 5 % for 1 min
     QueueDepthHigh             critical  queue_depth > 1000 for 1 min (per queue)
     ThroughputLow              warning   ml_throughput_fps < 0.9 x ml_target_fps for 2 min

@@ -151,8 +151,13 @@ class ServiceMetrics:
         record_queues: Iterable[tuple[str, int]],
         now_wall: float,
         now_mono: float,
+        gpus: Sequence[int] = (),
     ) -> tuple[list[Sample], AlertsView]:
-        """Derived samples and the alerts now; publishes transitions to the board."""
+        """Derived samples and the alerts now; publishes transitions to the board.
+
+        ``gpus``: the GPU indices the daemon runs on (``gpus:``); only those are exported
+        and watched (a GPU the daemon does not use is no business of its alerts).
+        """
         if cfg is not self._cfg:
             self.engine.set_rules(rules_from_config(cfg))
             self._cfg = cfg
@@ -199,6 +204,8 @@ class ServiceMetrics:
             out.append(Sample(m.MEMORY_USED, _lab(), host.memory_used_ratio))
             values["MemoryHigh"]["host"] = host.memory_used_ratio
         for g in host.gpus:
+            if g.index not in gpus:
+                continue
             gl = _lab(gpu=str(g.index))
             out.append(Sample(m.GPU_UTILIZATION, gl, g.utilization))
             out.append(Sample(m.GPU_MEMORY_USED, gl, float(g.memory_used)))

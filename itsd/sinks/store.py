@@ -15,8 +15,8 @@ batch is committed to the database, or durably in the buffer (the disk spool of
 
 Nothing is lost: an interval leaves the ring only when committed or buffered; a crash
 between a replay's commit and the buffer's cursor replays that round again. Nothing is
-doubled: the store upserts on (camera id, interval start), so a replay replaces the rows
-it already wrote. When the buffer is full (``store.buffer_max_mib``) the batch is
+doubled: the store upserts on (camera id, interval start and end), so a replay replaces
+the rows it already wrote. When the buffer is full (``store.buffer_max_mib``) the batch is
 refused (``SinkError``): the publisher holds it on its ring and retries.
 
 Events that cannot be stored are skipped with a count and a log line (at most one per

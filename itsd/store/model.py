@@ -48,6 +48,6 @@ class IntervalRow:
     longest_queue_m: float | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        """The row's identity in the store: camera and interval start."""
-        return (self.camera_id, self.start_ms)
+    def key(self) -> tuple[str, int, int]:
+        """The row's identity in the store: camera, interval start and end."""
+        return (self.camera_id, self.start_ms, self.end_ms)

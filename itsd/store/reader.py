@@ -176,8 +176,8 @@ class StoreReader:
         end_ms: int,
         counts: bool = True,
     ) -> list[IntervalRow]:
-        by_key: dict[tuple[str, int], dict[CountKey, int]] = {}
-        zones: dict[tuple[str, int], list[ZoneRow]] = {}
+        by_key: dict[tuple[str, int, int], dict[CountKey, int]] = {}
+        zones: dict[tuple[str, int, int], list[ZoneRow]] = {}
 
         def where(table: sa.Table) -> list[Any]:
             cond = [table.c.start_ms >= start_ms, table.c.start_ms < end_ms]
@@ -189,15 +189,22 @@ class StoreReader:
         # Rows unpacked as tuples: attribute access costs more than the query itself.
         if counts:
             query = sa.select(
-                lc.camera_id, lc.start_ms, lc.line_id, lc.direction, lc.class_name, lc.count
+                lc.camera_id,
+                lc.start_ms,
+                lc.end_ms,
+                lc.line_id,
+                lc.direction,
+                lc.class_name,
+                lc.count,
             ).where(*where(line_counts))
-            for cam, start, line, direction, cls, n in conn.execute(query):
-                by_key.setdefault((cam, start), {})[(line, direction, cls)] = n
+            for cam, start, end, line, direction, cls, n in conn.execute(query):
+                by_key.setdefault((cam, start, end), {})[(line, direction, cls)] = n
         zc = zone_stats.c
-        for cam, start, *z in conn.execute(
+        for cam, start, end, *z in conn.execute(
             sa.select(
                 zc.camera_id,
                 zc.start_ms,
+                zc.end_ms,
                 zc.zone_id,
                 zc.occupancy_mean,
                 zc.occupied_fraction,
@@ -205,11 +212,11 @@ class StoreReader:
                 zc.queue_max_m,
             ).where(*where(zone_stats))
         ):
-            zones.setdefault((cam, start), []).append(ZoneRow(*z))
+            zones.setdefault((cam, start, end), []).append(ZoneRow(*z))
         out = []
         # Columns in the order of schema.intervals.
         for cam, start, end, secs, frames, viv, samples, mean, p85, width, hist, queue, _ in rows:
-            key = (cam, start)
+            key = (cam, start, end)
             out.append(
                 IntervalRow(
                     camera_id=cam,

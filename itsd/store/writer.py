@@ -1,7 +1,7 @@
 """Write intervals into the store: an idempotent upsert, and the retention clean-up.
 
 ``upsert_intervals`` writes a batch in the caller's transaction: the interval row is
-inserted or, when its key (camera id, interval start) is already there, replaced
+inserted or, when its key (camera id, interval start and end) is already there, replaced
 (``INSERT ... ON CONFLICT DO UPDATE`` in both SQLite and PostgreSQL); its child rows
 (line counts, zone statistics) are deleted and written again. Replaying an event, or a
 whole batch, therefore never doubles a row, and the last version of an interval wins.
@@ -30,7 +30,7 @@ from itsd.store.schema import CHILDREN, intervals, line_counts, zone_stats
 
 log = logging.getLogger("itsd.store")
 
-_KEY = ("camera_id", "start_ms")
+_KEY = ("camera_id", "start_ms", "end_ms")
 
 
 def _insert(dialect: str, table: sa.Table) -> Any:
@@ -68,7 +68,7 @@ def upsert_intervals(
     conn: sa.Connection, rows: Sequence[IntervalRow], written_at_ms: int | None = None
 ) -> int:
     """Insert or replace ``rows`` (see the module docstring); returns rows written."""
-    latest: dict[tuple[str, int], IntervalRow] = {}
+    latest: dict[tuple[str, int, int], IntervalRow] = {}
     for r in rows:
         latest[r.key] = r  # the last version of a key wins
     if not latest:
@@ -77,16 +77,17 @@ def upsert_intervals(
     batch = list(latest.values())
     ins = _insert(conn.dialect.name, intervals)
     stmt = ins.on_conflict_do_update(
-        index_elements=[intervals.c.camera_id, intervals.c.start_ms],
+        index_elements=[intervals.c.camera_id, intervals.c.start_ms, intervals.c.end_ms],
         set_={c.name: ins.excluded[c.name] for c in intervals.c if c.name not in _KEY},
     )
     conn.execute(stmt, [interval_values(r, now) for r in batch])
-    keys = [{"k_camera": r.camera_id, "k_start": r.start_ms} for r in batch]
+    keys = [{"k_camera": r.camera_id, "k_start": r.start_ms, "k_end": r.end_ms} for r in batch]
     for child in CHILDREN:
         conn.execute(
             sa.delete(child).where(
                 child.c.camera_id == sa.bindparam("k_camera"),
                 child.c.start_ms == sa.bindparam("k_start"),
+                child.c.end_ms == sa.bindparam("k_end"),
             ),
             keys,
         )
@@ -94,6 +95,7 @@ def upsert_intervals(
         {
             "camera_id": r.camera_id,
             "start_ms": r.start_ms,
+            "end_ms": r.end_ms,
             "line_id": line,
             "direction": direction,
             "class_name": cls,
@@ -108,6 +110,7 @@ def upsert_intervals(
         {
             "camera_id": r.camera_id,
             "start_ms": r.start_ms,
+            "end_ms": r.end_ms,
             "zone_id": z.zone_id,
             "occupancy_mean": z.occupancy_mean,
             "occupied_fraction": z.occupied_fraction,

@@ -243,7 +243,7 @@ class Snapshotter:
             samples.append(Sample(m.SUP_RESTARTS, lab, float(sv.restarts)))
             running = 1.0 if sv.state == "running" else 0.0
             samples.append(Sample(m.SUP_STAGE_RUNNING, lab, running))
-        for op in ("add", "remove", "update"):
+        for op in ("add", "remove", "update", "move"):
             samples.append(
                 Sample(m.SUP_COMMANDS, MappingProxyType({"op": op}), float(sup.op_counts[op]))
             )
@@ -256,7 +256,9 @@ class Snapshotter:
         for rr in sup.record_rings + sup.command_rings:
             rst = rr.stats()
             queues.append((rr.name.rsplit("-", 1)[-1], rst.put - rst.got))
-        derived, alerts = self.service.tick(sup.config.alerts, samples, rates, queues, now, now_m)
+        derived, alerts = self.service.tick(
+            sup.config.alerts, samples, rates, queues, now, now_m, sup.config.gpus
+        )
         samples.extend(derived)
         self._forget_unseen()
         infer_about = next((abouts.get(h.name, {}) for h in sup.core if h.kind == "infer"), {})

@@ -12,7 +12,7 @@ import pytest
 
 from itsd.config import AlertsConfig
 from itsd.runtime import metrics as m
-from itsd.runtime.hostinfo import HostProbe
+from itsd.runtime.hostinfo import GpuStat, HostProbe, HostSample
 from itsd.runtime.metrics import Sample
 from itsd.runtime.service_metrics import CameraRates, ServiceMetrics, alerts_board_name
 from itsd.shm import new_run_id
@@ -79,3 +79,32 @@ def test_error_rate_over_the_window(svc: ServiceMetrics) -> None:
     assert tick(100, 0, 0.0) == 0.0
     assert tick(190, 10, 10.0) == pytest.approx(10 / 100)
     assert tick(1000, 10, 80.0) == 0.0  # the errors left the window
+
+
+class _Probe:
+    def __init__(self) -> None:
+        self.host = HostSample(
+            0.5, 1 << 34, (GpuStat(0, "H200", 10.0, 1, 10), GpuStat(1, "H200", 99.0, 1, 10))
+        )
+
+    def sample(self) -> HostSample:
+        return self.host
+
+    def close(self) -> None:
+        pass
+
+
+def test_only_the_daemons_gpus_are_watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ITSD_SHM_DIR", str(tmp_path))
+    svc = ServiceMetrics(new_run_id(), _Probe())  # type: ignore[arg-type]
+    cfg = AlertsConfig.model_validate({"gpu_utilization_low": {"for_s": 0}})
+    try:
+        out, view = svc.tick(cfg, [], [], [], 0.0, 0.0, gpus=[1])
+        assert {s.labels["gpu"] for s in out if s.defn is m.GPU_UTILIZATION} == {"1"}
+        assert view.active == ()  # GPU 1 is busy; GPU 0 is not the daemon's
+        out, view = svc.tick(cfg, [], [], [], 1.0, 1.0, gpus=[0, 1])
+        assert [(t.rule, t.subject) for t in view.recent] == [("GpuUtilizationLow", "gpu0")]
+        out, _ = svc.tick(cfg, [], [], [], 2.0, 2.0)
+        assert not [s for s in out if s.defn is m.GPU_UTILIZATION]  # CPU inference
+    finally:
+        svc.close()

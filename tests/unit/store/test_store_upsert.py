@@ -184,3 +184,48 @@ def test_buckets_summed_by_the_database_equal_rebucketing_in_python(
             by_db = reader.buckets(camera, 0, 2**62, bucket_ms)
             in_python = rebucket(reader.intervals(camera, 0, 2**62), bucket_ms)
             assert by_db == in_python
+
+
+def test_two_pieces_of_one_interval_are_both_kept(
+    engine: sa.Engine, make_summary: Callable[..., dict[str, Any]]
+) -> None:
+    # A daemon stopped 30 s into an interval flushed [T0, T0+30); the next one, started
+    # within the same minute, reports [T0, T0+60) for what it saw.
+    before = interval_from_event(make_summary("cam", T0, 30.0, counts={"l": {"in": {"car": 4}}}))
+    after = interval_from_event(make_summary("cam", T0, 60.0, counts={"l": {"in": {"car": 3}}}))
+    assert before is not None and after is not None
+    w = StoreWriter(engine)
+    w.write([before])
+    w.write([after, before])  # a replay of the first piece replaces only itself
+    got = StoreReader(engine).intervals("cam", 0, 2**62)
+    assert [(g.end_ms - g.start_ms, g.counts) for g in got] == [
+        (30_000, {("l", "in", "car"): 4}),
+        (60_000, {("l", "in", "car"): 3}),
+    ]
+    (b,) = StoreReader(engine).buckets("cam", 0, 2**62, 60_000)
+    assert (b.intervals, b.crossings) == (2, 7)
+
+
+def test_revision_0002_keeps_the_rows_of_0001(tmp_path: Path) -> None:
+    from alembic import command
+
+    from itsd.store.db import _alembic_config
+
+    e = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    with e.connect() as c:
+        command.upgrade(_alembic_config(c), "0001")
+        c.commit()
+    with e.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO traffic_intervals VALUES "
+            "('cam', 60000, 120000, 60.0, 600, 1, 0, NULL, NULL, NULL, NULL, NULL, 0)"
+        )
+        c.exec_driver_sql(
+            "INSERT INTO traffic_line_counts VALUES ('cam', 60000, 'l', 'in', 'car', 5)"
+        )
+    assert schema_revision(e) == ("0001",)
+    migrate(e)
+    assert schema_revision(e) == (head_revision(),)
+    (got,) = StoreReader(e).intervals("cam", 0, 2**62)
+    assert (got.start_ms, got.end_ms, got.counts) == (60000, 120000, {("l", "in", "car"): 5})
+    e.dispose()
