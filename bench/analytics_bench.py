@@ -136,7 +136,7 @@ def traffic(frames: int, vehicles: int = 50, seed: int = 7) -> list[DetectionRec
 
 def analytics_ms(records: list[DetectionRecord], full: bool, detections: bool) -> float:
     """Mean CPU milliseconds per frame of one camera (after a warm-up of 30 frames)."""
-    cam = CameraAnalytics(camera(full), COCO_NAMES, AnalyticsConfig(snapshot_dir=None))
+    cam = CameraAnalytics(camera(full), COCO_NAMES, AnalyticsConfig(snapshots=False))
     for rec in records[:30]:
         cam.process(rec, detections, 0.25)
     start = time.process_time()

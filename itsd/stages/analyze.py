@@ -165,7 +165,8 @@ def scene_spec(camera: CameraConfig, analytics: AnalyticsConfig) -> SceneSpec:
         speed_window_s=a.speed_window_s,
         speed_min_samples=a.speed_min_samples,
         summary_interval_s=a.summary_interval_s,
-        blind_camera=a.blind_camera,
+        # A synthetic source has no lens to cover: its picture checks would be noise.
+        blind_camera=a.blind_camera and not camera.source.startswith("pattern://"),
     )
 
 
@@ -177,9 +178,14 @@ class CameraAnalytics:
         camera: CameraConfig,
         class_names: Sequence[str],
         analytics: AnalyticsConfig | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.camera = camera
         self.analytics = analytics if analytics is not None else AnalyticsConfig()
+        a = self.analytics
+        default_dir = state_dir / "snapshots" if state_dir is not None else None
+        #: Where alert snapshots go (None: none are written).
+        self.snapshot_dir = (a.snapshot_dir or default_dir) if a.snapshots else None
         self.tracker = Tracker(TrackerConfig())
         self.lines = self._lines(camera)
         self.counter = LineCounter(self.lines, class_names)
@@ -284,7 +290,7 @@ class CameraAnalytics:
         )
 
     def _snapshot(self, a: Alert, rec: DetectionRecord, track_of: dict[int, int]) -> str | None:
-        directory = self.analytics.snapshot_dir
+        directory = self.snapshot_dir
         if directory is None:
             return None
         from itsd.drawing import Box, write_snapshot
@@ -508,7 +514,7 @@ class _State:
             return
         w, cid = self.metrics, camera.id
         cam = _Cam(
-            CameraAnalytics(camera, self.class_names, self.ctx.config.analytics),
+            CameraAnalytics(camera, self.class_names, self.ctx.config.analytics, self.state_dir),
             w.cell(m.ANALYZE_RECORDS, camera=cid),
             w.cell(m.ANALYZE_EVENTS, camera=cid),
             w.cell(m.ANALYZE_CROSSINGS, camera=cid),

@@ -135,7 +135,7 @@ def test_events_from_synthetic_traffic(tmp_path: Path) -> None:
 
 def test_uncalibrated_camera_never_invents_a_speed() -> None:
     cfg = camera().model_copy(update={"calibration": None, "zones": []})
-    cam = CameraAnalytics(cfg, COCO_NAMES, AnalyticsConfig(snapshot_dir=None))
+    cam = CameraAnalytics(cfg, COCO_NAMES, AnalyticsConfig(snapshots=False))
     events = []
     for k in range(40):
         rec = record(k, [(1.75, 6.0 + 50 / 3.6 * k / FPS)])
