@@ -443,25 +443,34 @@ def _apply_commands(
         if cmd.seq <= base_seq:
             continue  # already part of the table this process was spawned with
         forward: list[bytes] = []
+
+        def let_go(b: CameraBinding, why: str, forward: list[bytes] = forward) -> None:
+            cam = cams.detach(b.key)
+            if cam is None:
+                return
+            # Take what is still in the ring (the newest frame; every frame, in order, for
+            # a lossless camera), then let go.
+            while (last := cam.take()) is not None:
+                records, _ = _infer(runner, [(cam, last)])
+                forward.extend(records)
+            cam.ring.close()
+            cams.metrics.retire_label("camera", b.camera_id)
+            log.info("camera %s %s", b.camera_id, why)
+
         if cmd.op is CommandOp.ATTACH or cmd.op is CommandOp.UPDATE:
             for b in cmd.cameras:
+                if b.worker != ctx.spec.worker:
+                    # The camera moves to another worker (this one is saturated): hand it
+                    # over; the command goes on so analytics follows it.
+                    let_go(b, f"handed over to inference worker {b.worker}")
+                    continue
                 try:
                     cams.attach(b) if cmd.op is CommandOp.ATTACH else cams.update(b)
                 except (OSError, ValueError) as err:
                     log.error("camera %s: cannot attach its ring %s: %s", b.camera_id, b.ring, err)
         elif cmd.op is CommandOp.DETACH:
             for b in cmd.cameras:
-                cam = cams.detach(b.key)
-                if cam is None:
-                    continue
-                # The decoder has exited: take what is still in the ring (the newest frame;
-                # every frame, in order, for a lossless camera), then let go.
-                while (last := cam.take()) is not None:
-                    records, _ = _infer(runner, [(cam, last)])
-                    forward += records
-                cam.ring.close()
-                cams.metrics.retire_label("camera", b.camera_id)
-                log.info("camera %s detached", b.camera_id)
+                let_go(b, "detached")
         for payload in forward:
             if not ctx.put(det_ring, payload):
                 return False

@@ -109,6 +109,10 @@ RESULTS_RING_BYTES = 8 << 20  # detection events on their way back to gRPC clien
 LOOP_TICK_S = 0.5
 OP_TICK_S = 0.005  # loop period while a camera change is in progress
 ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
+BALANCE_PERIOD_S = 10.0  # how often inference workers are checked for saturation
+SATURATED_DROP = 0.2  # a worker losing this share of its frames is saturated ...
+SPARE_DROP = 0.05  # ... and one losing less than this has room for one more camera
+BALANCE_COOLDOWN_S = 30.0  # after a move, the workers settle before the next one
 
 # Flow order: what a graceful stop stops first.
 GROUP_DECODE, GROUP_INFER, GROUP_ANALYZE, GROUP_PUBLISH = 0, 1, 2, 3
@@ -276,6 +280,9 @@ class Supervisor:
         self._seq = 0
         self._next_key = 1
         self.op_counts: collections.Counter[str] = collections.Counter()
+        self._balance_prev: dict[str, tuple[int, int]] = {}  # camera -> (offered, lost)
+        self._balance_at = 0.0
+        self._balance_quiet_until = 0.0
         self.pid_file: Path = config.resolved_pid_file()
 
     # -- shared memory ------------------------------------------------------------------
@@ -752,16 +759,19 @@ class Supervisor:
         return self.submit(self._op_reload)
 
     # -- operations (run by the loop, one at a time) -----------------------------------
-    def _send(self, op: CommandOp, binding: CameraBinding) -> tuple[int, str, int]:
-        """Put a command for one camera on its inference worker's command ring (it travels
-        on through analytics and the publisher); (seq, "infer", worker)."""
+    def _send(
+        self, op: CommandOp, binding: CameraBinding, to: int | None = None
+    ) -> tuple[int, str, int]:
+        """Put a command for one camera on its inference worker's command ring (or worker
+        ``to``'s); it travels on through analytics and the publisher. (seq, "infer", k)."""
         self._seq += 1
-        payload = CommandRecord(self._seq, op, (binding,), binding.worker).pack()
-        if not self.command_rings[binding.worker].put(payload, timeout=5.0):
+        k = binding.worker if to is None else to
+        payload = CommandRecord(self._seq, op, (binding,), k).pack()
+        if not self.command_rings[k].put(payload, timeout=5.0):
             raise ChangeTimeoutError(
-                f"{self.worker_name(binding.worker)} does not take commands (command ring full)"
+                f"{self.worker_name(k)} does not take commands (command ring full)"
             )
-        return self._seq, "infer", binding.worker
+        return self._seq, "infer", k
 
     def _send_decoder(self, op: CommandOp, entry: CameraEntry) -> tuple[int, str, int]:
         """Put a command for one camera on its decode worker's command ring."""
@@ -906,6 +916,77 @@ class Supervisor:
             moved.append(entry.config.id)
             log.info("camera %s moved to %s", entry.config.id, self.decoder_name(entry.decoder))
         return moved
+
+    def _balance(self, now: float) -> None:
+        """Move one camera off an inference worker that drops many of its frames onto one
+        that drops almost none (``performance.rebalance``); at most one move per
+        ``BALANCE_COOLDOWN_S``. Frames lost are those the worker did not take in time
+        (overwritten or passed over in the ring)."""
+        if (
+            not self.config.performance.rebalance
+            or self.workers < 2
+            or now - self._balance_at < BALANCE_PERIOD_S
+        ):
+            return
+        self._balance_at = now
+        offered: collections.Counter[int] = collections.Counter()
+        lost: collections.Counter[int] = collections.Counter()
+        per_camera: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
+        seen: dict[str, tuple[int, int]] = {}
+        for cid, e in self.cameras.items():
+            if e.removing:
+                continue
+            st = e.ring.stats()
+            total, gone = st.written, st.dropped + st.skipped
+            seen[cid] = (total, gone)
+            prev = self._balance_prev.get(cid)
+            if prev is None or prev[0] > total:
+                continue  # new camera (or a new ring): measured from the next round
+            offered[e.worker] += total - prev[0]
+            lost[e.worker] += gone - prev[1]
+            per_camera[e.worker].append((total - prev[0], cid))
+        self._balance_prev = seen
+        if self._op is not None or not self._ops.empty() or now < self._balance_quiet_until:
+            return
+        alive = [h.worker for h in self.core if h.kind == "infer" and self.stage_running(h)]
+        share = {k: lost[k] / offered[k] if offered[k] else 0.0 for k in alive}
+        busy = [k for k in alive if share[k] > SATURATED_DROP and len(per_camera[k]) > 1]
+        spare = [k for k in alive if share[k] < SPARE_DROP]
+        if not busy or not spare:
+            return
+        src = max(busy, key=lambda k: share[k])
+        dst = min(spare, key=lambda k: (offered[k], k))
+        # The lightest camera: the smallest step towards balance.
+        _, cid = min(per_camera[src])
+        why = f"{share[src]:.0%} of its frames dropped"
+        self._balance_quiet_until = now + BALANCE_COOLDOWN_S
+        fut = self.submit(lambda: self._op_move_camera(cid, dst, why))
+        fut.add_done_callback(_log_op_failure)
+
+    def _op_move_camera(self, camera_id: str, worker: int, why: str) -> Op:
+        """Move a camera to another inference worker: its worker hands it over (taking
+        what is left in its ring), then ``worker`` attaches it. Its tracks and totals go
+        on in analytics."""
+        entry = self.cameras.get(camera_id)
+        if entry is None or entry.removing or entry.worker == worker:
+            return False
+        src = entry.worker
+        entry.worker = worker
+        # The old worker sees a binding naming another worker: it takes what is left in
+        # the ring and lets go; analytics follows the camera (its tracks and totals stay).
+        sent = self._send(CommandOp.UPDATE, entry.binding(), to=src)
+        yield from self._wait_acks(sent, f"camera {camera_id}")
+        sent = self._send(CommandOp.ATTACH, entry.binding())
+        yield from self._wait_acks(sent, f"camera {camera_id}")
+        self.op_counts["move"] += 1
+        log.warning(
+            "camera %s moved from %s (saturated: %s) to %s",
+            camera_id,
+            self.worker_name(src),
+            why,
+            self.worker_name(worker),
+        )
+        return True
 
     def _op_reload(self) -> Op:
         if self.config_path is None:
@@ -1142,6 +1223,7 @@ class Supervisor:
                     if h.kind == "decode" and h.process is None:
                         self._start(h)
             self._run_ops()
+            self._balance(now)
             self._check_heartbeats(now)
             if not self.ready_sent and self.decoders_started and self._all_running():
                 self.ready_sent = True

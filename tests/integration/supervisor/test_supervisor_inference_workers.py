@@ -37,7 +37,12 @@ def _frames(d: Daemon) -> dict[str, list[int]]:
 def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> None:
     src = "pattern://moving?width=160&height=120&fps=5"
     cams = [{"id": f"c{i}", "source": src, "target_fps": 5.0} for i in range(4)]
-    d = start_daemon(cameras=cams, max_restarts=1, extra={"performance": {"inference_workers": 2}})
+    d = start_daemon(
+        cameras=cams,
+        max_restarts=1,
+        # Placement by hash alone here: no moves for saturation.
+        extra={"performance": {"inference_workers": 2, "rebalance": False}},
+    )
     d.wait_log(r"2 inference worker\(s\)", timeout=30)
     d.wait_log(r"all stages running", timeout=90)
     wait_until(lambda: len(_frames(d)) == 4, 60, "frames of every camera", d.log_path)
@@ -85,7 +90,7 @@ def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> N
     )
 
     # Worker 1 dies again, past its restart cap: its cameras move to worker 0.
-    live = {st["camera_id"] for st in _state(d)["streams"]}
+    live = {st["camera_id"] for st in _state(d)["cameras"]}
     before = {c: max(v) for c, v in _frames(d).items() if c in live}
     os.kill(d.stage_pid("infer:1"), signal.SIGKILL)
     d.wait_log(r"infer:1 died .* giving up on it; its cameras move to infer:0", timeout=30)
@@ -98,4 +103,49 @@ def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> N
     health = _state(d)["health"]
     assert health["status"] == "degraded"
     assert any("infer:1" in r for r in health["reasons"]), health["reasons"]
+    assert d.stop().returncode == 0
+
+
+def _on_worker(k: int, n: int, count: int) -> list[str]:
+    """Camera ids that hashing places on worker ``k`` of ``n`` (as Supervisor.place)."""
+    import hashlib
+
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        cid = f"hot{i}"
+        best = max(
+            range(n),
+            key=lambda w: hashlib.blake2b(f"{cid}/{w}".encode(), digest_size=8).digest(),
+        )
+        if best == k:
+            out.append(cid)
+        i += 1
+    return out
+
+
+def test_a_saturated_worker_hands_a_camera_to_an_idle_one(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    # Four busy cameras that hashing puts on infer:0; infer:1 gets none.
+    src = "pattern://moving?width=320&height=240&fps=60"
+    ids = _on_worker(0, 2, 4)
+    cams = [{"id": cid, "source": src, "target_fps": 60.0} for cid in ids]
+    d = start_daemon(cameras=cams, extra={"performance": {"inference_workers": 2}})
+    line = d.wait_log(
+        r"camera (hot\d+) moved from infer:0 \(saturated: \d+% of its frames "
+        r"dropped\) to infer:1",
+        timeout=120,
+    )
+    print(line)
+    moved = [c for c in _state(d)["cameras"] if c["worker"] == "infer:1"]
+    assert moved, "a camera must now be read by infer:1"
+    cid = moved[0]["camera_id"]
+    # The moved camera goes on from the new worker, frame ids still increasing.
+    n0 = len(_frames(d).get(cid, []))
+    wait_until(lambda: len(_frames(d).get(cid, [])) > n0 + 10, 60, "frames after the move")
+    ids_seen = _frames(d)[cid]
+    assert ids_seen == sorted(set(ids_seen))
+    stages = {s["name"]: s for s in d.status_json()["stages"]}
+    assert stages["infer:0"]["restarts"] == 0 and stages["infer:1"]["restarts"] == 0
     assert d.stop().returncode == 0

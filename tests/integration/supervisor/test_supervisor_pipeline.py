@@ -146,7 +146,7 @@ def test_systemd_notify_and_monitoring_port(
     wait_until(lambda: frames_metric() > first, 30, "the frame counter to grow")
     with urllib.request.urlopen(f"{base}/api/state", timeout=10) as resp:
         state = json.loads(resp.read())
-    assert state["streams"][0]["camera_id"] == "street"
+    assert state["cameras"][0]["camera_id"] == "street"
     with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
         assert b"<title>itsd</title>" in resp.read()
 
