@@ -8,9 +8,13 @@ name of the event's stream; key = camera id (one camera's events stay in one par
 in order); headers ``event_type`` and ``schema_version``.
 
 Acceptance (what lets the publisher take a batch off its ring): each event of the batch
-is either acknowledged by the broker (a delivery report without error, tracked per
-event) or durably in the spool. ``write`` produces the whole batch, serves delivery
-reports until every event has one, and spools the failed ones, in order.
+is either acknowledged by the broker or durably in the spool. ``submit`` produces the
+whole batch; ``settle`` flushes (what lingers is sent at once) until the producer's
+queue is empty, so every event has its outcome, and spools the failed ones, in order;
+``write`` is the two together. Delivery reports come only for failures
+(``delivery.report.only.error``): one batch is in flight at a time, so a message that
+left the queue without a failure report was acknowledged, and a success costs no Python
+call. The publisher reads and decodes its next batch while one settles.
 
 Two modes:
 
@@ -94,9 +98,28 @@ def producer_config(cfg: KafkaConfig) -> dict[str, Any]:
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "client.id": "itsd",
+        # Reports only for failures: a message that leaves the queue without one was
+        # acknowledged (a report per success costs a Python call per event).
+        "delivery.report.only.error": True,
     }
     conf.update(cfg.producer)
     return conf
+
+
+class _InFlight:
+    """A batch handed to the producer, waiting for the broker's answers."""
+
+    __slots__ = ("batch", "deadline", "failures", "lost", "refused", "rejected", "t0")
+
+    def __init__(self, batch: Sequence[EventRecord], deadline: float) -> None:
+        self.batch = batch
+        self.deadline = deadline  # give up waiting (purge) after this monotonic time
+        self.t0 = time.monotonic_ns()
+        #: (topic, key, value) of each failure report
+        self.failures: list[tuple[str, bytes | None, bytes | None]] = []
+        self.refused: list[int] = []  # not sent: the producer failed (offered again)
+        self.rejected: list[int] = []  # refused for good (too large): dropped, counted
+        self.lost = False  # reports missing: nothing known delivered
 
 
 class KafkaSink(Sink):
@@ -136,8 +159,8 @@ class KafkaSink(Sink):
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
         self._delivered_ahead: set[Position] = set()
-        self._n_ok = 0
         self._failed_msgs: list[tuple[str, bytes | None, bytes | None]] = []
+        self._inflight: _InFlight | None = None
         self.connected = spool.is_empty()
         if not self.connected:
             log.info("the spool holds %d event(s): they are replayed first", spool.pending)
@@ -165,47 +188,65 @@ class KafkaSink(Sink):
         elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             log.warning("kafka: %s", err.str())
 
-    def _recover(self) -> None:
+    def _recover(self) -> bool:
         """After a fatal producer error (e.g. the broker lost the idempotent producer's
-        state): drop the producer with what it still holds, start a new one."""
+        state): drop the producer with what it still holds, start a new one. True when
+        the old one reported the outcome of every message it held."""
         err, self._fatal = self._fatal, None
         log.warning("kafka producer failed (%s): starting a new one", err.str() if err else "")
         old = self.producer
+        left = 1
         with contextlib.suppress(KafkaException):
             old.purge()
         with contextlib.suppress(KafkaException):
-            old.poll(0.1)  # purged messages report as failed
+            left = _flush(old, 1.0)  # purged messages report as failed
         self.producer = self._new_producer()
+        return left == 0
 
     def _report(self, err: KafkaError | None, msg: Any) -> None:
-        """The producer's one delivery callback (served inside ``poll``)."""
-        if err is None:
-            self._n_ok += 1
-        else:
+        """The producer's one delivery callback (served inside ``poll``/``flush``).
+
+        With ``delivery.report.only.error`` (our default) only failures arrive here; a
+        message that leaves the producer's queue without a failure report was
+        acknowledged. A setting that asks for every report only costs time.
+        """
+        if err is not None:
             self._failed_msgs.append((msg.topic(), msg.key(), msg.value()))
 
-    def _deliver(self, batch: Sequence[EventRecord]) -> list[bool]:
-        """Produce ``batch`` and wait for a delivery report of every event; True = acked.
-
-        One delivery callback serves every message (a closure per message costs more
-        than the produce call); failures, which are rare, are matched back to their
-        events by topic, key and payload.
-        """
+    def _produce(self, batch: Sequence[EventRecord]) -> _InFlight:
+        """Hand ``batch`` to the producer (no waiting for the broker)."""
         n = len(batch)
         if self._fatal is not None:
             self._recover()
-        self._n_ok = 0
-        self._failed_msgs = []
-        refused: list[int] = []  # not sent because the producer failed: offered again
-        rejected: list[int] = []  # refused for good (too large): dropped and counted
-        t0 = time.monotonic_ns()
+        f = _InFlight(batch, time.monotonic() + self.cfg.delivery_timeout_s + 10.0)
+        self._failed_msgs = f.failures
         produce = self.producer.produce
         topics = self.topics
         headers = self._headers
-        for i, ev in enumerate(batch):
+        i = 0
+        try:
+            for ev in batch:
+                produce(topics[ev.topic], ev.payload, ev.key, headers=headers[ev.kind])
+                i += 1
+        except (BufferError, KafkaException):
+            self._produce_slowly(f, i)
+        self.c.produced(n)
+        return f
+
+    def _produce_slowly(self, f: _InFlight, start: int) -> None:
+        """The rest of a batch from ``start`` on, one event at a time, with the rare
+        cases: a full local queue (serve reports, retry), an event refused for good (too
+        large: dropped and counted) and a producer that failed (the rest is offered
+        again)."""
+        produce = self.producer.produce
+        topics = self.topics
+        headers = self._headers
+        batch = f.batch
+        for i in range(start, len(batch)):
+            ev = batch[i]
             while True:
                 try:
-                    produce(topics[ev.topic], ev.payload, ev.key.encode(), headers=headers[ev.kind])
+                    produce(topics[ev.topic], ev.payload, ev.key, headers=headers[ev.kind])
                     break
                 except BufferError:
                     self._poll(0.05)  # the local queue is full: serve reports, then retry
@@ -213,73 +254,139 @@ class KafkaSink(Sink):
                     if self._fatal is None:
                         # It would be refused again after any replay: counted as lost.
                         log.error("kafka refused an event of %s (dropped): %s", ev.key, err)
-                        rejected.append(i)
+                        f.rejected.append(i)
                     else:
-                        refused.append(i)
+                        f.refused.append(i)
                     break
             if self._fatal is not None:
-                refused.extend(range(i + 1, n))
-                break
-        self.c.produced(n)
-        deadline = time.monotonic() + self.cfg.delivery_timeout_s + 10.0
-        beat_at = 0.0
-        expected = n - len(refused) - len(rejected)
-        while self._n_ok + len(self._failed_msgs) < expected and self._fatal is None:
-            self._poll(0.05)
+                f.refused.extend(range(i + 1, len(batch)))
+                return
+
+    def _drain(self, f: _InFlight, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the outcome of every message of ``f``; True once
+        each one is known (acknowledged, or failed with a report) or given up on.
+
+        ``flush`` sends what lingers at once and serves the failure reports; the batch
+        is settled when the producer's queue is empty (one batch is in flight at a time).
+        """
+        if self._fatal is None:
+            try:
+                left = _flush(self.producer, timeout)
+            except KafkaException as err:
+                self._note(err)
+                left = len(self.producer)
+            if left == 0 and self._fatal is None:
+                return True
+        if self._fatal is not None:
+            # Serves the old producer's reports of what it still held; what it could
+            # not report is treated as not delivered (offered again: duplicates, not loss).
+            if not self._recover():
+                f.lost = True
+            return True
+        if time.monotonic() > f.deadline:  # librdkafka should have timed them out by now
+            log.error("no delivery report for some event(s): purging")
+            with contextlib.suppress(KafkaException):
+                self.producer.purge()
+            with contextlib.suppress(KafkaException):
+                if _flush(self.producer, 1.0):
+                    f.lost = True
+            return True
+        return False
+
+    def _outcome(self, f: _InFlight) -> list[bool]:
+        """Acknowledged (True) or not, per event of a settled batch; counts them."""
+        batch = f.batch
+        n = len(batch)
+        ok = [True] * n
+        for i in f.refused:
+            ok[i] = False
+        if f.lost:
+            # Reports missing (a producer that failed for good): nothing is known to be
+            # delivered, so all of it is offered again (duplicates, not loss).
+            ok = [False] * n
+        elif f.failures:
+            topics = self.topics
+            where: dict[tuple[str, bytes, bytes], list[int]] = {}
+            for i, ev in enumerate(batch):
+                where.setdefault((topics[ev.topic], ev.key.encode(), ev.payload), []).append(i)
+            for t, k, v in f.failures:
+                idx = where.get((t, k or b"", v or b""))
+                if idx:
+                    ok[idx.pop(0)] = False
+        rejected = len(f.rejected)
+        delivered = sum(ok) - rejected
+        if rejected:
+            self.c.dropped(rejected)
+        if delivered:
+            self.c.delivered(delivered)
+            self.c.latency_us(delivered * ((time.monotonic_ns() - f.t0) // 1000))
+        if delivered + rejected < n:
+            self.c.failed(n - delivered - rejected)
+        return ok
+
+    def _deliver(self, batch: Sequence[EventRecord]) -> list[bool]:
+        """Produce ``batch`` and wait for the outcome of every event; True = acked."""
+        f = self._produce(batch)
+        beat_at = time.monotonic()
+        while not self._drain(f, 0.5):
             now = time.monotonic()
             if now - beat_at > 1.0:
                 beat_at = now
                 self.beat()
-            if now > deadline:  # librdkafka should have timed them out by now
-                log.error("no delivery report for some event(s): purging")
-                self.producer.purge()
-                self._poll(0.5)
-                break
-        if self._fatal is not None:
-            self._recover()  # serves the old producer's reports of what it still held
-        ok = [True] * n
-        for i in refused:
-            ok[i] = False
-        if self._n_ok + len(self._failed_msgs) < expected:
-            # Reports missing (a producer that failed for good): nothing is known to be
-            # delivered, so all of it is offered again (duplicates, not loss).
-            ok = [False] * n
-        elif self._failed_msgs:
-            where: dict[tuple[str, bytes, bytes], list[int]] = {}
-            for i, ev in enumerate(batch):
-                where.setdefault((topics[ev.topic], ev.key.encode(), ev.payload), []).append(i)
-            for t, k, v in self._failed_msgs:
-                idx = where.get((t, k or b"", v or b""))
-                if idx:
-                    ok[idx.pop(0)] = False
-        delivered = sum(ok) - len(rejected)
-        if rejected:
-            self.c.dropped(len(rejected))
-        if delivered:
-            self.c.delivered(delivered)
-            self.c.latency_us(delivered * ((time.monotonic_ns() - t0) // 1000))
-        if delivered + len(rejected) < n:
-            self.c.failed(n - delivered - len(rejected))
-        return ok
+        return self._outcome(f)
 
     def _poll(self, timeout: float) -> None:
         try:
             self.producer.poll(timeout)
         except KafkaException as err:
-            kerr = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else None
-            if kerr is not None and kerr.fatal():
-                self._fatal = kerr
-            else:
-                log.warning("kafka: %s", err)
+            self._note(err)
+
+    def _note(self, err: KafkaException) -> None:
+        kerr = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else None
+        if kerr is not None and kerr.fatal():
+            self._fatal = kerr
+        else:
+            log.warning("kafka: %s", err)
 
     # -- the sink ------------------------------------------------------------------------
     def write(self, batch: Sequence[EventRecord]) -> None:
+        self.submit(batch)
+        self._settle_all()
+
+    def submit(self, batch: Sequence[EventRecord]) -> None:
+        """Start accepting ``batch``: produce it (direct mode) or spool it (spooling
+        mode); ``settle`` says when the broker's answers are all in. A batch still in
+        flight is settled first (one at a time: its outcome decides the mode)."""
+        self._settle_all()
         if not batch:
             return
         if not self.connected:
             self._spool(batch)
             return
-        ok = self._deliver(batch)
+        self._inflight = self._produce(batch)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the batch in flight; True once it is accepted
+        (each event acknowledged, or spooled after a failure) or when none is in flight."""
+        f = self._inflight
+        if f is None:
+            return True
+        if not self._drain(f, timeout):
+            return False
+        self._inflight = None
+        self._settled(f.batch, self._outcome(f))
+        return True
+
+    def _settle_all(self) -> None:
+        beat_at = time.monotonic()
+        while not self.settle(0.5):
+            now = time.monotonic()
+            if now - beat_at > 1.0:
+                beat_at = now
+                self.beat()
+
+    def _settled(self, batch: Sequence[EventRecord], ok: list[bool]) -> None:
+        """Spool what the broker did not take (and spool from now on)."""
         failed = [ev for ev, good in zip(batch, ok, strict=True) if not good]
         if failed:
             self.connected = False
@@ -382,7 +489,7 @@ class KafkaSink(Sink):
     def poll(self) -> None:
         """Serve delivery callbacks; replay the spool when the broker is back."""
         self.spool.poll()
-        if self.connected:
+        if self.connected or self._inflight is not None:
             return
         now = time.monotonic()
         if now < self._next_try:
@@ -442,14 +549,27 @@ class KafkaSink(Sink):
         self.spool.sync()
 
     def close(self) -> None:
-        """Nothing is in flight between batches (``write`` waits for every report): sync
-        the spool and let the producer go."""
+        """Settle a batch still in flight (delivered or spooled), sync the spool and let
+        the producer go."""
         try:
-            self.producer.flush(0.5)
+            self._settle_all()
+            _flush(self.producer, 0.5)
         except KafkaException as err:
             log.warning("kafka: %s", err)
         finally:
             self.spool.close()
+
+
+def _flush(producer: Producer, timeout: float) -> int:
+    """``producer.flush`` in steps under 0.2 s, until the queue is empty or ``timeout``
+    passes; the messages left. (For longer timeouts confluent-kafka flushes in chunks
+    and goes on serving delivery reports after a fatal error raised its exception,
+    which then surfaces as a SystemError; one short call raises the KafkaException.)"""
+    end = time.monotonic() + timeout
+    while True:
+        left = int(producer.flush(max(0.0, min(0.1, end - time.monotonic()))))
+        if left == 0 or time.monotonic() >= end:
+            return left
 
 
 def _after(p: Position, q: Position) -> bool:
