@@ -264,6 +264,20 @@ RULES: tuple[Rule, ...] = (
         forbidden=("itsd.stages", "itsd.supervisor", "itsd.control", "itsd.monitor", "itsd.cli"),
     ),
     Rule(
+        "the fleet never imports a stage, an engine, analytics, control, monitor or the CLI",
+        "itsd/fleet/__init__.py",
+        modules=("itsd.fleet",),
+        forbidden=(
+            "itsd.stages",
+            "itsd.engines",
+            "itsd.analytics",
+            "itsd.control",
+            "itsd.monitor",
+            "itsd.cli",
+            *GPU_LIBS,
+        ),
+    ),
+    Rule(
         "sources never import a stage",
         "ARCHITECTURE.md; itsd/sources/__init__.py",
         modules=("itsd.sources",),

@@ -244,3 +244,27 @@ def test_status_lists_nodes_and_the_cameras_nobody_runs() -> None:
     assert st["not_in_registry"] == ["x"]
     text = format_status(st)
     assert "n1" in text and "not running (4):" in text and "waiting on n1" in text
+
+
+class EagerConsumer(Consumer):
+    def assign(self, parts: list[TopicPartition]) -> None:
+        self.assigned = {p.partition for p in parts}
+
+    def unassign(self) -> None:
+        self.assigned = set()
+
+
+def test_eager_assignors_give_up_everything_on_each_rebalance() -> None:
+    cfg = parse_config({"fleet": {"enabled": True, "node_id": "n1", "assignor": "range"}})
+    host = Host(cfg)
+    consumer = EagerConsumer()
+    m = FleetMember(host, consumer=consumer)
+    m._on_assign(consumer, tps(0, 1))
+    m._record(Msg(0, "a", encode(cam("a"))))
+    m._record(Msg(1, "b", encode(cam("b"))))
+    m.reconcile()
+    m._on_revoke(consumer, tps(0, 1))
+    assert consumer.assigned == set() and not m.book.running
+    assert sorted(host.calls[2:]) == [("remove", "a"), ("remove", "b")]
+    m._on_assign(consumer, tps(1))
+    assert consumer.assigned == {1} and list(m.book.owned) == [1]
