@@ -3,20 +3,22 @@
 Both run against the same Tansu broker (started here on a free port), in the same run,
 in rotated order each round (publisher first in even rounds, raw first in odd ones):
 
-- publisher: the publisher stage's loop on real shared memory: events (real detection
-  events from ``itsd.events``, 20 cameras) are packed on a ``RecordRing`` before the clock
-  starts; timed: ``peek_many(4096)``, ``EventRecord.unpack``, ``KafkaSink.write`` (produce
-  with key and headers, wait for every delivery report: acks=all, idempotence, lz4,
-  linger 5 ms) and ``advance``, until the ring is empty. Nothing leaves the ring before
-  the broker acknowledged it.
-- raw: ``Producer.produce`` of the same payloads, keys and an event-type header in a
-  plain loop with the same producer settings (``poll(0)`` every 1000 messages), then
-  ``flush()``: the limit, with no per-batch wait, no delivery tracking and no ring.
+- publisher: the publisher stage's own loop (``itsd.stages.publish.Pump``) on real
+  shared memory with the daemon's Kafka sink: events (real detection events from
+  ``itsd.events``, 20 cameras) are packed on a ``RecordRing`` before the clock starts;
+  timed: ``Pump.step()`` until the ring is empty: batches of ``--batch`` records read
+  and decoded (the next one while the broker answers for the last), produced with key
+  and headers (acks=all, idempotence, lz4, linger 5 ms), settled (every event
+  acknowledged, or failures spooled) and only then advanced past on the ring.
+- raw: ``Producer.produce`` of the same messages (topic, payload, key, the two headers
+  ``event_type`` and ``schema_version``) in a plain loop with the same producer settings
+  (``poll(0)`` every 1000 messages), then ``flush()``: the limit, with no per-batch
+  wait, no delivery tracking and no ring.
 
 The table gives the median events/s of each over ``--rounds`` and the ratio
 publisher/raw (the goal is at least 0.8).
 
-    .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--json FILE]
+    .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--batch B] [--json FILE]
 
 This script must never be imported by itsd; it only measures.
 """
@@ -40,13 +42,20 @@ from confluent_kafka import Producer  # noqa: E402
 from tansu_broker import TansuBroker  # noqa: E402
 
 from itsd.config import KafkaConfig  # noqa: E402
-from itsd.events import detection_event, detection_item  # noqa: E402
-from itsd.records import EventRecord  # noqa: E402
+from itsd.events import SCHEMA_VERSION, detection_event, detection_item  # noqa: E402
+from itsd.records import EventRecord, EventType  # noqa: E402
 from itsd.shm import RecordRing, new_run_id, segment_name  # noqa: E402
 from itsd.sinks.kafka import KafkaSink, producer_config, topic_names  # noqa: E402
 from itsd.sinks.spool import Spool  # noqa: E402
+from itsd.stages.publish import KAFKA_BATCH_RECORDS, Output, Pump  # noqa: E402
 
-BATCH = 4096  # the publisher's batch with Kafka (itsd.stages.publish.KAFKA_BATCH_RECORDS)
+
+class _Meter:
+    def inc(self, n: int = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
 
 
 def make_events(n: int, cameras: int = 20) -> list[EventRecord]:
@@ -66,18 +75,29 @@ def make_events(n: int, cameras: int = 20) -> list[EventRecord]:
 
 
 def run_publisher(
-    cfg: KafkaConfig, ring: RecordRing, events: list[EventRecord], tmp: Path
+    cfg: KafkaConfig, ring: RecordRing, events: list[EventRecord], tmp: Path, batch: int
 ) -> float:
     for ev in events:
         if not ring.try_put(ev.pack()):
             raise SystemExit("ring too small for --events")
     sink = KafkaSink(cfg, Spool(tmp / f"spool-{time.monotonic_ns()}", 1 << 30))
     sink.write(events[:1])  # connect and learn the topics before the clock starts
+    m = _Meter()
+    pump = Pump(
+        ring,
+        [Output(sink, m, m, m, m)],
+        batch,
+        beat=lambda: None,
+        describe=lambda **kw: None,
+        ack=lambda seq: None,
+        give_up=lambda: False,
+    )
     t0 = time.perf_counter()
-    while batch := ring.peek_many(BATCH):
-        sink.write([EventRecord.unpack(r) for r in batch])
-        ring.advance(len(batch))
+    while pump.step():
+        pass
     dt = time.perf_counter() - t0
+    if not ring.is_empty():
+        raise SystemExit("the publisher stopped before the ring was empty")
     if not sink.connected or not sink.spool.is_empty():
         raise SystemExit("the broker did not take every event")
     sink.close()
@@ -88,17 +108,18 @@ def run_raw(cfg: KafkaConfig, events: list[EventRecord]) -> float:
     conf = producer_config(cfg)
     p = Producer(conf)
     topics = topic_names(cfg)
-    items = [
-        (topics[e.topic], e.payload, e.key.encode(), [("event_type", e.kind.wire_name.encode())])
-        for e in events
-    ]
+    headers: dict[EventType, list[tuple[str, str | bytes | None]]] = {
+        kind: [("event_type", kind.wire_name.encode()), ("schema_version", SCHEMA_VERSION.encode())]
+        for kind in EventType
+    }
+    items = [(topics[e.topic], e.payload, e.key.encode(), headers[e.kind]) for e in events]
     p.produce(items[0][0], items[0][1], items[0][2])
     p.flush()
     t0 = time.perf_counter()
-    for i, (topic, value, key, headers) in enumerate(items):
+    for i, (topic, value, key, hdrs) in enumerate(items):
         while True:
             try:
-                p.produce(topic, value, key, headers=headers)
+                p.produce(topic, value, key, headers=hdrs)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -115,6 +136,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--batch", type=int, default=KAFKA_BATCH_RECORDS, help="records per publisher batch"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     events = make_events(args.events)
@@ -131,7 +155,7 @@ def main() -> None:
                 order = ["publisher", "raw"] if r % 2 == 0 else ["raw", "publisher"]
                 for which in order:
                     if which == "publisher":
-                        rate = run_publisher(cfg, ring, events, Path(tmp))
+                        rate = run_publisher(cfg, ring, events, Path(tmp), args.batch)
                     else:
                         rate = run_raw(cfg, events)
                     results[which].append(rate)
@@ -150,6 +174,7 @@ def main() -> None:
         out: dict[str, Any] = {
             "events": args.events,
             "rounds": args.rounds,
+            "batch": args.batch,
             "per_round": results,
             "median": med,
             "ratio": ratio,

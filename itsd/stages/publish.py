@@ -10,9 +10,11 @@ retried alone every second with an error in the log (the sinks that accepted it 
 see it twice). Meanwhile the ring fills, back-pressure reaches analytics and inference
 and, in the end, the frame rings (which drop the oldest frames, counted). A crash
 between a sink's acceptance and taking the batch off the ring gives that batch again on
-restart (at least once, never lost). On a stop request (sent only after analytics has
-exited) the stage drains the ring through the sinks (the Kafka sink spools what the
-broker does not take) and closes them (fsync).
+restart (at least once, never lost). ``Pump`` does this; while the Kafka sink waits for
+the broker's answers on one batch, it reads and decodes the next (without taking it off
+the ring), so the broker's round trip overlaps the next batch's work. On a stop request
+(sent only after analytics has exited) the stage drains the ring through the sinks (the
+Kafka sink spools what the broker does not take) and closes them (fsync).
 
 Besides the ring's events the stage publishes three kinds of its own: a metrics snapshot
 every ``outputs.metrics_interval_s`` (topic metrics_events; the metrics of every stage of
@@ -44,16 +46,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from itsd.config import Config
 from itsd.errors import EXIT_OK
 from itsd.events import alert_event, metrics_snapshot_event
-from itsd.records import CMD_MAGIC, CommandRecord, EventRecord, record_magic
+from itsd.records import CMD_MAGIC, CommandRecord, EventRecord, Topic, record_magic
 from itsd.runtime import metrics as m
-from itsd.runtime.metrics import Cell, MetricWriter, read_table
+from itsd.runtime.metrics import MetricWriter, read_table
 from itsd.runtime.service_metrics import alerts_board_name
 from itsd.shm import RecordRing
 from itsd.shm.board import Board
@@ -71,15 +73,23 @@ KAFKA_BATCH_RECORDS = 4096
 RETRY_S = 1.0
 
 
+class Meter(Protocol):
+    """What an output reports through (a metric ``Cell`` in the daemon)."""
+
+    def inc(self, n: int = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+
 @dataclass
-class _Out:
+class Output:
     """A sink with its cells and its failure state."""
 
     sink: Sink
-    written: Cell
-    errors: Cell
-    busy: Cell
-    held: Cell
+    written: Meter
+    errors: Meter
+    busy: Meter
+    held: Meter
     failing: bool = False
     last_log: float = 0.0
 
@@ -241,9 +251,10 @@ def _alert_event(t: dict[str, Any]) -> EventRecord:
         str(t["message"]),
         camera_id=str(t.get("camera_id") or ""),
         wall_ns=int(float(t["at"]) * 1e9),
-        details={
+        state="raised" if t["state"] == "firing" else "cleared",
+        alert_id=str(t.get("alert_id") or f"daemon-{t['seq']}-{t['rule']}"),
+        evidence={
             "rule": t["rule"],
-            "state": t["state"],
             "subject": t.get("subject", ""),
             "value": t.get("value"),
             "threshold": t.get("threshold"),
@@ -285,10 +296,42 @@ class _Snapshots:
         return metrics_snapshot_event(samples, host=self.host)
 
 
+Describe = Callable[..., None]
+
+
+def _refused(describe: Describe, o: Output, n: int, err: Exception) -> None:
+    """``o`` did not accept a batch of ``n`` events: count, say so (once per 10 s)."""
+    o.errors.inc()
+    o.held.set(n)
+    now = time.monotonic()
+    if not o.failing:
+        o.failing = True
+        describe(error=f"cannot write events to {o.sink.describe()}: {err}", error_at=time.time())
+    if now - o.last_log > 10.0:
+        o.last_log = now
+        log.error(
+            "cannot write %d event(s) to %s: %s; holding them, retrying every %.0f s",
+            n,
+            o.sink.describe(),
+            err,
+            RETRY_S,
+        )
+
+
+def _accepted(describe: Describe, outs: Sequence[Output], o: Output, n: int) -> None:
+    o.written.inc(n)
+    if o.failing:
+        o.failing = False
+        o.held.set(0)
+        if not any(x.failing for x in outs):
+            describe(error="")
+        log.info("writing to %s works again", o.sink.describe())
+
+
 def _offer(
-    ctx: StageContext, outs: Sequence[_Out], events: Sequence[EventRecord], done: list[bool]
+    ctx: StageContext, outs: Sequence[Output], events: Sequence[EventRecord], done: list[bool]
 ) -> None:
-    """Offer ``events`` to each sink that has not accepted them yet; mark who took them."""
+    """Write ``events`` to each sink that has not accepted them yet; mark who took them."""
     for i, o in enumerate(outs):
         if done[i]:
             continue
@@ -297,34 +340,149 @@ def _offer(
             if events:
                 o.sink.write(events)
         except (OSError, SinkError) as err:
-            o.errors.inc()
-            o.held.set(len(events))
-            now = time.monotonic()
-            if not o.failing:
-                o.failing = True
-                ctx.describe(
-                    error=f"cannot write events to {o.sink.describe()}: {err}",
-                    error_at=time.time(),
-                )
-            if now - o.last_log > 10.0:
-                o.last_log = now
-                log.error(
-                    "cannot write %d event(s) to %s: %s; holding them, retrying every %.0f s",
-                    len(events),
-                    o.sink.describe(),
-                    err,
-                    RETRY_S,
-                )
+            _refused(ctx.describe, o, len(events), err)
             continue
         done[i] = True
         o.busy.inc((time.monotonic_ns() - t0) // 1000)
-        o.written.inc(len(events))
-        if o.failing:
-            o.failing = False
-            o.held.set(0)
-            if not any(x.failing for x in outs):
-                ctx.describe(error="")
-            log.info("writing to %s works again", o.sink.describe())
+        _accepted(ctx.describe, outs, o, len(events))
+
+
+@dataclass
+class _Batch:
+    """Records read from the event ring, decoded, not yet advanced past."""
+
+    records: int  # ring records (events and commands)
+    end: int  # ring position just past them
+    events: list[EventRecord]
+    acks: list[int]  # sequence numbers of the camera commands among them
+
+
+# The decoder tries each record as an event first and looks for a command only when
+# that fails: a command record starts with b"CMD1", and b"C" is no topic number.
+if len(Topic) > CMD_MAGIC & 0xFF:
+    raise ImportError("command records must not decode as events: CMD_MAGIC changed?")
+
+#: States of a batch at one output.
+_TODO, _SUBMITTED, _ACCEPTED = 0, 1, 2
+
+
+class Pump:
+    """Moves batches from the event ring through the outputs, without loss.
+
+    A batch is submitted to every output; synchronous sinks accept it there and then,
+    the Kafka sink produces it and settles once the broker answered for every event
+    (or the failures are spooled). While it settles, the next batch is read from the
+    ring and decoded (``RecordRing.peek_from``), so the broker's round trip overlaps
+    the next batch's decoding. The batch leaves the ring (``advance_to``) only when
+    every output accepted it; an output that refuses it is offered it again every
+    ``RETRY_S`` (the ones that took it never see it twice), and nothing behind it is
+    submitted meanwhile, so each output sees the events in ring order.
+    """
+
+    def __init__(
+        self,
+        ring: RecordRing,
+        outs: Sequence[Output],
+        batch_records: int,
+        *,
+        beat: Callable[[], None],
+        describe: Describe,
+        ack: Callable[[int], None],
+        give_up: Callable[[], bool],
+    ) -> None:
+        self.ring = ring
+        self.outs = list(outs)
+        self.batch_records = batch_records
+        self.beat = beat
+        self.describe = describe
+        self.ack = ack
+        self.give_up = give_up
+        self._next: _Batch | None = None
+        #: True once a batch was refused and ``give_up()`` said to stop trying.
+        self.gave_up = False
+
+    def _read(self, position: int | None) -> _Batch | None:
+        raw, end = self.ring.peek_from(position, self.batch_records)
+        if not raw:
+            return None
+        events: list[EventRecord] = []
+        acks: list[int] = []
+        append = events.append
+        unpack = EventRecord.unpack
+        for r in raw:
+            try:
+                append(unpack(r))  # the common case first
+            except ValueError as err:
+                if record_magic(r) == CMD_MAGIC:
+                    try:
+                        acks.append(CommandRecord.unpack(r).seq)
+                    except ValueError as cerr:
+                        log.error("skipping a malformed command record: %s", cerr)
+                else:
+                    log.error("skipping a malformed event record: %s", err)
+        return _Batch(len(raw), end, events, acks)
+
+    def step(self) -> int:
+        """Publish the oldest batch of the ring; the records it took (0: the ring is
+        empty, or the outputs refused the batch and ``give_up()`` said to stop: then
+        ``gave_up`` is set)."""
+        batch, self._next = self._next, None
+        if batch is None:
+            batch = self._read(None)
+            if batch is None:
+                return 0
+        if not self._publish(batch):
+            return 0
+        self.ring.advance_to(batch.end, batch.records)
+        for seq in batch.acks:
+            self.ack(seq)
+        return batch.records
+
+    def _publish(self, batch: _Batch) -> bool:
+        outs = self.outs
+        events = batch.events
+        n = len(events)
+        state = [_TODO] * len(outs)
+        while True:
+            for i, o in enumerate(outs):
+                if state[i] != _TODO:
+                    continue
+                t0 = time.monotonic_ns()
+                try:
+                    if events:
+                        o.sink.submit(events)
+                except (OSError, SinkError) as err:
+                    _refused(self.describe, o, n, err)
+                    continue
+                state[i] = _SUBMITTED
+                o.busy.inc((time.monotonic_ns() - t0) // 1000)
+            while _SUBMITTED in state:
+                if self._next is None:
+                    self._next = self._read(batch.end)  # decode ahead while it settles
+                for i, o in enumerate(outs):
+                    if state[i] != _SUBMITTED:
+                        continue
+                    t0 = time.monotonic_ns()
+                    try:
+                        if not o.sink.settle(0.05 if self._next is not None else 0.005):
+                            continue
+                    except (OSError, SinkError) as err:
+                        state[i] = _TODO
+                        _refused(self.describe, o, n, err)
+                        continue
+                    finally:
+                        o.busy.inc((time.monotonic_ns() - t0) // 1000)
+                    state[i] = _ACCEPTED
+                    _accepted(self.describe, outs, o, n)
+                self.beat()
+            if _TODO not in state:
+                return True
+            if self.give_up():
+                log.error("supervisor gone; %d event(s) could not be written", n)
+                self.gave_up = True
+                return False
+            self.beat()
+            time.sleep(RETRY_S)
 
 
 def run(ctx: StageContext) -> int:
@@ -343,7 +501,7 @@ def run(ctx: StageContext) -> int:
     for s in sinks:
         log.info("writing events to %s", s.describe())
     outs = [
-        _Out(
+        Output(
             s,
             w.cell(m.PUBLISH_EVENTS, sink=s.name),
             w.cell(m.PUBLISH_ERRORS, sink=s.name),
@@ -378,51 +536,29 @@ def run(ctx: StageContext) -> int:
             done = [False] * len(outs)
             _offer(ctx, outs, mine, done)  # best effort: not on the ring, not retried
 
+    pump = Pump(
+        ring,
+        outs,
+        batch_records,
+        beat=slot.beat,
+        describe=ctx.describe,
+        ack=ctx.ack,
+        give_up=lambda: ctx.parent_gone() and ctx.draining,
+    )
     try:
         # Events leave the ring only once every sink accepted them: a failed write or a
         # crash means they are written again later (at least once), never lost.
         while True:
             draining = ctx.check_drain()
-            raw = ring.peek_many(batch_records)
-            if not raw:
-                if draining:
-                    break
+            if pump.step():
                 housekeeping()
                 slot.beat()
-                time.sleep(IDLE_SLEEP_S)
                 continue
-            pending: list[EventRecord] = []
-            acks: list[int] = []
-            for r in raw:
-                if record_magic(r) == CMD_MAGIC:
-                    try:
-                        acks.append(CommandRecord.unpack(r).seq)
-                    except ValueError as err:
-                        log.error("skipping a malformed command record: %s", err)
-                    continue
-                try:
-                    pending.append(EventRecord.unpack(r))
-                except ValueError as err:
-                    log.error("skipping a malformed event record: %s", err)
-            done = [False] * len(outs)
-            gave_up = False
-            while True:
-                _offer(ctx, outs, pending, done)
-                if all(done):
-                    break
-                if ctx.parent_gone() and ctx.draining:
-                    log.error("supervisor gone; %d event(s) could not be written", len(pending))
-                    gave_up = True
-                    break
-                slot.beat()
-                time.sleep(RETRY_S)
-            if gave_up:
+            if pump.gave_up or draining:
                 break
-            ring.advance(len(raw))
-            for seq in acks:
-                ctx.ack(seq)
             housekeeping()
             slot.beat()
+            time.sleep(IDLE_SLEEP_S)
     finally:
         if extra.events:  # alerts raised by the last batches
             _offer(ctx, outs, extra.events, [False] * len(outs))
