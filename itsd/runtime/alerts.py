@@ -114,6 +114,8 @@ class Transition:
     for_s: float
     at: float  # wall clock
     message: str
+    #: Shared by an alert's firing and its resolution (``daemon-<run seq>-<rule>``).
+    alert_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ class _Track:
     since_wall: float
     value: float
     firing: bool = False
+    alert_id: str = ""
 
 
 class AlertEngine:
@@ -169,7 +172,14 @@ class AlertEngine:
         return f"{rule.description}{where}: {now} {rule.op} {limit} for {rule.for_s:.0f} s"
 
     def _emit(
-        self, rule: Rule, subject: str, camera: str, value: float, state: str, now_wall: float
+        self,
+        rule: Rule,
+        subject: str,
+        camera: str,
+        value: float,
+        state: str,
+        now_wall: float,
+        alert_id: str,
     ) -> Transition:
         self._seq += 1
         tr = Transition(
@@ -185,6 +195,7 @@ class AlertEngine:
             rule.for_s,
             now_wall,
             self._message(rule, subject, value, state),
+            alert_id,
         )
         self.recent.append(tr)
         return tr
@@ -214,15 +225,20 @@ class AlertEngine:
                 tr.value = value
                 if not tr.firing and now_mono - tr.since_mono >= rule.for_s:
                     tr.firing = True
+                    tr.alert_id = f"daemon-{self._seq + 1}-{name}"
                     cam = subject if subject in cameras else ""
-                    out.append(self._emit(rule, subject, cam, value, "firing", now_wall))
+                    out.append(
+                        self._emit(rule, subject, cam, value, "firing", now_wall, tr.alert_id)
+                    )
         for key in [k for k in self._tracks if k not in seen]:
             tr = self._tracks.pop(key)
             if tr.firing:
                 name, subject = key
                 rule = self.rules.get(name) or Rule(name, "warning", "count", ">", 0.0, 0.0, name)
                 cam = subject if subject in cameras else ""
-                out.append(self._emit(rule, subject, cam, tr.value, "resolved", now_wall))
+                out.append(
+                    self._emit(rule, subject, cam, tr.value, "resolved", now_wall, tr.alert_id)
+                )
         return out
 
     def view(self) -> AlertsView:

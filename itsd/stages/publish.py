@@ -405,13 +405,17 @@ class Pump:
         raw, end = self.ring.peek_from(position, self.batch_records)
         if not raw:
             return None
-        events: list[EventRecord] = []
         acks: list[int] = []
+        try:
+            return _Batch(len(raw), end, EventRecord.unpack_all(raw), acks)  # the common case
+        except ValueError:
+            pass  # a command among the events, or a malformed record: one by one
+        events: list[EventRecord] = []
         append = events.append
         unpack = EventRecord.unpack
         for r in raw:
             try:
-                append(unpack(r))  # the common case first
+                append(unpack(r))
             except ValueError as err:
                 if record_magic(r) == CMD_MAGIC:
                     try:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from monitor_cdp import chromium_or_skip, open_page
@@ -189,8 +190,11 @@ def test_alert_raised_as_event_and_on_the_dashboard(daemon: Daemon) -> None:
 
     (ev, *_) = wait_until(fired, 30, "the memory alert event")
     assert ev["data"]["severity"] == "ALERT_SEVERITY_WARNING"
-    assert ev["data"]["details"]["rule"] == "MemoryHigh"
-    assert ev["data"]["details"]["state"] == "firing"
+    assert ev["data"]["evidence"]["rule"] == "MemoryHigh"
+    assert ev["data"]["state"] == "raised" and ev["data"]["alert_id"].startswith("daemon-")
+    from itsd.events import load_schema
+
+    jsonschema.validate(ev, load_schema("alert"))
     _, body, _ = get(daemon.port, "/api/state")
     doc = json.loads(body)
     assert any(
