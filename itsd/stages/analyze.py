@@ -18,11 +18,16 @@ events to the event ring:
 Speed, heading, zones and rules live in ``itsd.analytics.scene``; this stage builds a
 camera's scene from its configuration and turns what it reports into events.
 
-Snapshots: this stage reads no frame ring (each ring has one reader, inference), so it
-has no pixels. A snapshot is drawn from what analytics knows: the frame's boxes (the
-alert's tracks highlighted), the zone and a caption, on a blank canvas of the frame's
-size (``itsd.drawing``). The picture checks of the blind-camera rule get their pixels'
-summary (mean luma, a CRC of a sparse grid) from inference, in the detection record.
+Snapshots: when an alert is raised (rarely, never per frame) the camera's frame ring is
+*peeked*: ``FrameRing.peek`` copies a published frame without changing any slot's state
+(seqlock style, the ring's third-party rule), so inference stays the ring's one reader.
+It takes the alert's own frame if a slot still holds it, else the frame inference took
+last, else the newest; the snapshot's caption names the frame drawn when it is not the
+alert's. The frame's boxes (the alert's tracks highlighted), the zone and a caption are
+drawn on it (``itsd.drawing``); with no frame left to peek, on a blank canvas. The
+picture checks of the blind-camera rule run on every frame, so they do not peek: their
+pixels' summary (mean luma, a CRC of a sparse grid) comes from inference, which holds
+the frame anyway, in the detection record.
 
 For the dashboard this stage leaves, twice a second, the boxes and track ids of each
 camera's frames of the last two seconds on the detections board (made by the
@@ -100,8 +105,9 @@ from itsd.records import (
 )
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
-from itsd.shm import RecordRing
+from itsd.shm import FrameRing, RecordRing
 from itsd.shm.board import Board
+from itsd.shm.frame_ring import PIXEL_FORMAT_BGR24, PIXEL_FORMAT_GRAY8
 from itsd.shm.segments import parse_segment_name, segment_name
 from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
@@ -197,6 +203,41 @@ class CameraAnalytics:
         #: The last frames' detections with their track ids, for the dashboard's
         #: snapshots: [record, track ids by detection index, report_min, JSON or None].
         self.recent: collections.deque[list[Any]] = collections.deque(maxlen=DETECTIONS_KEPT)
+        #: The camera's frame ring, peeked for snapshots (attached on the first one).
+        self.frame_ring_name = ""
+        self._frames: FrameRing | None = None
+
+    def attach_frames(self, ring_name: str) -> None:
+        """Name the camera's frame ring (peeked, read-only, for alert snapshots)."""
+        if ring_name != self.frame_ring_name:
+            self.close_frames()
+            self.frame_ring_name = ring_name
+
+    def close_frames(self) -> None:
+        """Let go of the frame ring (the camera is removed or moved)."""
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+
+    def _background(self, frame_id: int) -> tuple[Any, int | None]:
+        """A BGR copy of the alert's frame (or the closest one left) and its id."""
+        if not self.frame_ring_name:
+            return None, None
+        try:
+            if self._frames is None:
+                self._frames = FrameRing.attach(self.frame_ring_name, populate=False)
+            peeked = self._frames.peek(frame_id, taken=True)
+        except (OSError, ValueError) as err:
+            log.debug("camera %s: no frame for a snapshot: %s", self.camera.id, err)
+            return None, None
+        if peeked is None:
+            return None, None
+        px = peeked.pixels
+        if peeked.pixel_format == PIXEL_FORMAT_GRAY8 or px.shape[2] == 1:
+            px = np.repeat(px[..., :1], 3, axis=2)
+        elif peeked.pixel_format != PIXEL_FORMAT_BGR24:
+            px = px[..., ::-1]  # RGB from the decoder; the drawing is BGR
+        return np.ascontiguousarray(px), peeked.frame_id
 
     @staticmethod
     def _lines(camera: CameraConfig) -> list[CountingLine]:
@@ -304,6 +345,10 @@ class CameraAnalytics:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(a.t))
         name = f"{stamp}_{a.key.replace(':', '_')}.jpg"
         path = Path(directory) / self.camera.id / name
+        background, drawn = self._background(rec.frame_id)
+        caption = f"{self.camera.id} {a.alert_type.removeprefix('ALERT_TYPE_')}: {a.message}"
+        if drawn is not None and drawn != rec.frame_id:
+            caption = f"[frame {drawn}, boxes of {rec.frame_id}] {caption}"
         try:
             write_snapshot(
                 path,
@@ -311,7 +356,8 @@ class CameraAnalytics:
                 rec.height,
                 boxes,
                 zone.polygon if zone is not None else None,
-                f"{self.camera.id} {a.alert_type.removeprefix('ALERT_TYPE_')}: {a.message}",
+                caption,
+                background,
             )
         except OSError as err:
             log.warning("camera %s: snapshot not written to %s: %s", self.camera.id, path, err)
@@ -510,6 +556,7 @@ class _State:
         cur = self.cams.get(b.key)
         if cur is not None:
             self.pending.extend(cur.a.reconfigure(camera))
+            cur.a.attach_frames(b.ring)
             cur.worker = b.worker
             return
         w, cid = self.metrics, camera.id
@@ -523,6 +570,7 @@ class _State:
             b.worker,
         )
         cam.restore()
+        cam.a.attach_frames(b.ring)
         self.cams[b.key] = cam
         log.info("camera %s attached (%d line(s))", camera.id, len(camera.lines))
 
@@ -530,6 +578,7 @@ class _State:
         cam = self.cams.pop(key, None)
         if cam is not None:
             self.pending.extend(cam.a.close("the camera was removed"))
+            cam.a.close_frames()
             cam.store.delete()  # the camera was removed: its totals go with it
             self.metrics.retire_label("camera", cam.a.camera.id)
             log.info("camera %s detached", cam.a.camera.id)
@@ -608,6 +657,8 @@ def run(ctx: StageContext) -> int:
             _publish_board(board, state)
             board.close()
         detections.close()
+        for cam in state.cams.values():
+            cam.a.close_frames()
         for r in det_rings:
             r.close()
         evt_ring.close()

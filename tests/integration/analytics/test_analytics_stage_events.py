@@ -15,6 +15,8 @@ from itsd.analytics import COCO_NAMES
 from itsd.config import AnalyticsConfig, CameraConfig
 from itsd.events import load_schema
 from itsd.records import DetectionRecord
+from itsd.shm import FrameRing
+from itsd.shm.segments import new_run_id, segment_name
 from itsd.stages.analyze import CameraAnalytics
 
 W, H = 1280, 720
@@ -151,3 +153,41 @@ def test_uncalibrated_camera_never_invents_a_speed() -> None:
             assert o["data"]["speed_kmh"] is None
     summary = [o for o in objs if o["event_type"] == "analytics_summary"][-1]
     assert summary["data"]["speed"]["samples"] == 0
+
+
+def test_snapshots_are_drawn_on_the_frame_peeked_from_the_ring(tmp_path: Path) -> None:
+    """The camera's frame ring holds the frames (decode wrote them, nobody reads): the
+    snapshot of an alert is drawn on a real frame, not a blank canvas."""
+    ring = FrameRing.create(
+        segment_name(new_run_id(), "frame", "snap"),
+        camera_key=1,
+        slot_count=4,
+        max_width=W,
+        max_height=H,
+    )
+    try:
+        analytics = AnalyticsConfig(snapshot_dir=tmp_path / "snaps", speeding_min_s=0.5)
+        cam = CameraAnalytics(camera(), COCO_NAMES, analytics)
+        cam.attach_frames(ring.name)
+        picture = np.zeros((H, W, 3), np.uint8)
+        picture[..., 0] = 250  # red, as the decoder writes RGB
+        events = []
+        for k in range(int(6 * FPS)):
+            y = 44.0 - 40 / 3.6 * k / FPS  # a wrong-way driver
+            assert ring.write(picture, frame_id=k, capture_ts_ns=k, pts=k)
+            rec = record(k, [(1.75, y)] if y > 2.0 else [])
+            events.extend(cam.process(rec, emit_detections=False, report_min=0.25))
+        cam.close_frames()
+    finally:
+        ring.close()
+        ring.unlink()
+    raised = [
+        json.loads(e.payload)["data"]
+        for e in events
+        if e.topic.name == "ALERT" and b'"raised"' in e.payload
+    ]
+    assert raised, "a wrong-way alert"
+    snap = cv2.imread(raised[0]["snapshot_path"])
+    assert snap is not None
+    b, g, r = (int(v) for v in snap[snap.shape[0] // 2, 5])
+    assert r > 200 and b < 60, (b, g, r)  # the frame's red, in BGR
