@@ -3,10 +3,9 @@
 Analytics never draws (ARCHITECTURE.md); what it reports is drawn here:
 
 * ``write_snapshot``: an alert's evidence picture, the frame's boxes with the alert's
-  tracks highlighted, the zone's outline and a caption. The analytics stage has no
-  pixels (it reads no frame ring), so the boxes are drawn on a blank canvas of the
-  frame's size, scaled to at most 960 pixels wide; ``background`` takes a real frame
-  where a caller has one.
+  tracks highlighted, the zone's outline and a caption, on ``background`` (the frame,
+  BGR; the analytics stage peeks it from the camera's frame ring) or, without one, on a
+  blank canvas of the frame's size; scaled to at most 960 pixels wide.
 * ``draw_calibration``: ``itsd calibrate``'s check picture, on a real frame of the
   camera: the calibration points with their numbers and ground coordinates, the
   polygon through them, the ground grid projected back onto the picture (every
