@@ -202,12 +202,16 @@ class _Runner:
         self.engine = engine
         self.metrics = metrics
         self.breaker = CircuitBreaker()
+        #: A batch slower than this counts as a time-out (a GPU that hangs, a thrashing
+        #: host); generous, as a loaded CPU is slow without being broken.
+        self.timeout_s = max(10.0, 50 * ctx.config.performance.latency_target_ms / 1000)
         self.mode = ctx.config.performance.breaker_fallback
         self.fallback: Engine | None = None
         self._fallback_failed = False
         self.breaker_gauge = metrics.cell(m.INFER_BREAKER)
         self._errors: dict[str, Cell] = {}
         self._shown = BreakerState.CLOSED
+        ctx.describe(breaker=self.breaker.describe(), degraded="")
 
     def _error_cell(self, kind: str) -> Cell:
         cell = self._errors.get(kind)
@@ -233,6 +237,7 @@ class _Runner:
     def infer(self, frames: list[np.ndarray]) -> list[Detections] | None:
         """Detections for the frames, or None when they were skipped (breaker open)."""
         if self.breaker.allow():
+            t0 = time.monotonic()
             try:
                 results = self.engine.infer(frames)
             except Exception as exc:  # every backend failure is classified, none is fatal
@@ -240,7 +245,14 @@ class _Runner:
                 self._error_cell(kind).inc()
                 log.error("inference failed (%s): %s", kind, exc)
             else:
-                self.breaker.success()
+                took = time.monotonic() - t0
+                if took > self.timeout_s:
+                    # Late but valid: the detections are used; the slowness is counted.
+                    late = TimeoutError(f"a batch of {len(frames)} took {took:.1f} s")
+                    self._error_cell(self.breaker.failure(late)).inc()
+                    log.warning("inference time-out: %s (limit %.0f s)", late, self.timeout_s)
+                else:
+                    self.breaker.success()
                 self._publish()
                 return results
             self._publish()
@@ -448,9 +460,13 @@ def _apply_commands(
             cam = cams.detach(b.key)
             if cam is None:
                 return
-            # Take what is still in the ring (the newest frame; every frame, in order, for
-            # a lossless camera), then let go.
-            while (last := cam.take()) is not None:
+            # Take what is in the ring now (the newest frame; every frame, in order, for a
+            # lossless camera), then let go. Bounded: a camera handed over keeps its
+            # decoder, which goes on writing; what comes later is the new worker's.
+            for _ in range(cam.ring.slot_count):
+                last = cam.take()
+                if last is None:
+                    break
                 records, _ = _infer(runner, [(cam, last)])
                 forward.extend(records)
             cam.ring.close()
