@@ -10,6 +10,7 @@ from itsd.records import (
     MODEL_MAGIC,
     DetectionRecord,
     EventRecord,
+    EventType,
     ModelInfoRecord,
     Topic,
     record_magic,
@@ -80,3 +81,17 @@ def test_model_info_round_trip() -> None:
 
 def test_rfc3339() -> None:
     assert rfc3339_from_ns(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"
+
+
+def test_events_unpacked_all_at_once_or_refused_at_the_first_non_event() -> None:
+    evs = [
+        EventRecord(Topic.DETECTION, f"cam-{i}", b'{"i":%d}' % i, EventType.DETECTION)
+        for i in range(5)
+    ]
+    assert EventRecord.unpack_all([e.pack() for e in evs]) == evs
+    assert EventRecord.unpack_all([]) == []
+    for bad in (b"\x09\x01\x00\x00", b"\x00\x01\x09\x00ab", b"\x00", b"\x00\x01\x02\x00\xff\xfe"):
+        with pytest.raises(ValueError, match="event record"):
+            EventRecord.unpack_all([evs[0].pack(), bad])
+        with pytest.raises(ValueError, match="event record"):
+            EventRecord.unpack(bad)
