@@ -166,7 +166,7 @@ def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
     """Everything the dashboard shows, as plain JSON (without the charts' history)."""
     health = dataclasses.asdict(backend.health())
     metrics = dataclasses.asdict(backend.metrics())
-    out: dict[str, Any] = {"health": health, "counters": metrics["counters"]}
+    out: dict[str, Any] = {"health": health, "counters": metrics["counters"], "metrics": metrics}
     if state is None:
         streams = backend.list_streams()
         out["cameras"] = [
@@ -188,6 +188,7 @@ def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
         cams.append(
             {
                 "camera_id": c.camera_id,
+                "source": c.source,  # credentials replaced by ***
                 "state": c.state,
                 "connected": c.connected,
                 "fps_in": c.fps_in,
