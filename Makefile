@@ -14,7 +14,7 @@ export ITSD_TEST_MODEL
 MODEL ?= $(or $(ITSD_MODEL),$(ITSD_TEST_MODEL))
 SOURCE ?=
 
-.PHONY: venv system-deps demo test lint unit integration bench model proto clean
+.PHONY: venv system-deps torch-deps demo test lint unit integration bench model proto clean
 
 # Debian packages the tests need: GStreamer's RTSP server (a real camera for the RTSP
 # tests; its Python bindings import only in Debian's /usr/bin/python3).
@@ -54,7 +54,22 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/python tools/gen_proto.py --check
 
-test: lint system-deps
+# The PyTorch backend's tests (boxes equal to ONNX Runtime's, ONNX export) need torch,
+# ultralytics and onnx: the CPU build of torch (a plain `torch` requirement pulls a
+# multi-GB CUDA build), ultralytics without its dependencies (its opencv-python would
+# fight opencv-python-headless over cv2; torchvision is there for its version number
+# only: it does not import beside the CPU torch, and itsd never imports it). When they
+# cannot be installed, those tests skip and say why.
+torch-deps: venv
+	@if ! $(BIN)/python -c "import torch, ultralytics, onnx" 2>/dev/null; then \
+		echo "installing torch (CPU), ultralytics and onnx for the PyTorch backend tests"; \
+		( $(BIN)/pip install -q torch==2.13.0 \
+		  && $(BIN)/pip install -q --no-deps ultralytics==8.4.21 torchvision==0.29.1 \
+		  && $(BIN)/pip install -q pillow onnx ) \
+		|| echo "note: torch/ultralytics/onnx not installed: PyTorch backend tests will be skipped"; \
+	fi
+
+test: lint system-deps torch-deps
 	$(BIN)/pytest -q --durations=15 tests
 
 unit: venv
