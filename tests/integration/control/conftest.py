@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -103,8 +104,14 @@ _TESTS = Path(__file__).resolve().parents[2]
 #: The supervisor tests' daemon helpers (``start_daemon``, ``Daemon``, ``wait_until``).
 daemon_helpers = _load("itsd_test_daemon_helpers", _TESTS / "integration/supervisor/conftest.py")
 #: ``make_certs`` of the control unit tests.
-cert_helpers = _load("itsd_test_cert_helpers", _TESTS / "unit/control/conftest.py")
+cert_helpers = _load("itsd_test_cert_helpers", _TESTS / "unit/control/control_fakes.py")
 start_daemon = daemon_helpers.start_daemon
+
+
+@pytest.fixture
+def wait_until() -> Any:
+    """The supervisor tests' ``wait_until(predicate, timeout, what, log=None)``."""
+    return daemon_helpers.wait_until
 
 
 @pytest.fixture

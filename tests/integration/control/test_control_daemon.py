@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import grpc
 import pytest
-from conftest import daemon_helpers
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from itsd.control import client
@@ -33,7 +32,6 @@ from itsd.control._pb import (
     vision_pb2_grpc,
 )
 
-wait_until = daemon_helpers.wait_until
 Daemon = Any
 LINE = [{"id": "mid", "start": [0.5, 0.05], "end": [0.5, 0.95]}]
 ADMIN = "admin-token-for-the-tests-0001"
@@ -84,7 +82,9 @@ def serving(ch: grpc.Channel, md: list[tuple[str, str]] | None = None) -> bool:
 
 
 @pytest.fixture
-def daemon(start_daemon: Callable[..., Daemon], media_dir: Path) -> Iterator[Daemon]:
+def daemon(
+    start_daemon: Callable[..., Daemon], media_dir: Path, wait_until: Any
+) -> Iterator[Daemon]:
     d = start_daemon(
         cameras=[
             {
@@ -103,18 +103,20 @@ def daemon(start_daemon: Callable[..., Daemon], media_dir: Path) -> Iterator[Dae
     yield d
 
 
-def test_every_rpc_then_bad_requests(daemon: Daemon, media_dir: Path) -> None:
+def test_every_rpc_then_bad_requests(daemon: Daemon, media_dir: Path, wait_until: Any) -> None:
     jpegs = clip_jpegs(media_dir, "suburban_street.mp4", 24)
     with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as ch:
         vision = vision_pb2_grpc.VisionCoreServiceStub(ch)
         streaming = streaming_pb2_grpc.StreamingServiceStub(ch)
         analytics = analytics_pb2_grpc.AnalyticsServiceStub(ch)
-        _every_rpc(daemon, vision, streaming, analytics, jpegs)
-        _bad_requests(daemon, ch, vision, jpegs)
+        _every_rpc(daemon, vision, streaming, analytics, jpegs, wait_until)
+        _bad_requests(daemon, ch, vision, jpegs, wait_until)
     assert "Traceback" not in daemon.log()
 
 
-def _every_rpc(d: Daemon, vision: Any, streaming: Any, analytics: Any, jpegs: list[bytes]) -> None:
+def _every_rpc(
+    d: Daemon, vision: Any, streaming: Any, analytics: Any, jpegs: list[bytes], wait_until: Any
+) -> None:
     # ProcessFrame without a camera: the ad-hoc camera, untracked.
     r = vision.ProcessFrame(vision_pb2.ProcessFrameRequest(frame=jpeg("", 7, jpegs[0])), timeout=30)
     assert (r.frame_id, r.frame_width, r.frame_height) == (7, 640, 352)
@@ -205,10 +207,10 @@ def _every_rpc(d: Daemon, vision: Any, streaming: Any, analytics: Any, jpegs: li
     reloaded = streaming.ReloadConfig(streaming_pb2.ReloadConfigRequest(), timeout=120)
     assert set(reloaded.kept) == {"street", "gate"} and "itsd.adhoc" not in reloaded.removed
     # The CLI over gRPC.
-    out = d.cli("metrics", "--target", f"127.0.0.1:{d.grpc_port}")
+    out = d.cli("metrics", "--timeout", "30", "--target", f"127.0.0.1:{d.grpc_port}")
     assert out.returncode == 0, out.stderr
     assert "p95" in out.stdout and "gate" in out.stdout and "inference" in out.stdout
-    out = d.cli("metrics", "--json", "--target", f"127.0.0.1:{d.grpc_port}")
+    out = d.cli("metrics", "--json", "--timeout", "30", "--target", f"127.0.0.1:{d.grpc_port}")
     assert json.loads(out.stdout)["engine"]["inference_latency"]["p99_ms"] > 0
 
 
@@ -237,7 +239,9 @@ def _idle_streams(ch: grpc.Channel, vision: Any) -> None:
             c.cancel()
 
 
-def _bad_requests(d: Daemon, ch: grpc.Channel, vision: Any, jpegs: list[bytes]) -> None:
+def _bad_requests(
+    d: Daemon, ch: grpc.Channel, vision: Any, jpegs: list[bytes], wait_until: Any
+) -> None:
     _idle_streams(ch, vision)
     pid = int(d.pid_file.read_text().split()[0])
     rng = random.Random(20261129)
@@ -353,7 +357,10 @@ def _bad_requests(d: Daemon, ch: grpc.Channel, vision: Any, jpegs: list[bytes]) 
 
 
 def test_tls_and_tokens_on_a_running_daemon(
-    start_daemon: Callable[..., Daemon], media_dir: Path, certs: dict[str, Path]
+    start_daemon: Callable[..., Daemon],
+    media_dir: Path,
+    certs: dict[str, Path],
+    wait_until: Any,
 ) -> None:
     d = start_daemon(
         cameras=[{"id": "gate", "source": "push://gate"}],
@@ -374,19 +381,19 @@ def test_tls_and_tokens_on_a_running_daemon(
 
     def up() -> bool:
         try:
-            return client.get_health(reader, 3).status != vision_pb2.SERVING_STATUS_NOT_SERVING
+            return client.get_health(reader, 10).status != vision_pb2.SERVING_STATUS_NOT_SERVING
         except client.ControlClientError:
             return False
 
     wait_until(up, 90, "the daemon serving over TLS", d.log_path)
     with pytest.raises(client.ControlClientError) as err:
-        client.get_health(anonymous, 5)
+        client.get_health(anonymous, 30)
     assert err.value.code == "UNAUTHENTICATED"
     with pytest.raises(client.ControlClientError) as err:
-        client.register_stream(reader, 30, "dock", "push://dock")
+        client.register_stream(reader, 60, "dock", "push://dock")
     assert err.value.code == "PERMISSION_DENIED"
     with pytest.raises(client.ControlUnavailable):
-        client.get_health(client.Target(addr, token=READER), 3)  # plain text to a TLS port
+        client.get_health(client.Target(addr, token=READER), 10)  # plain text to a TLS port
     jpegs = clip_jpegs(media_dir, "bikes.mp4", 1)
     with admin.channel() as ch:
         r = vision_pb2_grpc.VisionCoreServiceStub(ch).ProcessFrame(
@@ -406,6 +413,8 @@ def test_tls_and_tokens_on_a_running_daemon(
             "-m",
             "itsd",
             "status",
+            "--timeout",
+            "30",
             "--target",
             addr,
             "--tls-ca",
@@ -418,7 +427,7 @@ def test_tls_and_tokens_on_a_running_daemon(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("itsd 0.1.0: ")
-    out = d.cli("metrics", "--target", addr, "--tls-ca", str(certs["ca_cert"]))
+    out = d.cli("metrics", "--timeout", "30", "--target", addr, "--tls-ca", str(certs["ca_cert"]))
     assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr
     log = d.log()
     assert ADMIN not in log and READER not in log

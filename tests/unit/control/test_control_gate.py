@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import FakeBackend
+from control_fakes import FakeBackend
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from itsd.config import ApiConfig, SecurityConfig

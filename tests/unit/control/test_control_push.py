@@ -15,7 +15,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import FakeBackend
+from control_fakes import FakeBackend
 
 from itsd.config import ApiConfig
 from itsd.control._pb import (
