@@ -172,3 +172,30 @@ def test_messages_round_trip() -> None:
         [ZoneAggregate("z", 0.5, 0.25, None, 20.0)],
     )
     assert bucket_from_message(aggregate_message(b)) == b
+
+
+def test_itsd_report_over_grpc_matches_the_store(
+    backend: Any, store: StoreReader, tmp_path: Path
+) -> None:
+    import time
+
+    from click.testing import CliRunner
+
+    from itsd.cli import main
+
+    ago = time.time() - T0  # the stored half hour, as durations before now
+    srv = start_control_server(StoreBackend(backend, store), "127.0.0.1", 0, max_workers=2)
+    try:
+        png = tmp_path / "r.png"
+        args = ["report", "--camera", "cam-a", "--since", f"{ago:.0f}s"]
+        args += ["--until", f"{ago - 1800:.0f}s", "--bucket", "15m"]
+        r = CliRunner().invoke(
+            main, [*args, "--target", f"127.0.0.1:{srv.port}", "--png", str(png)]
+        )
+    finally:
+        srv.stop(grace=0)
+    assert r.exit_code == 0, r.output
+    total = next(line for line in r.output.splitlines() if line.startswith("total")).split()
+    assert total[:4] == ["total", "90", "60", "30"]  # crossings, l1:in, l1:out
+    assert total[4] == "50.0" and total[5] == "45"  # mean speed, samples
+    assert png.is_file()
