@@ -79,6 +79,15 @@ def draw_snapshot(
         p2 = (round(x2 * out_w), round(y2 * out_h))
         cv2.line(img, p1, p2, LINE_COLOUR, 2, cv2.LINE_AA)
         _label(img, f"line {ln.get('id', '')}", p1[0] + 2, p1[1] + 16, LINE_COLOUR)
+        # The "in" direction: from the left of start -> end to its right, as displayed
+        # (itsd.analytics.lines), i.e. the direction vector turned by +90 degrees on
+        # screen (y down).
+        dx, dy = p2[0] - p1[0], p2[1] - p1[1]
+        length = max(1.0, (dx * dx + dy * dy) ** 0.5)
+        mid = ((p1[0] + p2[0]) // 2, (p1[1] + p2[1]) // 2)
+        tip = (round(mid[0] - dy / length * 22), round(mid[1] + dx / length * 22))
+        cv2.arrowedLine(img, mid, tip, LINE_COLOUR, 2, cv2.LINE_AA, tipLength=0.35)
+        _label(img, "in", tip[0] + 3, tip[1] + 6, LINE_COLOUR)
     det_frame = None
     if det is not None and len(det) == 4 and det[1] and det[2]:
         det_frame = int(det[0])
