@@ -44,3 +44,23 @@ def test_class_name_falls_back_for_unknown_ids() -> None:
     assert class_name(80) == "class_80"
     assert class_name(-1) == "class_-1"
     assert class_name(1, ("a", "b")) == "b"
+
+
+def test_vehicle_types_of_the_traffic_classes() -> None:
+    from itsd.analytics.classes import TRAFFIC_CLASS_NAMES, vehicle_type
+
+    assert {
+        "car",
+        "truck",
+        "bus",
+        "motorcycle",
+        "bicycle",
+        "person",
+    } == TRAFFIC_CLASS_NAMES
+    assert vehicle_type("car") == "VEHICLE_TYPE_CAR"
+    assert vehicle_type("truck") == "VEHICLE_TYPE_TRUCK"
+    assert vehicle_type("bus") == "VEHICLE_TYPE_BUS"
+    assert vehicle_type("motorcycle") == "VEHICLE_TYPE_MOTORCYCLE"
+    assert vehicle_type("bicycle") == "VEHICLE_TYPE_BICYCLE"
+    assert vehicle_type("person") == "VEHICLE_TYPE_UNSPECIFIED"
+    assert vehicle_type("train") == "VEHICLE_TYPE_UNSPECIFIED"
