@@ -120,3 +120,34 @@ def test_alert_pair() -> None:
     )
     with pytest.raises(ValueError, match="state"):
         alert_event("ALERT_TYPE_CONGESTION", "ALERT_SEVERITY_INFO", "x", state="over")
+
+
+#: Events as released in schema 1.1 (the analytics additions); every later 1.x schema
+#: must still accept them.
+RELEASED_1_1 = [
+    '{"event_type":"line_crossing","schema_version":"1.1","timestamp":"2026-11-29T22:56:07.123Z",'
+    '"camera_id":"dusk","frame_id":139,"data":{"line_id":"mid","direction":"in",'
+    '"class_name":"car","tracking_id":11,"is_vehicle":true,"position":{"x":320.0,"y":30.5},'
+    '"line_totals":{"in":{"car":1},"out":{"car":5}},"speed_kmh":64.4,'
+    '"vehicle_type":"VEHICLE_TYPE_CAR","heading":"west"}}',
+    '{"event_type":"analytics_summary","schema_version":"1.1","timestamp":"2026-11-29T22:56:10.000Z",'
+    '"camera_id":"dusk","frame_id":0,"data":{"period_s":5.0,"frames":120,"vehicles_in_view":3,'
+    '"line_totals":{"mid":{"in":{"car":1},"out":{"car":5}}},"interval":{"start":'
+    '"2026-11-29T22:56:05.000Z","end":"2026-11-29T22:56:10.000Z","seconds":5.0},'
+    '"interval_counts":{"mid":{"out":{"car":5},"in":{"car":1}}},"speed":{"samples":7,'
+    '"mean_kmh":32.8,"p85_kmh":34.5,"histogram":{"bin_kmh":5,"counts":[0,0,0,0,2,2,2,0,0,0,'
+    '0,0,1]}},"zones":{"eastbound":{"occupancy_mean":3.483,"occupied_fraction":1.0,'
+    '"dwell_mean_s":1.4,"queue_max_m":0.0}},"longest_queue_m":0.0}}',
+    '{"event_type":"alert","schema_version":"1.1","timestamp":"2026-11-29T23:23:26.486Z",'
+    '"camera_id":"dusk","frame_id":139,"data":{"alert_type":"ALERT_TYPE_SPEEDING",'
+    '"severity":"ALERT_SEVERITY_WARNING","tracking_id":11,"zone_id":"westbound",'
+    '"message":"track 11 at 64 km/h in zone westbound (limit 40 km/h)","speed_kmh":64.4,'
+    '"state":"raised","alert_id":"dusk:speeding:westbound:11@1795994606.486","evidence":'
+    '{"track_ids":[11],"speed_kmh":64.4,"limit_kmh":40.0},"snapshot_path":"s/dusk/a.jpg"}}',
+]
+
+
+@pytest.mark.parametrize("raw", RELEASED_1_1)
+def test_released_1_1_events_stay_valid(raw: str) -> None:
+    obj = json.loads(raw)
+    jsonschema.validate(obj, load_schema(obj["event_type"]))
