@@ -16,7 +16,10 @@ in rotated order each round (publisher first in even rounds, raw first in odd on
   wait, no delivery tracking and no ring.
 
 The table gives the median events/s of each over ``--rounds`` and the ratio
-publisher/raw (the goal is at least 0.8).
+publisher/raw (the goal is at least 0.8), and the CPU time each spent per event: this
+process (all its threads: Python and librdkafka's) and the broker's. On a machine shared
+with other work the wall-clock rates swing with the load; the CPU times move less and
+say where the time goes.
 
     .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--batch B] [--json FILE]
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -58,6 +62,15 @@ class _Meter:
         pass
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, all threads, or of process ``pid``."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_events(n: int, cameras: int = 20) -> list[EventRecord]:
     out = []
     for i in range(n):
@@ -74,9 +87,22 @@ def make_events(n: int, cameras: int = 20) -> list[EventRecord]:
     return out
 
 
+Result = tuple[float, float, float]  # events/s, CPU us per event: this process, broker
+
+
+def _result(n: int, t0: float, c0: float, b0: float, broker: int) -> Result:
+    dt = time.perf_counter() - t0
+    return n / dt, (cpu_s() - c0) * 1e6 / n, (cpu_s(broker) - b0) * 1e6 / n
+
+
 def run_publisher(
-    cfg: KafkaConfig, ring: RecordRing, events: list[EventRecord], tmp: Path, batch: int
-) -> float:
+    cfg: KafkaConfig,
+    ring: RecordRing,
+    events: list[EventRecord],
+    tmp: Path,
+    batch: int,
+    broker: int,
+) -> Result:
     for ev in events:
         if not ring.try_put(ev.pack()):
             raise SystemExit("ring too small for --events")
@@ -92,19 +118,19 @@ def run_publisher(
         ack=lambda seq: None,
         give_up=lambda: False,
     )
-    t0 = time.perf_counter()
+    t0, c0, b0 = time.perf_counter(), cpu_s(), cpu_s(broker)
     while pump.step():
         pass
-    dt = time.perf_counter() - t0
+    res = _result(len(events), t0, c0, b0, broker)
     if not ring.is_empty():
         raise SystemExit("the publisher stopped before the ring was empty")
     if not sink.connected or not sink.spool.is_empty():
         raise SystemExit("the broker did not take every event")
     sink.close()
-    return len(events) / dt
+    return res
 
 
-def run_raw(cfg: KafkaConfig, events: list[EventRecord]) -> float:
+def run_raw(cfg: KafkaConfig, events: list[EventRecord], broker: int) -> Result:
     conf = producer_config(cfg)
     p = Producer(conf)
     topics = topic_names(cfg)
@@ -115,7 +141,7 @@ def run_raw(cfg: KafkaConfig, events: list[EventRecord]) -> float:
     items = [(topics[e.topic], e.payload, e.key.encode(), headers[e.kind]) for e in events]
     p.produce(items[0][0], items[0][1], items[0][2])
     p.flush()
-    t0 = time.perf_counter()
+    t0, c0, b0 = time.perf_counter(), cpu_s(), cpu_s(broker)
     for i, (topic, value, key, hdrs) in enumerate(items):
         while True:
             try:
@@ -126,10 +152,10 @@ def run_raw(cfg: KafkaConfig, events: list[EventRecord]) -> float:
         if i % 1000 == 0:
             p.poll(0)
     left = p.flush(60)
-    dt = time.perf_counter() - t0
+    res = _result(len(events), t0, c0, b0, broker)
     if left:
         raise SystemExit(f"{left} message(s) not delivered")
-    return len(events) / dt
+    return res
 
 
 def main() -> None:
@@ -149,26 +175,40 @@ def main() -> None:
     name = segment_name(new_run_id(), "records", "benchevents")
     ring = RecordRing.create(name, 1 << max(20, (size * 2).bit_length()))
     results: dict[str, list[float]] = {"publisher": [], "raw": []}
+    cpu: dict[str, list[float]] = {"publisher": [], "raw": []}
+    broker_cpu: dict[str, list[float]] = {"publisher": [], "raw": []}
+    assert broker.proc is not None
+    pid = broker.proc.pid
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):
                 order = ["publisher", "raw"] if r % 2 == 0 else ["raw", "publisher"]
                 for which in order:
                     if which == "publisher":
-                        rate = run_publisher(cfg, ring, events, Path(tmp), args.batch)
+                        rate, own, brk = run_publisher(
+                            cfg, ring, events, Path(tmp), args.batch, pid
+                        )
                     else:
-                        rate = run_raw(cfg, events)
+                        rate, own, brk = run_raw(cfg, events, pid)
                     results[which].append(rate)
-                    print(f"round {r + 1} {which:9s} {rate:10.0f} events/s", flush=True)
+                    cpu[which].append(own)
+                    broker_cpu[which].append(brk)
+                    print(
+                        f"round {r + 1} {which:9s} {rate:10.0f} events/s  cpu/event: "
+                        f"{own:5.2f} us here, {brk:5.2f} us broker",
+                        flush=True,
+                    )
     finally:
         ring.close()
         ring.unlink()
         broker.stop()
     med = {k: statistics.median(v) for k, v in results.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    med_broker = {k: statistics.median(v) for k, v in broker_cpu.items()}
     ratio = med["publisher"] / med["raw"]
-    print(f"\n{'path':10s} {'median events/s':>16s}")
+    print(f"\n{'path':10s} {'median events/s':>16s} {'cpu us/event here':>18s} {'broker':>7s}")
     for k in ("publisher", "raw"):
-        print(f"{k:10s} {med[k]:16.0f}")
+        print(f"{k:10s} {med[k]:16.0f} {med_cpu[k]:18.2f} {med_broker[k]:7.2f}")
     print(f"ratio publisher/raw: {ratio:.2f} (goal >= 0.80)")
     if args.json:
         out: dict[str, Any] = {
@@ -177,6 +217,8 @@ def main() -> None:
             "batch": args.batch,
             "per_round": results,
             "median": med,
+            "cpu_us_per_event": {"per_round": cpu, "median": med_cpu},
+            "broker_cpu_us_per_event": {"per_round": broker_cpu, "median": med_broker},
             "ratio": ratio,
             "machine": platform.platform(),
             "python": platform.python_version(),
