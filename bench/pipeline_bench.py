@@ -137,7 +137,7 @@ def run_pipeline(
         if proc.returncode != 0:
             raise SystemExit(f"itsd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         log = proc.stderr.splitlines()
-        t0 = min(_log_time(x) for x in log if "started decode:" in x)
+        t0 = min(_log_time(x) for x in log if "started decode" in x)
         t1 = max(_log_time(x) for x in log if "every source has ended" in x)
         lines = (d / "events.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in lines]
