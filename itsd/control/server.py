@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -495,6 +496,22 @@ def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | Non
     cert = _read(security.tls_cert, "security.tls_cert")
     key = _read(security.tls_key, "security.tls_key")
     ca = _read(security.tls_client_ca, "security.tls_client_ca") if security.tls_client_ca else None
+    # gRPC says only "failed to bind" for a bad certificate: check the files first.
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        check.load_cert_chain(security.tls_cert, security.tls_key)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(
+            f"security.tls_cert/tls_key: {security.tls_cert} and {security.tls_key} are not a "
+            f"PEM certificate chain and its private key ({err})"
+        ) from None
+    if security.tls_client_ca is not None:
+        try:
+            check.load_verify_locations(security.tls_client_ca)
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(
+                f"security.tls_client_ca: {security.tls_client_ca} is not a PEM CA bundle ({err})"
+            ) from None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )

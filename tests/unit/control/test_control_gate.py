@@ -27,6 +27,7 @@ from itsd.control._pb import (
 )
 from itsd.control.auth import Scope, TokenTable, bearer_token, check_bearer, read_tokens_file
 from itsd.control.server import start_control_server
+from itsd.errors import ConfigError
 
 ADMIN = "admin-token-0123456789abcdef"
 READER = "read-token-0123456789abcdef"
@@ -239,3 +240,26 @@ def test_oversized_message_is_refused(backend: FakeBackend) -> None:
             assert _health(ch).version == "0.1.0"
     finally:
         srv.stop(grace=0)
+
+
+def test_bad_tls_files_are_a_configuration_error(
+    backend: FakeBackend, certs: dict[str, Path], tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cases = [
+        ({"tls_cert": junk, "tls_key": certs["server_key"]}, "not a PEM certificate chain"),
+        ({"tls_cert": certs["server_cert"], "tls_key": certs["client_key"]}, "private key"),
+        (
+            {
+                "tls_cert": certs["server_cert"],
+                "tls_key": certs["server_key"],
+                "tls_client_ca": junk,
+            },
+            "not a PEM CA bundle",
+        ),
+        ({"tls_cert": tmp_path / "missing.pem", "tls_key": junk}, "cannot read"),
+    ]
+    for fields, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            start_control_server(backend, "127.0.0.1", 0, security=SecurityConfig(**fields))
