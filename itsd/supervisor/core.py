@@ -1003,7 +1003,13 @@ class Supervisor:
         self.registrations = reg
         self._save_registrations()
         for key in _changed_sections(self.config, new):
+            if key.startswith("alerts."):
+                continue  # applied now, below
             log.warning("reload: %s changed; restart itsd to apply it", key)
+        if new.alerts != self.config.alerts:
+            # The alert rules (evaluated by the snapshot) take new thresholds at once.
+            self.config = self.config.model_copy(update={"alerts": new.alerts})
+            log.info("reload: alert rules updated")
         want = {c.id: (c, origin) for c, origin in wanted}
         removed = [
             cid

@@ -268,3 +268,32 @@ def test_dashboard_in_headless_chromium(daemon: Daemon, tmp_path: Path) -> None:
     assert seen[-1]["status"] == "serving"
     assert "MemoryHigh" in seen[-1]["alerts"]
     assert shot.stat().st_size > 10_000
+
+
+def test_new_threshold_on_reload_clears_the_alert(daemon: Daemon) -> None:
+    # Runs last: the memory rule has fired (see above); a reload with a threshold no
+    # machine reaches clears it, without a restart.
+    path = daemon.workdir / "itsd.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["alerts"]["memory_high"]["threshold"] = 1.0
+    path.write_text(yaml.safe_dump(cfg))
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    def cleared() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in daemon.events()
+            if e["event_type"] == "alert"
+            and e["data"]["alert_type"] == "ALERT_TYPE_MEMORY"
+            and e["data"]["state"] == "cleared"
+        ]
+
+    (ev, *_) = wait_until(cleared, 30, "the memory alert cleared")
+    raised = next(
+        e
+        for e in daemon.events()
+        if e["event_type"] == "alert" and e["data"]["alert_type"] == "ALERT_TYPE_MEMORY"
+    )
+    assert ev["data"]["alert_id"] == raised["data"]["alert_id"]
+    assert "alert rules updated" in daemon.log()
+    assert "alerts.memory_high changed; restart" not in daemon.log()
