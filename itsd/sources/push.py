@@ -25,8 +25,10 @@ import struct
 import cv2
 import numpy as np
 
-#: Largest side of a pushed picture (pixels) before it is even decoded.
+#: Largest side of a pushed picture (pixels) and largest picture (4K UHD): checked before
+#: anything is decoded, so a decoded frame costs at most ~25 MB per concurrent call.
 MAX_SIDE = 8192
+MAX_PIXELS = 3840 * 2160
 #: Raw pixel formats: name -> bytes per pixel of the first plane.
 RAW_FORMATS = {"rgb24": 3, "bgr24": 3, "gray8": 1, "nv12": 1}
 ENCODINGS = ("jpeg", "png")
@@ -45,8 +47,11 @@ class FrameDataError(ValueError):
 def _check_side(width: int, height: int, what: str) -> None:
     if width <= 0 or height <= 0:
         raise FrameDataError(f"{what}: width and height must be > 0, got {width}x{height}")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise FrameDataError(f"{what}: {width}x{height} is larger than {MAX_SIDE}x{MAX_SIDE}")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise FrameDataError(
+            f"{what}: {width}x{height} is larger than allowed (at most {MAX_SIDE} pixels a "
+            f"side and {MAX_PIXELS} pixels, 3840x2160)"
+        )
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -69,6 +69,7 @@ def test_raw_formats_with_and_without_stride(fmt: str) -> None:
         ((b"x" * 300, 10, 10, "rgb24", 20), "stride 20 is less"),
         ((b"x" * 300, 0, 10, "rgb24", 0), "must be > 0"),
         ((b"x" * 300, 9000, 1, "gray8", 0), "larger than"),
+        ((b"x" * 300, 5000, 5000, "gray8", 0), "larger than"),
         ((b"x" * 149, 10, 10, "nv12", 0), "needs 150"),
         ((b"x" * 150, 9, 10, "nv12", 0), "even"),
         ((b"x" * 300, 10, 10, "yuv", 0), "pixel_format"),
