@@ -193,7 +193,8 @@ def build_sinks(ctx: StageContext, extra: _Extra) -> list[Sink]:
     if results:
         from itsd.sinks.results import ResultsSink
 
-        sinks.append(ResultsSink(results))
+        # First: a batch reaches the gRPC clients before Kafka's acknowledgements are awaited.
+        sinks.insert(0, ResultsSink(results))
     return sinks
 
 
