@@ -77,7 +77,7 @@ def describe(info: SegmentInfo) -> dict[str, Any]:
                 for sample in read_table(table):
                     metrics.append(
                         {
-                            "name": sample.defn.name,
+                            "name": sample.series_name,  # x_bucket etc. of histograms
                             "labels": dict(sample.labels),
                             "kind": str(sample.defn.kind),
                             "value": sample.value,
