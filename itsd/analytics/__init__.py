@@ -1,9 +1,11 @@
-"""Traffic analytics on detections: class names, multi-object tracking, counting lines.
+"""Traffic analytics on detections: class names, multi-object tracking, counting lines,
+ground-plane calibration, speed and heading, zones, violations and anomalies, interval
+summaries (``scene`` composes one camera's share of them).
 
 Analytics receives plain numpy arrays (boxes, scores, class ids of one frame of one
-camera) and returns plain records (tracks, line crossings). It must never import
-itsd.engines, any GPU library, itsd.stages, itsd.control, itsd.monitor or itsd.cli, and it
-never draws on images.
+camera) and returns plain records (tracks, line crossings, motions, alerts, summaries).
+It must never import itsd.engines, any GPU library, itsd.stages, itsd.control,
+itsd.monitor or itsd.cli, and it never draws on images.
 """
 
 from __future__ import annotations
