@@ -588,7 +588,9 @@ class MonitorServer:
 
         async def shutdown() -> None:
             for q in list(self.streams):
-                q.put_nowait(None)
+                while q.full():
+                    q.get_nowait()
+                q.put_nowait(None)  # the stream ends
             if self._pusher is not None:
                 self._pusher.cancel()
             if self._runner is not None:
@@ -626,9 +628,8 @@ class MonitorServer:
                     body = json.dumps(_plain(self._state_doc()), separators=(",", ":"))
                     msg = f"event: state\ndata: {body}\n\n".encode()
                     for q in list(self.streams):
-                        if q.full():  # a slow client gets the newest state, not a backlog
-                            with_drop = q.get_nowait()
-                            del with_drop
+                        while q.full():  # a slow client gets the newest state, not a backlog
+                            q.get_nowait()
                         q.put_nowait(msg)
             except asyncio.CancelledError:
                 raise
@@ -716,7 +717,7 @@ class MonitorServer:
                 if msg is None:
                     break
                 await resp.write(msg)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client left
             pass
         finally:
             self.streams.discard(q)

@@ -226,3 +226,16 @@ def test_unreadable_certificate_is_named(tmp_path: Path) -> None:
     security = SecurityConfig(tls_cert=tmp_path / "missing.pem", tls_key=tmp_path / "k.pem")
     with pytest.raises(OSError, match=r"security\.tls_cert"):
         server_ssl_context(security)
+
+
+def test_stop_with_a_client_that_does_not_read(caplog: pytest.LogCaptureFixture) -> None:
+    srv = MonitorServer(Backend(), "127.0.0.1", 0, state=state)  # type: ignore[arg-type]
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(3.5)  # its queue fills: the newest state replaces the oldest
+    t0 = time.monotonic()
+    srv.stop()
+    s.close()
+    assert time.monotonic() - t0 < 5.0
+    assert "did not stop cleanly" not in caplog.text
