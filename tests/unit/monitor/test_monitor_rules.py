@@ -126,3 +126,11 @@ def test_promtool_fires_the_critical_rules(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+def test_promtool_check_config() -> None:
+    config = RULES.parent / "prometheus.yml"
+    out = subprocess.run(
+        [promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
