@@ -160,7 +160,11 @@ _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 def _call(target: TargetLike, method: str, invoke: Callable[[grpc.Channel], _T]) -> _T:
     spec = target if isinstance(target, Target) else Target(target)
     try:
-        with spec.channel() as channel:
+        channel = spec.channel()
+    except ItsdError as err:  # TLS files that cannot be read, a certificate without TLS
+        raise ControlClientError(str(spec), method, "INVALID_ARGUMENT", str(err)) from None
+    try:
+        with channel:
             return invoke(channel)
     except grpc.RpcError as exc:
         code: Any = exc.code() if callable(getattr(exc, "code", None)) else None
