@@ -310,6 +310,15 @@ class PerformanceConfig(_Model):
             "releases the GIL). 0: one per CPU core, at most 32."
         ),
     )
+    nvdec_cameras_per_worker: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description=(
+            "Cameras with decoder auto that one decode worker decodes on NVDEC; the rest "
+            "decode on its CPU threads (0: no limit). Sets the CPU/NVDEC split."
+        ),
+    )
     cameras_per_decode_worker: int = Field(
         64,
         ge=1,
@@ -777,6 +786,13 @@ class CameraConfig(_Model):
         description=(
             "RTSP transport: tcp (one connection, no loss) or udp (lower latency, loses "
             "packets on a busy network)."
+        ),
+    )
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description=(
+            "Where the camera is decoded: nvdec (an NVIDIA GPU, the gpu extra), cpu, or auto "
+            "(NVDEC when available and under performance.nvdec_cameras_per_worker, else CPU)."
         ),
     )
     stall_timeout_s: float = Field(

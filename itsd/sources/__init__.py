@@ -228,8 +228,16 @@ def wall_ns() -> int:
     return time.time_ns()
 
 
-def open_source(camera: CameraConfig, options: SourceOptions | None = None) -> Source:
-    """Open the camera's source; SourceError when it cannot be opened."""
+def open_source(
+    camera: CameraConfig,
+    options: SourceOptions | None = None,
+    decoder: str = "cpu",
+    gpu: int = 0,
+) -> Source:
+    """Open the camera's source; SourceError when it cannot be opened.
+
+    ``decoder`` ``"nvdec"`` decodes files and RTSP on GPU ``gpu`` (``itsd.sources.nvdec``);
+    patterns and WebRTC always decode on the CPU."""
     opts = options if options is not None else DEFAULT_OPTIONS
     if camera.source.startswith("pattern://"):
         from itsd.sources.pattern import PatternSource
@@ -239,6 +247,10 @@ def open_source(camera: CameraConfig, options: SourceOptions | None = None) -> S
         from itsd.sources.webrtc import WhepSource
 
         return WhepSource.open(camera, opts)
+    if decoder == "nvdec":
+        from itsd.sources.nvdec import NvdecSource
+
+        return NvdecSource.open(camera, opts, gpu)
     from itsd.sources.pyav import PyAVSource
 
     return PyAVSource.open(camera, opts)

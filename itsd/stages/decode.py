@@ -161,6 +161,9 @@ class _CameraRun(threading.Thread):
         )
         self.streaming_since: float | None = None
         self.last_progress = time.monotonic()
+        self.decoder = "cpu"  # or "nvdec": set by the worker before start
+        gpus = ctx.config.gpus
+        self.gpu = gpus[binding.key % len(gpus)] if gpus else 0
         mem.users += 1
 
     # -- control (main thread) ----------------------------------------------------------
@@ -212,9 +215,13 @@ class _CameraRun(threading.Thread):
             self.reopen.clear()
             self.last_progress = time.monotonic()
             try:
-                source = open_source(camera, self.options)
+                source = open_source(camera, self.options, self.decoder, self.gpu)
             except SourceError as err:
                 problem = str(err)
+                if self.decoder == "nvdec" and camera.decoder == "auto":
+                    log.warning("%s; decoding this camera on the CPU instead", problem)
+                    self.decoder = "cpu"
+                    continue
                 if end_with_sources and not camera.live:
                     cells.failed.set(1)
                     self.mem.describe(
@@ -408,6 +415,7 @@ class _Worker:
         self.ended: list[_CameraRun] = []  # detached, thread not finished yet
         assert ctx.metrics is not None, "decode needs its cell table"
         self.n_cameras = ctx.metrics.cell(m.DECODE_WORKER_CAMERAS)
+        self.gpu_ok: bool | None = None  # NVDEC usable here (checked on first need)
 
     def attach(self, binding: CameraBinding, fresh: bool = False) -> None:
         """Start decoding a camera (a camera already here is restarted with ``binding``).
@@ -425,6 +433,18 @@ class _Worker:
             mem.cells.eof.set(0)
             mem.cells.failed.set(0)
         run = _CameraRun(self.ctx, binding, mem)
+        if run.camera.decoder != "cpu" and not run.camera.source.startswith(
+            ("pattern://", "whep+")
+        ):
+            in_use = sum(1 for r in self.runs.values() if r.decoder == "nvdec")
+            limit = self.ctx.config.performance.nvdec_cameras_per_worker
+            if self.gpu_ok is None:
+                from itsd.sources.nvdec import gpu_decode_available
+
+                self.gpu_ok = gpu_decode_available()
+            from itsd.sources.nvdec import choose_decoder
+
+            run.decoder = choose_decoder(run.camera.decoder, in_use, limit, self.gpu_ok)
         self.runs[binding.key] = run
         if mem.cells.eof.get_int() or mem.cells.failed.get_int():
             # Its file has ended (or cannot be opened) already: nothing to decode.
