@@ -193,10 +193,17 @@ def read_all(
     config: Config, topic: str, timeout: float = 20.0, idle_s: float = 2.0
 ) -> tuple[int, list[tuple[bytes | None, bytes | None, int]]]:
     """Every record of ``topic`` (key, value, partition), in offset order per partition,
-    without joining a group; stops once every partition has reported its end (records
-    written meanwhile may or may not be in), or after ``idle_s`` without a record, since
-    some brokers' end offsets are not exact."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    without joining a group; stops once every partition has reported its end or given a
+    record written after the read began (records written meanwhile may or may not be
+    in), or after ``idle_s`` without a record, since some brokers' end offsets are not
+    exact (Tansu's keep a busy topic from ever reporting its end)."""
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        TIMESTAMP_NOT_AVAILABLE,
+        Consumer,
+        KafkaError,
+        TopicPartition,
+    )
 
     n = topic_partitions(config, topic, timeout)
     conf = client_config(config)
@@ -213,6 +220,7 @@ def read_all(
     try:
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n)])
         ended: set[int] = set()
+        began_ms = int(time.time() * 1000)
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while len(ended) < n and time.monotonic() < deadline:
@@ -226,6 +234,9 @@ def read_all(
                         continue
                     raise RegistryError(f"reading {topic}: {err}")
                 out.append((msg.key(), msg.value(), part))
+                kind, ts = msg.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE and ts >= began_ms:
+                    ended.add(part)  # caught up with the writers
             if msgs:
                 last = time.monotonic()
             elif time.monotonic() - last > idle_s:

@@ -269,14 +269,46 @@ class SupervisorBackend:
             raise ValueError(str(err)) from None
 
     def register_stream(self, stream: StreamInfo) -> StreamInfo:
-        """Validate, add the camera, wait until the stages serve it; return it."""
+        """Validate, add the camera, wait until the stages serve it; return it.
+
+        On a fleet node (``fleet.enabled``) the camera goes to the fleet's registry topic
+        instead, and the node that owns its partition starts it (state ``starting``)."""
         cfg = camera_from_request(stream, dict(stream.options))
+        if self.sup.config.fleet.enabled:
+            return self._fleet_change(cfg.id, cfg)
         self._wait(self.sup.add_camera(cfg))
         return self._stream(self.state.camera(cfg.id))
 
     def unregister_stream(self, camera_id: str) -> bool:
-        """Stop the camera's decoder, detach it everywhere, free its memory."""
+        """Stop the camera's decoder, detach it everywhere, free its memory (on a fleet
+        node: a tombstone in the registry topic; its owner stops it)."""
+        if self.sup.config.fleet.enabled:
+            self._fleet_change(camera_id, None)
+            return True
         return bool(self._wait(self.sup.remove_camera(camera_id)))
+
+    def _fleet_change(self, camera_id: str, cfg: CameraConfig | None) -> StreamInfo:
+        from itsd.fleet.registry import RegistryError, RegistryWriter, read_registry
+
+        config = self.sup.config
+        try:
+            if cfg is None and camera_id not in read_registry(config, timeout=10.0).cameras:
+                raise KeyError(f"camera {camera_id!r} is not in {config.fleet.registry_topic}")
+            writer = RegistryWriter(config, create=False)
+            if cfg is None:
+                writer.delete(camera_id)
+            else:
+                writer.put(cfg)
+            writer.flush()
+        except RegistryError as err:
+            raise UnavailableError(f"fleet registry: {err}") from None
+        if cfg is None:
+            return StreamInfo(camera_id, "", state="stopped")
+        keys = ("id", "source", "target_fps", "priority")
+        options = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in keys}
+        return StreamInfo(
+            cfg.id, cfg.source, cfg.target_fps or 0.0, cfg.priority, "starting", options
+        )
 
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration file and apply the difference."""

@@ -57,6 +57,11 @@ class Node:
                     out.append(json.loads(line))
         return out
 
+    @property
+    def grpc_target(self) -> str:
+        cfg = yaml.safe_load(self.config_path.read_text())
+        return f"127.0.0.1:{cfg['server']['grpc_port']}"
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
