@@ -155,6 +155,8 @@ class FleetMember:
         self._last_status = 0.0
         self._status_due = True
         self._bad_records = 0
+        self._last_err = ""
+        self._last_err_at = 0.0
         #: Rebalance history for logs and tests: (monotonic time, "assign"/"revoke"/"lost", n).
         self.rebalances: list[tuple[float, str, int]] = []
 
@@ -266,8 +268,13 @@ class FleetMember:
     def _record(self, msg: Any) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != -191:  # KafkaError._PARTITION_EOF
-                log.warning("fleet: registry: %s", err)
+            now = time.monotonic()
+            text = str(err)
+            # KafkaError._PARTITION_EOF is no error; the same error is logged at most
+            # once a minute (a broker that is away reports it on every poll).
+            if err.code() != -191 and (text != self._last_err or now - self._last_err_at > 60):
+                self._last_err, self._last_err_at = text, now
+                log.warning("fleet: registry: %s", text)
             return
         part = msg.partition()
         with self.book.lock:
