@@ -390,11 +390,15 @@ class _Snapshots:
         return out
 
     def forget(self, keep: set[str]) -> None:
-        """Let go of the rings of cameras no longer registered (on the worker thread)."""
+        """Let go of the rings of cameras no longer registered, and of frames held for
+        cameras nobody looked at lately (on the worker thread)."""
         for cid in [c for c in self.rings if c not in keep]:
             self.rings.pop(cid)[1].close()
             self.cache.pop(cid, None)
             self.held.pop(cid, None)
+        now = time.monotonic()
+        for cid in [c for c, h in self.held.items() if now - h[0] > HELD_MAX_S]:
+            del self.held[cid]
 
     def render(
         self, camera_id: str, ring_name: str, lines: list[dict[str, Any]]
@@ -622,7 +626,7 @@ class MonitorServer:
                     st = self.state()
                     self.charts.add(st, now)
                     keep = {c.camera_id for c in st.cameras}
-                    if set(self.snapshots.rings) - keep:
+                    if set(self.snapshots.rings) - keep or self.snapshots.held:
                         self.snapshots.pool.submit(self.snapshots.forget, keep)
                 if self.streams:
                     body = json.dumps(_plain(self._state_doc()), separators=(",", ":"))
