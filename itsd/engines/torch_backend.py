@@ -6,12 +6,13 @@ weights, for benchmarks) with ``ultralytics.nn.tasks.DetectionModel``, fuses con
 and runs its forward pass itself, so Ultralytics' predictor (and with it torchvision,
 which does not import beside the CPU build of torch) is never used. The frame path
 (letterbox, output check, decode, NMS) is the shared `yolo.YoloEngine`'s, so boxes match
-the other backends.
+the other backends; the device letterbox below uses the same geometry
+(`letterbox_params`) and gives the same pixels within one grey level.
 
 On a GPU (``EngineOptions.gpu`` set and ``torch.cuda`` sees it): fp16 weights (fp32 when
-asked), channels-last memory format, a pinned host batch buffer the letterbox writes
-into and one asynchronous copy to the device per batch on the engine's own CUDA stream,
-and CUDA graphs captured once per batch-size bucket (1, 2, 4, ... max_batch: a batch is
+asked), channels-last memory format, the letterbox of the whole batch on the GPU (the
+uint8 frames go up through one pinned staging buffer with asynchronous copies on the
+engine's own CUDA stream; one bilinear resize per frame size), and CUDA graphs captured once per batch-size bucket (1, 2, 4, ... max_batch: a batch is
 padded up to its bucket) so a forward pass is a single graph replay. Without a usable
 GPU it runs on the CPU in fp32 (with a warning when a GPU was asked for), with
 ``EngineOptions.intra_op_threads`` threads (torch's thread count is per process).
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from itsd.engines.base import COCO_NAMES, EngineOptions
+from itsd.engines.base import COCO_NAMES, Detections, EngineOptions
+from itsd.engines.postprocess import decode_yolo
+from itsd.engines.preprocess import PAD_VALUE, Letterbox, check_frame, letterbox_params
 from itsd.engines.yolo import YoloEngine, check_yolo_output
 from itsd.errors import ModelError
 
@@ -127,6 +131,7 @@ class TorchEngine(YoloEngine):
     model: a ``.pt`` checkpoint or an Ultralytics model yaml (name or path).
     imgsz: model input side (default: the checkpoint's training size, else 640).
     cuda_graphs: capture CUDA graphs per batch bucket (GPU only).
+    device_letterbox: letterbox the batch on the device (default: on GPUs).
     """
 
     name = "torch"
@@ -139,6 +144,7 @@ class TorchEngine(YoloEngine):
         imgsz: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         cuda_graphs: bool = True,
+        device_letterbox: bool | None = None,
         seed: int = 0,
     ) -> None:
         torch, _ = _imports()
@@ -188,6 +194,9 @@ class TorchEngine(YoloEngine):
         h, w = self.input_size
         self.precision = "fp16" if self.half else "fp32"
         self.cuda_graphs = bool(cuda_graphs and self.gpu)
+        #: Letterbox on the device (default on GPUs; on the CPU for tests only).
+        self.device_letterbox = self.gpu if device_letterbox is None else device_letterbox
+        self._staging: Any = None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._buckets = graph_buckets(max_batch)
         if self.gpu:
@@ -222,21 +231,102 @@ class TorchEngine(YoloEngine):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
-        n = int(batch.shape[0])
         with torch.inference_mode():
+            x = torch.from_numpy(batch)  # on a GPU: a view of the pinned buffer (one DMA)
             if not self.gpu:
-                return np.asarray(self._run_net(torch.from_numpy(batch)).float().numpy())
-            host = torch.from_numpy(batch)  # a view of the pinned buffer: DMA, no copy
+                return np.asarray(self._run_net(x).float().numpy())
             with torch.cuda.stream(self._stream):
-                if self.cuda_graphs:
-                    out = self._replay(host, n)
-                else:
-                    x = host.to(self.device, non_blocking=True)
-                    x = (x.half() if self.half else x).contiguous(memory_format=torch.channels_last)
-                    out = self._run_net(x)[:n]
-                result = out.float().to("cpu", non_blocking=False)
+                result = self._run_device(x, int(batch.shape[0]))
             self._stream.synchronize()
             return np.asarray(result.numpy())
+
+    def _run_device(self, x: Any, n: int) -> Any:
+        """(n, 4 + classes, anchors) on the host for a float batch on the host or device."""
+        torch = self._torch
+        if self.cuda_graphs:
+            out = self._replay(x, n)
+        else:
+            x = x.to(self.device, non_blocking=True)
+            x = (x.half() if self.half else x).contiguous(memory_format=torch.channels_last)
+            out = self._run_net(x)[:n]
+        return out.float().to("cpu")
+
+    # -- letterbox on the device --------------------------------------------------------
+    def infer(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """As `YoloEngine.infer`; with `device_letterbox` the letterbox of the whole batch
+        runs on the device (frames go up as uint8 through one pinned staging buffer)."""
+        if not self.device_letterbox:
+            return super().infer(frames)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        for i, frame in enumerate(frames):
+            check_frame(frame, f"frame {i}")
+        torch = self._torch
+        results: list[Detections] = []
+        for start in range(0, len(frames), self.max_batch):
+            chunk = frames[start : start + self.max_batch]
+            with torch.inference_mode():
+                if self.gpu:
+                    with torch.cuda.stream(self._stream):
+                        x, boxes = self.letterbox_device(chunk)
+                        out = self._run_device(x, len(chunk))
+                    self._stream.synchronize()
+                else:
+                    x, boxes = self.letterbox_device(chunk)
+                    out = self._run_net(x).float()
+            raw = out.numpy()
+            for slot, lb in enumerate(boxes):
+                results.append(decode_yolo(raw[slot], lb, lb.src_h, lb.src_w, self.options))
+        return results
+
+    def letterbox_device(self, frames: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
+        """Letterbox frames on the engine's device: a (n, 3, H, W) float32 tensor there,
+        the same pixels as `preprocess.letterbox_into` (bilinear, half-pixel centres,
+        rounded to 8 bits as OpenCV does) within one grey level, and the Letterboxes.
+
+        Frames of one size are resized together (one interpolation per size).
+        """
+        torch = self._torch
+        interpolate = torch.nn.functional.interpolate
+        h, w = self.input_size
+        out = torch.full((len(frames), 3, h, w), PAD_VALUE, dtype=torch.float32, device=self.device)
+        boxes = [letterbox_params(int(f.shape[0]), int(f.shape[1]), h, w) for f in frames]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(i)
+        uploaded = self._upload(frames)
+        for (fh, fw), idx in groups.items():
+            img = torch.stack([uploaded[i] for i in idx]).permute(0, 3, 1, 2).float()
+            lb = boxes[idx[0]]
+            if (lb.new_h, lb.new_w) != (fh, fw):
+                img = interpolate(
+                    img, size=(lb.new_h, lb.new_w), mode="bilinear", align_corners=False
+                )
+                img = img.add_(0.5).floor_().clamp_(0, 255)  # half up, as OpenCV rounds
+            rows = slice(lb.pad_y, lb.pad_y + lb.new_h)
+            cols = slice(lb.pad_x, lb.pad_x + lb.new_w)
+            for j, i in enumerate(idx):
+                out[i, :, rows, cols] = img[j] / 255
+        return out, boxes
+
+    def _upload(self, frames: Sequence[np.ndarray]) -> list[Any]:
+        """The frames as (H, W, 3) uint8 tensors on the device: on a GPU each is copied
+        once into a pinned staging buffer and sent with an asynchronous copy."""
+        torch = self._torch
+        if not self.gpu:
+            return [torch.from_numpy(np.array(f, copy=True)) for f in frames]
+        total = sum(int(f.nbytes) for f in frames)
+        if self._staging is None or self._staging.numel() < total:
+            self._staging = torch.empty(total, dtype=torch.uint8).pin_memory()
+        stage = self._staging.numpy()
+        out, offset = [], 0
+        for f in frames:
+            n = int(f.nbytes)
+            stage[offset : offset + n] = f.reshape(-1)
+            host = self._staging[offset : offset + n].view(f.shape[0], f.shape[1], 3)
+            out.append(host.to(self.device, non_blocking=True))
+            offset += n
+        return out
 
     def _replay(self, host: Any, n: int) -> Any:
         """Run n frames through the CUDA graph of their bucket (captured the first time)."""

@@ -134,3 +134,25 @@ def test_onnxruntime_and_torch_give_the_same_boxes(
         assert not match(one, batched)
     for e in engines:
         e.close()
+
+
+def test_device_letterbox_matches_the_shared_one(
+    model_files: tuple[Path, Path], media_dir: Path
+) -> None:
+    """The PyTorch backend's device letterbox (what runs on GPUs), checked on the CPU:
+    the same pixels as the shared letterbox within one grey level, the same boxes."""
+    from itsd.engines.torch_backend import TorchEngine
+
+    pt, _ = model_files
+    opts = EngineOptions(confidence=0.25, iou=0.45)
+    shared = TorchEngine(pt, opts)
+    device = TorchEngine(pt, opts, device_letterbox=True)
+    frames = clip_frames(media_dir)
+    frames.append(np.ascontiguousarray(frames[0][:, ::2]))  # another size, resized apart
+    x, boxes = device.letterbox_device(frames)
+    expected = np.empty((len(frames), 3, IMGSZ, IMGSZ), np.float32)
+    expected_boxes = letterbox_batch(frames, expected)
+    assert boxes == expected_boxes
+    assert float(np.abs(x.numpy() - expected).max()) <= 1.01 / 255
+    for a, b in zip(shared.infer(frames), device.infer(frames), strict=True):
+        assert not match(a, b) and not match(b, a)
