@@ -12,8 +12,9 @@ the other backends; the device letterbox below uses the same geometry
 On a GPU (``EngineOptions.gpu`` set and ``torch.cuda`` sees it): fp16 weights (fp32 when
 asked), channels-last memory format, the letterbox of the whole batch on the GPU (the
 uint8 frames go up through one pinned staging buffer with asynchronous copies on the
-engine's own CUDA stream; one bilinear resize per frame size), and CUDA graphs captured once per batch-size bucket (1, 2, 4, ... max_batch: a batch is
-padded up to its bucket) so a forward pass is a single graph replay. Without a usable
+engine's own CUDA stream; one bilinear resize per frame size), and CUDA graphs
+captured once per batch-size bucket (1, 2, 4, ... max_batch: a batch is padded up to
+its bucket) so a forward pass is a single graph replay. Without a usable
 GPU it runs on the CPU in fp32 (with a warning when a GPU was asked for), with
 ``EngineOptions.intra_op_threads`` threads (torch's thread count is per process).
 
