@@ -11,17 +11,20 @@ in rotated order each round (publisher first in even rounds, raw first in odd on
   and headers (acks=all, idempotence, lz4, linger 5 ms), settled (every event
   acknowledged, or failures spooled) and only then advanced past on the ring.
 - raw: ``Producer.produce`` of the same messages (topic, payload, key, the two headers
-  ``event_type`` and ``schema_version``) in a plain loop with the same producer settings
-  (``poll(0)`` every 1000 messages), then ``flush()``: the limit, with no per-batch
-  wait, no delivery tracking and no ring.
+  ``event_type`` and ``schema_version``), called the way the sink calls it (every
+  argument by position), in a plain loop with the same producer settings (``poll(0)``
+  every 1000 messages), then ``flush()``: the limit, with no per-batch wait, no
+  delivery tracking and no ring.
 
-The table gives the median events/s of each over ``--rounds`` and the ratio
+``--warmup`` untimed rounds of each path (20,000 events) come first. The table gives the
+median events/s of each over ``--rounds`` and the ratio
 publisher/raw (the goal is at least 0.8), and the CPU time each spent per event: this
 process (all its threads: Python and librdkafka's) and the broker's. On a machine shared
 with other work the wall-clock rates swing with the load; the CPU times move less and
 say where the time goes.
 
-    .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--batch B] [--json FILE]
+    .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--warmup W] [--batch B]
+                                          [--json FILE]
 
 This script must never be imported by itsd; it only measures.
 """
@@ -145,7 +148,7 @@ def run_raw(cfg: KafkaConfig, events: list[EventRecord], broker: int) -> Result:
     for i, (topic, value, key, hdrs) in enumerate(items):
         while True:
             try:
-                p.produce(topic, value, key, headers=hdrs)
+                p.produce(topic, value, key, -1, None, None, 0, hdrs)  # as the sink calls it
                 break
             except BufferError:
                 p.poll(0.05)
@@ -162,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds of each path first")
     ap.add_argument(
         "--batch", type=int, default=KAFKA_BATCH_RECORDS, help="records per publisher batch"
     )
@@ -181,6 +185,10 @@ def main() -> None:
     pid = broker.proc.pid
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            warm = events[: min(len(events), 20_000)]
+            for _ in range(args.warmup):  # first runs pay for allocator growth and caches
+                run_publisher(cfg, ring, warm, Path(tmp), args.batch, pid)
+                run_raw(cfg, warm, pid)
             for r in range(args.rounds):
                 order = ["publisher", "raw"] if r % 2 == 0 else ["raw", "publisher"]
                 for which in order:

@@ -237,10 +237,10 @@ class EventRecord(NamedTuple):
             for data in records:
                 topic, kind, klen = header(data)
                 end = hsize + klen
-                if end > len(data) or type(data) is not bytes:
-                    raise ValueError("not a plain event record")
+                if end > len(data):
+                    raise ValueError("event record key runs past its end")
                 append(new(cls, (topics[topic], data[hsize:end].decode(), data[end:], kinds[kind])))
-        except (struct.error, IndexError, UnicodeDecodeError) as err:
+        except (struct.error, IndexError, UnicodeDecodeError, AttributeError) as err:
             raise ValueError(f"malformed event record: {err}") from None
         return out
 

@@ -341,23 +341,18 @@ class RecordRing(SegmentBacked):
                 f"bytes {tail}..{head}"
             )
         cap = self.capacity_bytes
-        max_record = self.max_record_size
         unpack = _PREFIX.unpack_from
         out: list[bytes] = []
         append = out.append
         left = max_records
         while position != head and left > 0:
-            # The common case inline (no wrap); the helper checks and reads the rest.
+            # The common case inline (a sound prefix, no wrap; ``end <= head`` bounds the
+            # length); the helper checks and reads the rest, or raises.
             pos = position % cap
-            start = HEADER_SIZE + pos + PREFIX_SIZE
             n, check = unpack(buf, HEADER_SIZE + pos)
             end = position + PREFIX_SIZE + ((n + 7) & ~7)
-            if (
-                check == n ^ 0xFFFF_FFFF
-                and n <= max_record
-                and end <= head
-                and pos + PREFIX_SIZE + n <= cap
-            ):
+            if check == n ^ 0xFFFF_FFFF and end <= head and pos + PREFIX_SIZE + n <= cap:
+                start = HEADER_SIZE + PREFIX_SIZE + pos
                 append(buf[start : start + n])
                 position = end
                 left -= 1

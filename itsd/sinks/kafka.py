@@ -225,8 +225,11 @@ class KafkaSink(Sink):
         headers = self._headers
         i = 0
         try:
-            for ev in batch:
-                produce(topics[ev.topic], ev.payload, ev.key, headers=headers[ev.kind])
+            # All arguments by position (partition -1: the partitioner's choice, no
+            # callback of its own, no timestamp): a keyword argument costs the call a
+            # dict, about a fifth of its time; the record unpacks as the tuple it is.
+            for topic, key, payload, kind in batch:
+                produce(topics[topic], payload, key, -1, None, None, 0, headers[kind])
                 i += 1
         except (BufferError, KafkaException):
             self._produce_slowly(f, i)
