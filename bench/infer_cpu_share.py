@@ -1,0 +1,143 @@
+"""Where the CPU goes in a whole-pipeline run: CPU seconds per stage process.
+
+    python bench/infer_cpu_share.py [--model M] [--clip C] [--cameras 4] [--workers 0]
+
+Runs ``itsd start`` on ``--cameras`` lossless copies of the clip (every frame, as fast
+as the machine allows, as ``bench/pipeline_bench.py`` does), maps each stage's pid from
+the daemon's log ("started infer:0 (pid N)") and samples ``/proc/<pid>/stat`` until the
+run ends. It prints each stage kind's CPU seconds, its share of all the CPU the daemon
+used, and CPU milliseconds per frame, beside a raw ONNX Runtime loop's CPU milliseconds
+per frame on the same letterboxed frames. The inference workers' CPU per frame over the
+raw loop's is the overhead of the worker's frame path; the other stages' share is the
+CPU a 2-core machine cannot give to inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from itsd.engines.preprocess import letterbox_into, letterbox_params
+
+REPO = Path(__file__).resolve().parent.parent
+CLIP = REPO.parent / "shared" / "media" / "bikes.mp4"
+MODEL = REPO.parent / "shared" / "models" / "yolo11n_int8_320.onnx"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process, seconds (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def raw_cpu_ms(model: Path, clip: Path, frames: int = 60) -> float:
+    """CPU ms per frame of a bare single-threaded session.run loop."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    h, w = int(inp.shape[2]), int(inp.shape[3])
+    tensors = []
+    with av.open(str(clip)) as c:
+        for f in c.decode(video=0):
+            img = f.to_ndarray(format="rgb24")
+            t = np.empty((1, 3, h, w), np.float32)
+            letterbox_into(img, t[0], letterbox_params(img.shape[0], img.shape[1], h, w))
+            tensors.append(t)
+            if len(tensors) >= frames:
+                break
+    sess.run(None, {inp.name: tensors[0]})
+    c0 = time.process_time()
+    for t in tensors:
+        sess.run(None, {inp.name: t})
+    return (time.process_time() - c0) / len(tensors) * 1e3
+
+
+def run(model: Path, clip: Path, cameras: int, workers: int) -> tuple[dict[str, float], int]:
+    """CPU seconds per stage name, and the detection events written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        cfg = {
+            "model": {"path": str(model)},
+            "performance": {"target_fps": 240, "inference_workers": workers},
+            "outputs": {"jsonl_path": str(d / "events.jsonl")},
+            "server": {"grpc_port": 0, "monitoring_port": 0},
+            "pid_file": str(d / "itsd.pid"),
+            "state_dir": str(d / "state"),
+            "supervisor": {"exit_when_sources_end": True},
+            "cameras": [
+                {"id": f"bench{i}", "source": str(clip), "realtime": False} for i in range(cameras)
+            ],
+        }
+        (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+        log_path = d / "itsd.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            last: dict[int, float] = {}
+            names: dict[int, str] = {}
+            while proc.poll() is None:
+                for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log_path.read_text()):
+                    names[int(m.group(2))] = m.group(1)
+                for pid in [proc.pid, *names]:
+                    value = cpu_seconds(pid)
+                    if value is not None:
+                        last[pid] = value
+                time.sleep(0.1)
+        names[proc.pid] = "supervisor"
+        if proc.returncode != 0:
+            raise SystemExit(f"itsd failed ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+        events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()]
+    per_stage: dict[str, float] = {}
+    for pid, cpu in last.items():
+        name = names.get(pid, str(pid))
+        per_stage[name] = per_stage.get(name, 0.0) + cpu
+    return per_stage, sum(1 for e in events if e["event_type"] == "detection")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--clip", type=Path, default=CLIP)
+    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args()
+    raw_ms = raw_cpu_ms(args.model, args.clip)
+    per_stage, frames = run(args.model, args.clip, args.cameras, args.workers)
+    kinds: dict[str, float] = {}
+    for name, cpu in per_stage.items():
+        kind = name.split(":")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + cpu
+    total = sum(kinds.values())
+    print(f"{frames} frames inferred; raw ONNX Runtime loop: {raw_ms:.1f} CPU ms/frame")
+    print(f"{'stage':<12}{'CPU s':>8}{'share':>8}{'CPU ms/frame':>14}")
+    for kind, cpu in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        per = cpu / max(frames, 1) * 1e3
+        print(f"{kind:<12}{cpu:>8.1f}{cpu / total:>8.0%}{per:>14.1f}")
+    infer_ms = kinds.get("infer", 0.0) / max(frames, 1) * 1e3
+    print(f"inference worker CPU per frame / raw loop: {infer_ms / raw_ms:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
