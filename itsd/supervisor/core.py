@@ -51,6 +51,7 @@ import os
 import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -109,6 +110,7 @@ RESULTS_RING_BYTES = 8 << 20  # detection events on their way back to gRPC clien
 LOOP_TICK_S = 0.5
 OP_TICK_S = 0.005  # loop period while a camera change is in progress
 ACK_TIMEOUT_S = 30.0  # how long a change waits for the stages to apply it
+BATCH_CAMERAS = 32  # cameras per attach command of a batch
 BALANCE_PERIOD_S = 10.0  # how often inference workers are checked for saturation
 SATURATED_DROP = 0.2  # a worker losing this share of its frames is saturated ...
 SPARE_DROP = 0.05  # ... and one losing less than this has room for one more camera
@@ -276,6 +278,11 @@ class Supervisor:
         self._last_snapshot = 0.0
         self._snapshotter: Callable[[Supervisor], DaemonState] | None = None
         self._ops: queue.Queue[tuple[Callable[[], Op], Future[Any]]] = queue.Queue()
+        # Cameras added one by one are attached in batches: while the last queued
+        # operation is an open batch, a new camera joins it (see add_camera).
+        self._adds: list[tuple[CameraConfig, str, bool, Future[Any]]] = []
+        self._adds_lock = threading.Lock()
+        self._batch_open = False
         self._op: tuple[Op, Future[Any]] | None = None
         self._seq = 0
         self._next_key = 1
@@ -732,7 +739,9 @@ class Supervisor:
         if self.stopping:
             fut.set_exception(ChangeTimeoutError("itsd is stopping"))
             return fut
-        self._ops.put((make_op, fut))
+        with self._adds_lock:
+            self._batch_open = False  # a later add must not overtake this change
+            self._ops.put((make_op, fut))
         self._wake()
         return fut
 
@@ -742,8 +751,24 @@ class Supervisor:
         """Register a camera at run time (persisted); resolves to its CameraEntry id.
 
         ``origin="fleet", persist=False``: a camera of the fleet's registry topic
-        (``itsd.fleet``), never written to cameras.json and left alone by a reload."""
-        return self.submit(lambda: self._op_add(cfg, origin, persist=persist))
+        (``itsd.fleet``), never written to cameras.json and left alone by a reload.
+
+        Cameras added in a row are attached together: one command per inference and
+        decode worker for the whole batch, one wait for the stages, so hundreds of
+        cameras (a fleet rebalance, a script) take about as long as a few. A camera
+        never overtakes a change queued before it."""
+        fut: Future[Any] = Future()
+        if self.stopping:
+            fut.set_exception(ChangeTimeoutError("itsd is stopping"))
+            return fut
+        with self._adds_lock:
+            self._adds.append((cfg, origin, persist, fut))
+            if self._batch_open:
+                return fut
+            self._batch_open = True
+            self._ops.put((self._op_add_batch, Future()))
+        self._wake()
+        return fut
 
     def remove_camera(self, camera_id: str, persist: bool = True) -> Future[Any]:
         """Remove a camera (persisted); resolves to True, KeyError if unknown."""
@@ -846,6 +871,92 @@ class Supervisor:
         self.op_counts["add"] += 1
         log.info("camera %s added (%s)", cfg.id, origin)
         return cfg.id
+
+    def _op_add_batch(self) -> Op:
+        """Add the cameras waiting in ``_adds`` (see ``add_camera``)."""
+        with self._adds_lock:
+            batch, self._adds = self._adds, []
+            self._batch_open = False
+        entries: list[tuple[CameraEntry, Future[Any]]] = []
+        persisted = False
+        for cfg, origin, persist, fut in batch:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                if cfg.id in self.cameras:
+                    raise StreamExistsError(f"camera {cfg.id!r} is already registered")
+                entry = self._new_camera(cfg, origin)
+            except Exception as err:
+                fut.set_exception(err)
+                continue
+            if persist:
+                self.registrations.registered[cfg.id] = cfg.model_dump(mode="json")
+                self.registrations.removed.discard(cfg.id)
+                persisted = True
+            entries.append((entry, fut))
+        if not entries:
+            return 0
+        if persisted:
+            self._save_registrations()
+        try:
+            return (yield from self._attach_batch(entries))
+        finally:
+            # Dropped half-way (itsd stopping): nobody waits forever.
+            for _, fut in entries:
+                if not fut.done():
+                    fut.set_exception(ChangeTimeoutError("itsd is stopping"))
+
+    def _attach_batch(self, entries: list[tuple[CameraEntry, Future[Any]]]) -> Op:
+        """Attach new cameras everywhere: inference (through analytics and the publisher)
+        first, then their decode workers; resolve their futures."""
+        late: ChangeTimeoutError | None = None
+        try:
+            for sent in self._send_batch([e for e, _ in entries], decode=False):
+                yield from self._wait_acks(sent, f"{len(entries)} camera(s)")
+        except ChangeTimeoutError as err:
+            late = err  # they stay registered; the command applies when the stage is back
+        if self.decoders_started and not self.stopping:
+            try:
+                for sent in self._send_batch([e for e, _ in entries], decode=True):
+                    yield from self._wait_acks(sent, f"{len(entries)} camera(s)")
+            except ChangeTimeoutError as err:
+                late = late or err
+        if late is None:
+            for entry, _ in entries:
+                self.op_counts["add"] += 1
+                log.info("camera %s added (%s)", entry.config.id, entry.origin)
+        self._refresh_state(force=True)  # before the callers wake and read it
+        for entry, fut in entries:
+            if late is not None:
+                fut.set_exception(late)
+            else:
+                fut.set_result(entry.config.id)
+        return len(entries)
+
+    def _send_batch(
+        self, entries: list[CameraEntry], decode: bool, op: CommandOp = CommandOp.ATTACH
+    ) -> list[tuple[int, str, int]]:
+        """One command per worker (``BATCH_CAMERAS`` cameras at most each) for ``entries``;
+        what was sent, for ``_wait_acks``."""
+        groups: dict[int, list[CameraEntry]] = collections.defaultdict(list)
+        for e in entries:
+            groups[e.decoder if decode else e.worker].append(e)
+        sent = []
+        for k, group in groups.items():
+            for i in range(0, len(group), BATCH_CAMERAS):
+                chunk = group[i : i + BATCH_CAMERAS]
+                self._seq += 1
+                payload = CommandRecord(self._seq, op, tuple(e.binding() for e in chunk), k).pack()
+                ring = self.decode_command_rings[k] if decode else self.command_rings[k]
+                if not ring.put(payload, timeout=5.0):
+                    name = self.decoder_name(k) if decode else self.worker_name(k)
+                    raise ChangeTimeoutError(f"{name} does not take commands (command ring full)")
+                sent.append((self._seq, "decode" if decode else "infer", k))
+        # Acknowledgements only move forward: the last command of each worker is enough.
+        last: dict[tuple[str, int], tuple[int, str, int]] = {}
+        for item in sent:
+            last[(item[1], item[2])] = item
+        return list(last.values())
 
     def _op_remove(self, camera_id: str, persist: bool) -> Op:
         entry = self.cameras.get(camera_id)
@@ -1085,6 +1196,12 @@ class Supervisor:
             fut.set_exception(err)
 
     def _fail_pending_ops(self) -> None:
+        with self._adds_lock:
+            adds, self._adds = self._adds, []
+            self._batch_open = False
+        for _, _, _, fut in adds:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(ChangeTimeoutError("itsd is stopping"))
         if self._op is not None:
             self._op[1].set_exception(ChangeTimeoutError("itsd is stopping"))
             self._op = None
