@@ -75,3 +75,36 @@ def test_a_camera_decodes_its_substream_and_keeps_the_main_stream_as_its_source(
     assert "main-stream.invalid" in proc.stdout and "hunter2" not in proc.stdout
     assert "hunter2" not in d.log_path.read_text()
     assert d.stop().returncode == 0
+
+
+def test_cameras_registered_at_once_are_attached_in_batches(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from itsd.control import client
+
+    d = start_daemon(
+        cameras=[{"id": "seed", "source": "pattern://moving?width=160&height=120&fps=2"}],
+        extra={"performance": {"decode_workers": 2}},
+    )
+    d.wait_log("all stages running", timeout=120)
+    target = f"127.0.0.1:{d.grpc_port}"
+    src = "pattern://moving?width=160&height=120&fps=2"
+    ids = [f"b{i:02d}" for i in range(48)]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(
+            pool.map(lambda cid: client.register_stream(target, 120, cid, src, 2.0), ids)
+        )
+    took = time.monotonic() - t0
+    assert [a.config.camera_id for a in answers] == ids
+    # Fewer attach commands than cameras: they went in batches.
+    attaches = re.findall(
+        r"infer\[\d+\] itsd\.infer: applied command \d+ \(attach \[([^]]*)\]", d.log()
+    )
+    sizes = [len(a.split(",")) for a in attaches]
+    print(f"48 cameras registered from 16 threads in {took:.1f} s; attach batches {sizes}")
+    assert sum(sizes) == 48 and len(sizes) < 48
+    wait_until(lambda: set(ids) <= {e["camera_id"] for e in d.detections()}, 90, "every camera")
+    assert d.stop().returncode == 0
