@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,14 +300,21 @@ def _describe(ctx: StageContext, engine: Engine) -> None:
         versions["onnxruntime"] = onnxruntime.__version__
     except ImportError:  # pragma: no cover - onnxruntime is a core dependency
         pass
-    providers = getattr(engine, "providers", None)
+    for lib in ("torch", "tensorrt"):  # loaded by the backend, if it is theirs
+        if lib in sys.modules:
+            versions[lib] = str(getattr(sys.modules[lib], "__version__", "?"))
+    provider = getattr(engine, "provider", None)
+    providers = getattr(engine, "providers", None) or ([provider] if provider else [])
     ctx.describe(
         backend=engine.name,
         model=Path(ctx.spec.model_path).name,
         model_path=ctx.spec.model_path,
         input_size=list(engine.input_size),
         classes=len(engine.class_names),
-        providers=list(providers) if providers else [],
+        providers=list(providers),
+        device=str(getattr(engine, "device", "cpu")),
+        precision=str(getattr(engine, "precision", "")),
+        max_batch=engine.max_batch,
         versions=versions,
     )
 
