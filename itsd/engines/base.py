@@ -80,6 +80,9 @@ class EngineOptions:
     classes: keep only these class ids (None keeps all).
     gpu: CUDA device index to run on; None runs on the CPU. A backend that cannot reach
         the GPU here falls back to the CPU with a warning.
+    max_batch: the most frames one model run takes with a dynamic-batch model (the
+        inference worker's ``performance.max_batch_size``); a static-batch model runs its
+        own batch size.
     """
 
     confidence: float = 0.25
@@ -89,6 +92,7 @@ class EngineOptions:
     intra_op_threads: int = 1
     classes: tuple[int, ...] | None = None
     gpu: int | None = None
+    max_batch: int = 32
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:
@@ -110,6 +114,8 @@ class EngineOptions:
             )
         if self.gpu is not None and self.gpu < 0:
             raise ConfigError(f"EngineOptions.gpu must be a device index >= 0, got {self.gpu}")
+        if self.max_batch < 1:
+            raise ConfigError(f"EngineOptions.max_batch must be at least 1, got {self.max_batch}")
         if self.classes is not None and any(c < 0 for c in self.classes):
             raise ConfigError(f"EngineOptions.classes must be class ids >= 0, got {self.classes}")
 

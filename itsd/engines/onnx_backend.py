@@ -3,9 +3,9 @@
 Takes any Ultralytics YOLOv8/YOLO11 detection export: static or dynamic batch, fixed or
 dynamic image size, fp32/fp16 input, int8-quantized graphs. A static-batch model is run
 in chunks of its batch size through one reused input buffer; a dynamic-batch model gets
-one run per call of up to `DYNAMIC_MAX_BATCH` frames. The frame path (letterbox, output
-checks, decode and NMS) is the shared one of `yolo.YoloEngine`; this module adds only the
-session and its forward pass, so results match the other backends.
+one run per call of up to `EngineOptions.max_batch` frames (default 32). The frame path
+(letterbox, output checks, decode and NMS) is the shared one of `yolo.YoloEngine`; this
+module adds only the session and its forward pass, so results match the other backends.
 
 The model is checked when the engine is made (inputs, outputs, class names, and one run
 on a blank input), so a bad model fails at start with ModelError, not in the frame loop.
@@ -227,7 +227,7 @@ class OnnxEngine(YoloEngine):
 
         static_batch = _static(batch_dim)
         self.static_batch: int | None = static_batch
-        self.max_batch: int = static_batch or DYNAMIC_MAX_BATCH
+        self.max_batch: int = static_batch or options.max_batch
 
         if not outputs:
             raise ModelError(f"{where}: the model has no outputs")

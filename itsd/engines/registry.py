@@ -153,6 +153,7 @@ def create_cpu_fallback(model: Path, options: EngineOptions) -> Engine:
         intra_op_threads=options.intra_op_threads,
         classes=options.classes,
         gpu=None,
+        max_batch=options.max_batch,
     )
     if model.suffix == ".engine":
         twin = model.with_suffix(".onnx")

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Batches in flight at once (one CUDA stream and one set of buffers each).
 IN_FLIGHT = 2
-DEFAULT_MAX_BATCH = 32
 _DTYPES: dict[str, Any] = {
     "FLOAT": np.float32,
     "HALF": np.float16,
@@ -171,9 +170,7 @@ class TensorRTEngine(YoloEngine):
 
     name = "tensorrt"
 
-    def __init__(
-        self, path: Path, options: EngineOptions, max_batch: int = DEFAULT_MAX_BATCH
-    ) -> None:
+    def __init__(self, path: Path, options: EngineOptions, max_batch: int | None = None) -> None:
         trt, cudart = _imports()
         self._trt, self._cudart = trt, cudart
         self.options = options
@@ -209,7 +206,7 @@ class TensorRTEngine(YoloEngine):
         w = inp.shape[3] if inp.shape[3] > 0 else 640
         self.input_size = (h, w)
         self.static_batch = inp.shape[0] if inp.shape[0] > 0 else None
-        self.max_batch = self.static_batch or max_batch
+        self.max_batch = self.static_batch or max_batch or options.max_batch
         self._bindings = bindings
         self._input = inp
         self._output = next(b for b in bindings if not b.is_input)

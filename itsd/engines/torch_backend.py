@@ -41,8 +41,6 @@ from itsd.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-#: Most frames one forward pass takes (dynamic batch).
-DEFAULT_MAX_BATCH = 32
 DEFAULT_IMGSZ = 640
 
 
@@ -131,6 +129,7 @@ class TorchEngine(YoloEngine):
 
     model: a ``.pt`` checkpoint or an Ultralytics model yaml (name or path).
     imgsz: model input side (default: the checkpoint's training size, else 640).
+    max_batch: most frames per forward pass (default: ``EngineOptions.max_batch``).
     cuda_graphs: capture CUDA graphs per batch bucket (GPU only).
     device_letterbox: letterbox the batch on the device (default: on GPUs).
     """
@@ -143,7 +142,7 @@ class TorchEngine(YoloEngine):
         options: EngineOptions,
         *,
         imgsz: int | None = None,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int | None = None,
         cuda_graphs: bool = True,
         device_letterbox: bool | None = None,
         seed: int = 0,
@@ -164,6 +163,7 @@ class TorchEngine(YoloEngine):
         if side % stride:
             raise ModelError(f"{where}: input size {side} is not a multiple of stride {stride}")
         self.input_size = (side, side)
+        max_batch = max_batch or options.max_batch
         self.max_batch = max_batch
         self.static_batch = None
 

@@ -177,6 +177,7 @@ def _options(config: Config, worker: int) -> EngineOptions:
         classes=tuple(config.model.classes) if config.model.classes is not None else None,
         # Workers share the listed GPUs round-robin (one worker per GPU by default).
         gpu=gpu,
+        max_batch=config.performance.max_batch_size,
     )
 
 
