@@ -215,7 +215,7 @@ class _Runner:
         self._fallback_failed = False
         self.breaker_gauge = metrics.cell(m.INFER_BREAKER)
         self._errors: dict[str, Cell] = {}
-        self._shown = BreakerState.CLOSED
+        self._shown = (BreakerState.CLOSED, 0)
         ctx.describe(breaker=self.breaker.describe(), degraded="")
 
     def _error_cell(self, kind: str) -> Cell:
@@ -271,9 +271,10 @@ class _Runner:
         self.breaker_gauge.set(
             {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}[state]
         )
-        if state is self._shown or state is BreakerState.HALF_OPEN:
+        shown = (state, self.breaker.opened)  # a failed probe re-opens it: show the new reason
+        if state is BreakerState.HALF_OPEN or shown == self._shown:
             return
-        self._shown = state
+        self._shown = shown
         degraded = ""
         if state is BreakerState.OPEN:
             how = (
