@@ -6,7 +6,8 @@ simulated CUDA out-of-memory error. Two of them open the breaker; the worker goe
 with the CPU fallback (the same model on ONNX Runtime, real detections) and health says
 it is degraded and why. With ``breaker_fallback: skip`` frames are skipped and counted
 instead, and the rest of the daemon (decode, analytics, publisher, control API) keeps
-running.
+running. A backend that recovers is noticed by the half-open probe after the cool-down:
+the breaker closes and health is serving again.
 """
 
 from __future__ import annotations
@@ -88,4 +89,20 @@ def test_skip_mode_skips_and_counts_frames_while_the_daemon_runs(
     decoded = _metric(d, "itsd_decode_frames_total")
     wait_until(lambda: _metric(d, "itsd_decode_frames_total") > decoded + 5, 30, "decoding")
     assert d.proc.poll() is None
+    assert d.stop().returncode == 0
+
+
+def test_a_probe_that_succeeds_closes_the_breaker_and_health_recovers(
+    start_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two out-of-memory errors, then the backend works again.
+    monkeypatch.setenv("ITSD_TEST_ENGINE_FAULTS", "oom:0:2")
+    d = start_daemon(cameras=[{"id": "c0", "source": SOURCE, "target_fps": 10.0}])
+    d.wait_log(r"circuit breaker open \(2 out-of-memory errors", timeout=90)
+    d.wait_log(r"circuit breaker closed: the onnxruntime backend works again", timeout=60)
+    d.wait_log(r"all stages running", timeout=60)
+    h = wait_until(lambda: (h := _health(d))["status"] == "serving" and h, 30, "serving again")
+    assert not any("circuit breaker" in r for r in h["reasons"])
+    assert _metric(d, "itsd_infer_breaker_state") == 0.0
+    assert _metric(d, "itsd_infer_errors_total") == 2.0
     assert d.stop().returncode == 0
