@@ -32,6 +32,7 @@ This script must never be imported by itsd; it only measures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -172,6 +173,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     events = make_events(args.events)
+    # The publisher stage freezes its start-up objects (``gc.freeze``); so does this
+    # process, or every full collection would walk the events made above, which a
+    # daemon does not hold.
+    gc.freeze()
     size = sum(len(e.pack()) + 16 for e in events)
     broker = TansuBroker()
     broker.start()

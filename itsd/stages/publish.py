@@ -41,6 +41,7 @@ This stage must never run analytics or touch frames.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -524,6 +525,10 @@ def run(ctx: StageContext) -> int:
         error="",
     )
     slot = ctx.slot
+    # Each batch makes thousands of short-lived event tuples, so the collector runs
+    # often; frozen, the objects of start-up (modules, configuration, clients) are left
+    # out of its full passes, which otherwise cost about half a microsecond per event.
+    gc.freeze()
     ctx.set_running()
 
     def housekeeping() -> None:
