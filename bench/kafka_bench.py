@@ -166,6 +166,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--linger-ms", type=float, help="kafka.linger_ms for both paths (default: the config's)"
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds of each path first")
     ap.add_argument(
         "--batch", type=int, default=KAFKA_BATCH_RECORDS, help="records per publisher batch"
@@ -180,7 +183,8 @@ def main() -> None:
     size = sum(len(e.pack()) + 16 for e in events)
     broker = TansuBroker()
     broker.start()
-    cfg = KafkaConfig(enabled=True, bootstrap_servers=broker.bootstrap)
+    extra: dict[str, Any] = {} if args.linger_ms is None else {"linger_ms": args.linger_ms}
+    cfg = KafkaConfig(enabled=True, bootstrap_servers=broker.bootstrap, **extra)
     name = segment_name(new_run_id(), "records", "benchevents")
     ring = RecordRing.create(name, 1 << max(20, (size * 2).bit_length()))
     results: dict[str, list[float]] = {"publisher": [], "raw": []}
@@ -228,6 +232,7 @@ def main() -> None:
             "events": args.events,
             "rounds": args.rounds,
             "batch": args.batch,
+            "linger_ms": cfg.linger_ms,
             "per_round": results,
             "median": med,
             "cpu_us_per_event": {"per_round": cpu, "median": med_cpu},
