@@ -110,8 +110,7 @@ def test_one_decode_worker_keeps_its_other_cameras_while_an_rtsp_camera_drops(
         assert gap < 5.0, f"camera {cam} stalled for {gap:.1f} s while rtsp was down"
     before = max(e["frame_id"] for e in d.detections() if e["camera_id"] == "rtsp")
     wait_until(
-        lambda: max(e["frame_id"] for e in d.detections() if e["camera_id"] == "rtsp")
-        > before + 5,
+        lambda: max(e["frame_id"] for e in d.detections() if e["camera_id"] == "rtsp") > before + 5,
         60,
         "frames after the reconnect",
         d.log_path,
