@@ -20,7 +20,7 @@ from typing import Any
 from itsd.records import EventRecord, EventType, Topic, rfc3339_from_ns
 
 #: Version of the event schemas (see ``itsd.events`` for the rules of change).
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 # 1.1: vehicle_type, speed_kmh and heading on detections and line crossings; interval,
 # interval_counts, speed, zones and longest_queue_m on analytics_summary; state,
 # alert_id, evidence and snapshot_path on alerts; ALERT_TYPE_CAMERA_BLIND.
@@ -89,11 +89,12 @@ def detection_item(
     vehicle_type: str | None = None,
     speed_kmh: float | None = None,
     heading: str | None = None,
+    class_id: int | None = None,
 ) -> dict[str, Any]:
     """One detection of a detection event (box in frame pixels, x_min y_min x_max y_max).
 
     ``speed_kmh`` and ``heading`` are left out when unknown (no calibration, a young or
-    still track)."""
+    still track); ``class_id`` is the model's class index (COCO numbering for YOLO11)."""
     x0, y0, x1, y1 = (round(float(v), 1) for v in box)
     item: dict[str, Any] = {
         "class_name": class_name,
@@ -102,6 +103,8 @@ def detection_item(
         "tracking_id": tracking_id,
         "is_vehicle": bool(is_vehicle),
     }
+    if class_id is not None:
+        item["class_id"] = int(class_id)
     if vehicle_type is not None:
         item["vehicle_type"] = vehicle_type
     if speed_kmh is not None:

@@ -410,7 +410,8 @@ class CameraAnalytics:
             for i in range(len(rec.scores)):
                 if rec.scores[i] < report_min:
                     continue  # a tracking candidate, below what events report
-                name, vehicle = self._class_of(int(rec.class_ids[i]))
+                cls = int(rec.class_ids[i])
+                name, vehicle = self._class_of(cls)
                 tid = track_of.get(i)
                 mo = motions.get(tid) if tid is not None else None
                 dets.append(
@@ -423,6 +424,7 @@ class CameraAnalytics:
                         vehicle_type(name),
                         mo.speed_kmh if mo is not None else None,
                         mo.heading if mo is not None else None,
+                        cls,
                     )
                 )
             events.append(

@@ -130,7 +130,7 @@ def test_node_names_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(builders, "NODE", "edge-7")
     obj = json.loads(builders.detection_event("cam-1", 1, NS, [], 640, 360, 1.0, 2.0, 1).payload)
-    assert obj["node"] == "edge-7" and obj["schema_version"] == "1.2"
+    assert obj["node"] == "edge-7" and obj["schema_version"] == "1.3"
     jsonschema.validate(obj, load_schema("detection"))
     monkeypatch.setattr(builders, "NODE", None)
     obj = json.loads(builders.detection_event("cam-1", 1, NS, [], 640, 360, 1.0, 2.0, 1).payload)
