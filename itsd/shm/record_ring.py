@@ -347,7 +347,7 @@ class RecordRing(SegmentBacked):
         left = max_records
         while position != head and left > 0:
             # The common case inline (a sound prefix, no wrap; ``end <= head`` bounds the
-            # length); the helper checks and reads the rest, or raises.
+            # length); ``_read_at`` checks and reads the rest, or raises.
             pos = position % cap
             n, check = unpack(buf, HEADER_SIZE + pos)
             end = position + PREFIX_SIZE + ((n + 7) & ~7)
