@@ -171,7 +171,7 @@ def _totals(d: Daemon) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/api/state", timeout=10) as resp:
         state = json.loads(resp.read())
     total = 0
-    for cam in state["traffic"]:
+    for cam in state["cameras"]:
         for dirs in cam["line_counts"].values():
             for classes in dirs.values():
                 total += sum(classes.values())
