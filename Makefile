@@ -69,8 +69,12 @@ torch-deps: venv
 		|| echo "note: torch/ultralytics/onnx not installed: PyTorch backend tests will be skipped"; \
 	fi
 
+# Test files run on TEST_WORKERS processes (a file's tests stay together): most
+# integration tests wait on a daemon, so two files at once fit on two cores.
+TEST_WORKERS ?= 2
+
 test: lint system-deps torch-deps
-	$(BIN)/pytest -q --durations=15 tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
