@@ -14,8 +14,12 @@ draws.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from itsd.analytics.zones import ZoneSpec
 
 RAISED = "raised"
 CLEARED = "cleared"
@@ -116,4 +120,39 @@ class AlertBook:
             c = self.clear(key, t, reason)
             if c is not None:
                 out.append(c)
+        return out
+
+
+class TrackRule:
+    """A rule kept per track in one zone (wrong way, speeding, stopped vehicle): each
+    track's state while the rule watches it, its alert key, and the clear when the track
+    leaves the zone or ends."""
+
+    #: First part of the rule's alert keys (``wrong_way:<zone>:<track>``).
+    rule = ""
+
+    def __init__(self, spec: ZoneSpec, thresholds: Thresholds, book: AlertBook) -> None:
+        self.spec = spec
+        self.th = thresholds
+        self.book = book
+        #: Per track: when (or how far) the condition started to hold.
+        self.state: dict[int, float] = {}
+
+    def _key(self, tid: int) -> str:
+        return f"{self.rule}:{self.spec.zone_id}:{tid}"
+
+    def _clear_evidence(self, tid: int) -> dict[str, Any]:
+        """Evidence added to a track's clear (and state dropped with it)."""
+        return {}
+
+    def _gone(self, tid: int, t: float, reason: str) -> list[Alert]:
+        self.state.pop(tid, None)
+        c = self.book.clear(self._key(tid), t, reason, **self._clear_evidence(tid))
+        return [c] if c is not None else []
+
+    def forget(self, track_ids: Iterable[int], t: float) -> list[Alert]:
+        """Clear the alerts of tracks that ended."""
+        out: list[Alert] = []
+        for tid in track_ids:
+            out.extend(self._gone(tid, t, "the track ended"))
         return out

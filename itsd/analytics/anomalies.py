@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
 
 from itsd.analytics.alerts import (
     CAMERA_BLIND,
@@ -44,6 +43,7 @@ from itsd.analytics.alerts import (
     Alert,
     AlertBook,
     Thresholds,
+    TrackRule,
 )
 from itsd.analytics.zones import ZoneFrame, ZoneSpec
 
@@ -51,19 +51,15 @@ from itsd.analytics.zones import ZoneFrame, ZoneSpec
 BASELINE_TAU_S = 300.0
 
 
-class StoppedVehicle:
-    """Stopped-vehicle detection in one no-stopping zone."""
+class StoppedVehicle(TrackRule):
+    """Stopped-vehicle detection in one no-stopping zone (state: when the track stopped)."""
+
+    rule = "stopped"
 
     def __init__(self, spec: ZoneSpec, thresholds: Thresholds, book: AlertBook) -> None:
         assert spec.no_stopping_s is not None
-        self.spec = spec
+        super().__init__(spec, thresholds, book)
         self.limit_s = spec.no_stopping_s
-        self.th = thresholds
-        self.book = book
-        self.since: dict[int, float] = {}
-
-    def _key(self, tid: int) -> str:
-        return f"stopped:{self.spec.zone_id}:{tid}"
 
     def update(self, frame: ZoneFrame, t: float) -> list[Alert]:
         out: list[Alert] = []
@@ -73,7 +69,7 @@ class StoppedVehicle:
                 continue  # too young to say
             still = m.still or (m.speed_kmh is not None and m.speed_kmh < stop_kmh)
             if still:
-                start = self.since.setdefault(tid, t)
+                start = self.state.setdefault(tid, t)
                 if t - start > self.limit_s:
                     a = self.book.raise_alert(
                         Alert(
@@ -100,23 +96,12 @@ class StoppedVehicle:
                     if a is not None:
                         out.append(a)
             elif m.speed_kmh is None or m.speed_kmh > 2.0 * stop_kmh:
-                self.since.pop(tid, None)
+                self.state.pop(tid, None)
                 c = self.book.clear(self._key(tid), t, "the vehicle moves again")
                 if c is not None:
                     out.append(c)
         for tid, _ in frame.dwells:
             out.extend(self._gone(tid, t, "the vehicle left the zone"))
-        return out
-
-    def _gone(self, tid: int, t: float, reason: str) -> list[Alert]:
-        self.since.pop(tid, None)
-        c = self.book.clear(self._key(tid), t, reason)
-        return [c] if c is not None else []
-
-    def forget(self, track_ids: Iterable[int], t: float) -> list[Alert]:
-        out: list[Alert] = []
-        for tid in track_ids:
-            out.extend(self._gone(tid, t, "the track ended"))
         return out
 
 

@@ -18,7 +18,7 @@ draws.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import Any
 
 from itsd.analytics.alerts import (
     CRITICAL,
@@ -29,24 +29,21 @@ from itsd.analytics.alerts import (
     Alert,
     AlertBook,
     Thresholds,
+    TrackRule,
 )
 from itsd.analytics.calibration import angle_difference, compass_label
 from itsd.analytics.zones import ZoneFrame, ZoneSpec
 
 
-class WrongWay:
-    """Wrong-way detection in one zone."""
+class WrongWay(TrackRule):
+    """Wrong-way detection in one zone (state: metres driven against the allowed way)."""
+
+    rule = "wrong_way"
 
     def __init__(self, spec: ZoneSpec, thresholds: Thresholds, book: AlertBook) -> None:
         assert spec.allowed_heading_deg is not None
-        self.spec = spec
+        super().__init__(spec, thresholds, book)
         self.allowed = spec.allowed_heading_deg
-        self.th = thresholds
-        self.book = book
-        self.against_m: dict[int, float] = {}
-
-    def _key(self, tid: int) -> str:
-        return f"wrong_way:{self.spec.zone_id}:{tid}"
 
     def update(self, frame: ZoneFrame, t: float) -> list[Alert]:
         out: list[Alert] = []
@@ -55,8 +52,8 @@ class WrongWay:
                 continue
             off = angle_difference(m.heading_deg, self.allowed)
             if off > self.th.wrong_way_tolerance_deg:
-                dist = self.against_m.get(tid, 0.0) + m.step_m
-                self.against_m[tid] = dist
+                dist = self.state.get(tid, 0.0) + m.step_m
+                self.state[tid] = dist
                 if dist >= self.th.wrong_way_min_m:
                     a = self.book.raise_alert(
                         Alert(
@@ -84,7 +81,7 @@ class WrongWay:
                     if a is not None:
                         out.append(a)
             else:
-                self.against_m.pop(tid, None)
+                self.state.pop(tid, None)
                 c = self.book.clear(self._key(tid), t, "the track drives the allowed way")
                 if c is not None:
                     out.append(c)
@@ -92,32 +89,17 @@ class WrongWay:
             out.extend(self._gone(tid, t, "the track left the zone"))
         return out
 
-    def _gone(self, tid: int, t: float, reason: str) -> list[Alert]:
-        self.against_m.pop(tid, None)
-        c = self.book.clear(self._key(tid), t, reason)
-        return [c] if c is not None else []
 
-    def forget(self, track_ids: Iterable[int], t: float) -> list[Alert]:
-        out: list[Alert] = []
-        for tid in track_ids:
-            out.extend(self._gone(tid, t, "the track ended"))
-        return out
+class Speeding(TrackRule):
+    """Speeding detection in one zone (state: when the track went over the limit)."""
 
-
-class Speeding:
-    """Speeding detection in one zone."""
+    rule = "speeding"
 
     def __init__(self, spec: ZoneSpec, thresholds: Thresholds, book: AlertBook) -> None:
         assert spec.speed_limit_kmh is not None
-        self.spec = spec
+        super().__init__(spec, thresholds, book)
         self.limit = spec.speed_limit_kmh
-        self.th = thresholds
-        self.book = book
-        self.since: dict[int, float] = {}
         self.top: dict[int, float] = {}
-
-    def _key(self, tid: int) -> str:
-        return f"speeding:{self.spec.zone_id}:{tid}"
 
     def update(self, frame: ZoneFrame, t: float) -> list[Alert]:
         out: list[Alert] = []
@@ -125,7 +107,7 @@ class Speeding:
             if m.speed_kmh is None:
                 continue
             if m.speed_kmh > self.limit:
-                start = self.since.setdefault(tid, t)
+                start = self.state.setdefault(tid, t)
                 self.top[tid] = max(self.top.get(tid, 0.0), m.speed_kmh)
                 if t - start >= self.th.speeding_min_s:
                     a = self.book.raise_alert(
@@ -159,14 +141,5 @@ class Speeding:
             out.extend(self._gone(tid, t, "the track left the zone"))
         return out
 
-    def _gone(self, tid: int, t: float, reason: str) -> list[Alert]:
-        self.since.pop(tid, None)
-        top = self.top.pop(tid, None)
-        c = self.book.clear(self._key(tid), t, reason, top_speed_kmh=round(top or 0.0, 1))
-        return [c] if c is not None else []
-
-    def forget(self, track_ids: Iterable[int], t: float) -> list[Alert]:
-        out: list[Alert] = []
-        for tid in track_ids:
-            out.extend(self._gone(tid, t, "the track ended"))
-        return out
+    def _clear_evidence(self, tid: int) -> dict[str, Any]:
+        return {"top_speed_kmh": round(self.top.pop(tid, 0.0), 1)}
