@@ -153,7 +153,8 @@ class NvdecSource:
         self.where = redact_url(camera.source)
         self._torch = torch
         self._device = torch.device("cuda", gpu)
-        self._stream = torch.cuda.Stream(device=self._device)  # type: ignore[no-untyped-call]
+        stream_type: Any = torch.cuda.Stream  # untyped in some torch builds
+        self._stream = stream_type(device=self._device)
         self._pinned: dict[tuple[int, int], Any] = {}
 
     @classmethod
