@@ -87,3 +87,7 @@ def setup_logging(level: str, role: str, fmt: str = "text") -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    # Libraries that narrate every step at INFO (the store's migrations) speak up only
+    # for warnings unless itsd itself runs at DEBUG.
+    if level.upper() != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
