@@ -35,6 +35,7 @@ from itsd.config import Config, config_from_json
 from itsd.errors import EXIT_FAILURE, EXIT_OK, ItsdError
 from itsd.logutil import setup_logging
 from itsd.records import CameraBinding
+from itsd.runtime import memtrace
 from itsd.runtime.metrics import STAGE_COMMAND_SEQ, MetricWriter
 from itsd.shm import ControlBlock, RecordRing, StageSlot
 from itsd.shm.board import Board
@@ -216,6 +217,8 @@ def stage_main(spec: StageSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = config_from_json(spec.config_json)
     setup_logging(config.logging.level, spec.name, config.logging.format)
+    if os.environ.get(memtrace.ENV_DIR):  # a memory hunt: off unless asked for
+        memtrace.start(spec.name)
     control = ControlBlock.attach(spec.control_name)
     ctx = StageContext(spec, config, control)
 
