@@ -795,6 +795,15 @@ class CameraConfig(_Model):
             "(NVDEC when available and under performance.nvdec_cameras_per_worker, else CPU)."
         ),
     )
+    ring_format: Literal["rgb24", "i420"] = Field(
+        "rgb24",
+        description=(
+            "Pixels in the camera's frame ring: rgb24, or i420 (the decoder's YUV 4:2:0 "
+            "planes copied as they are: no colour conversion in the decode worker, half the "
+            "bytes; inference converts after scaling to the model size). CPU (PyAV) "
+            "decoding only; other sources and odd frame sizes stay RGB."
+        ),
+    )
     stall_timeout_s: float = Field(
         10.0,
         gt=0.0,

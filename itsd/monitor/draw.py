@@ -17,8 +17,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from itsd.shm.frame_pixels import to_bgr
+
 PIXEL_FORMAT_RGB24 = 0
 PIXEL_FORMAT_GRAY8 = 2
+PIXEL_FORMAT_I420 = 3
 LINE_COLOUR = (0, 215, 255)  # BGR amber
 
 
@@ -43,7 +46,9 @@ def _label(img: npt.NDArray[np.uint8], text: str, x: int, y: int, colour: Any) -
 def prepare(frame: Any, max_side: int) -> npt.NDArray[np.uint8]:
     """A frame copied from a ring as a BGR image no wider or taller than ``max_side``."""
     px = frame.pixels
-    if frame.pixel_format == PIXEL_FORMAT_RGB24:
+    if frame.pixel_format == PIXEL_FORMAT_I420:  # (H * 3 / 2, W) planes from the decoder
+        img = to_bgr(px, PIXEL_FORMAT_I420)
+    elif frame.pixel_format == PIXEL_FORMAT_RGB24:
         img = cv2.cvtColor(px, cv2.COLOR_RGB2BGR)
     elif px.shape[2] == 1:
         img = cv2.cvtColor(px, cv2.COLOR_GRAY2BGR)

@@ -26,9 +26,18 @@ Layout (all integers little-endian; offsets in bytes)::
       | +48 u32 pixel format      +52 u32 channels  +56 u64 pixel bytes                    |
       | +64 .. +4095 unused (keeps the pixels page aligned)                                |
       | +4096 pixels: height x width x channels uint8, packed rows, page aligned           |
+      |       (I420: Y plane, then U, then V, each packed: height*3/2 rows of width)       |
       |       (capacity max_w*max_h*channels, padded to a multiple of 4096)                |
       +---------------------------- slot 1 ... slot N-1 -----------------------------------+
       +------------------------------------------------------------------------------------+
+
+Pixel formats (the slot's ``pixel format`` field, so a ring may mix them frame by frame):
+RGB24 (0) and BGR24 (1) as (H, W, 3) arrays, GRAY8 (2) as (H, W, 1) in a 1-channel ring,
+and I420 (3: planar YUV 4:2:0, BT.601 limited range, as H.264 decoders give it; even
+width and height only) as an (H * 3 / 2, W) array, OpenCV's I420 layout: 1.5 bytes per
+pixel, so it fits a 3-channel ring's slots and the decode worker copies the decoder's
+planes instead of converting colour. Readers turn any of them into RGB or BGR with
+``itsd.shm.frame_pixels`` (``to_rgb`` / ``to_bgr``), never by hand.
 
 The writer's and the reader's counters sit on separate 128-byte lines (no false sharing);
 each slot header has its own cache line; pixel data starts on a page boundary (DMA and
@@ -112,6 +121,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PIXEL_FORMAT_BGR24",
     "PIXEL_FORMAT_GRAY8",
+    "PIXEL_FORMAT_I420",
     "PIXEL_FORMAT_RGB24",
     "SLOT_FREE",
     "SLOT_READING",
@@ -127,8 +137,24 @@ __all__ = [
 PIXEL_FORMAT_RGB24: Final = 0
 PIXEL_FORMAT_BGR24: Final = 1
 PIXEL_FORMAT_GRAY8: Final = 2
-#: Channels each pixel format needs.
-PIXEL_FORMAT_CHANNELS: Final = {PIXEL_FORMAT_RGB24: 3, PIXEL_FORMAT_BGR24: 3, PIXEL_FORMAT_GRAY8: 1}
+PIXEL_FORMAT_I420: Final = 3
+#: Channels of the ring each pixel format goes into (I420 takes 1.5 of a 3-channel slot's
+#: 3 bytes per pixel).
+PIXEL_FORMAT_CHANNELS: Final = {
+    PIXEL_FORMAT_RGB24: 3,
+    PIXEL_FORMAT_BGR24: 3,
+    PIXEL_FORMAT_GRAY8: 1,
+    PIXEL_FORMAT_I420: 3,
+}
+
+
+def frame_shape(pixel_format: int, width: int, height: int, channels: int) -> tuple[int, ...]:
+    """Array shape of a ``width`` x ``height`` frame in ``pixel_format`` (see the module
+    docstring): (H * 3 / 2, W) for I420, else (H, W, channels)."""
+    if pixel_format == PIXEL_FORMAT_I420:
+        return (height * 3 // 2, width)
+    return (height, width, channels)
+
 
 SLOT_FREE: Final = 0
 SLOT_WRITING: Final = 1
@@ -197,14 +223,15 @@ class PeekedFrame:
     width: int
     height: int
     pixel_format: int
-    pixels: npt.NDArray[np.uint8]  # (H, W, C), a private copy
+    pixels: npt.NDArray[np.uint8]  # (H, W, C), (H * 3 / 2, W) for I420; a private copy
 
 
 class WriteSlot:
     """A slot in WRITING state, owned by the writer until ``commit`` or ``abort``.
 
-    Fill ``pixels`` (a writable (H, W, C) uint8 view on the slot) in place, then commit.
-    As a context manager it aborts on exit unless committed.
+    Fill ``pixels`` (a writable uint8 view on the slot: (H, W, C), or (H * 3 / 2, W) for a
+    slot begun as I420) in place, then commit. As a context manager it aborts on exit
+    unless committed.
     """
 
     __slots__ = (
@@ -215,6 +242,7 @@ class WriteSlot:
         "height",
         "index",
         "nbytes",
+        "pixel_format",
         "pixels",
         "width",
     )
@@ -229,6 +257,7 @@ class WriteSlot:
         address: int,
         width: int,
         height: int,
+        pixel_format: int = PIXEL_FORMAT_RGB24,
     ) -> None:
         self._ring = ring
         self._word = word
@@ -238,6 +267,7 @@ class WriteSlot:
         self.address = address
         self.width = width
         self.height = height
+        self.pixel_format = pixel_format
         self.nbytes = pixels.nbytes
 
     def commit(
@@ -246,9 +276,19 @@ class WriteSlot:
         frame_id: int,
         capture_ts_ns: int,
         pts: int,
-        pixel_format: int = PIXEL_FORMAT_RGB24,
+        pixel_format: int | None = None,
     ) -> int:
-        """Publish the frame (WRITING -> READY, release); return its sequence number."""
+        """Publish the frame (WRITING -> READY, release); return its sequence number.
+
+        ``pixel_format`` defaults to the one the slot was begun with; a format of another
+        layout (I420 against a packed one) is refused."""
+        if pixel_format is None:
+            pixel_format = self.pixel_format
+        elif (pixel_format == PIXEL_FORMAT_I420) != (self.pixel_format == PIXEL_FORMAT_I420):
+            raise ValueError(
+                f"frame ring {self._ring.name!r}: slot {self.index} was begun as pixel format "
+                f"{self.pixel_format}, cannot commit it as {pixel_format}"
+            )
         if self._done:
             raise RuntimeError(
                 f"frame ring {self._ring.name!r}: slot {self.index} was already "
@@ -289,7 +329,8 @@ class WriteSlot:
 class FrameSlot:
     """A frame the reader holds (slot in READING state) until ``release``.
 
-    ``pixels`` is a read-only zero-copy (H, W, C) uint8 view on the slot memory: it is
+    ``pixels`` is a read-only zero-copy uint8 view on the slot memory ((H, W, C); (H * 3 /
+    2, W) when ``pixel_format`` is I420: ``itsd.shm.frame_pixels`` converts): it is
     valid only until ``release`` (the writer reuses the slot right after); copy what must
     outlive it. ``address`` is the raw pointer of the pixel bytes, valid while the ring is
     mapped. Use as a context manager, or call ``release`` in a ``finally``.
@@ -436,8 +477,8 @@ class FrameRing(SegmentBacked):
         self._pix_off = [o + pix_off for o in self._state_off]
         self._pix_addr = [self.base_address + o for o in self._pix_off]
         self._slot_arr = [self._all[o : o + capacity] for o in self._pix_off]
-        self._wviews: list[tuple[int, int, npt.NDArray[np.uint8]] | None] = [None] * slot_count
-        self._rviews: list[tuple[int, int, npt.NDArray[np.uint8]] | None] = [None] * slot_count
+        self._wviews: list[tuple[int, int, int, npt.NDArray[np.uint8]] | None] = [None] * slot_count
+        self._rviews: list[tuple[int, int, int, npt.NDArray[np.uint8]] | None] = [None] * slot_count
         self._last_read = load_u64(self._buf, _H_LAST_READ)
 
     # ------------------------------------------------------------------ construction
@@ -505,8 +546,11 @@ class FrameRing(SegmentBacked):
 
     # ------------------------------------------------------------------ writer
 
-    def begin_write(self, width: int, height: int) -> WriteSlot | None:
-        """Claim a slot for a ``width`` x ``height`` frame (zero-copy write).
+    def begin_write(
+        self, width: int, height: int, pixel_format: int = PIXEL_FORMAT_RGB24
+    ) -> WriteSlot | None:
+        """Claim a slot for a ``width`` x ``height`` frame (zero-copy write) in
+        ``pixel_format`` (its ``pixels`` view has that format's shape).
 
         Takes a FREE slot, else overwrites the oldest unread (READY) frame, counted in
         ``dropped``. Returns None, counted in ``dropped`` and ``rejected``, when every other
@@ -515,6 +559,7 @@ class FrameRing(SegmentBacked):
         if self._closed:
             raise ValueError(f"frame ring {self.name!r} is closed")
         self._check_size(width, height)
+        self._check_format(pixel_format, width, height)
         claimed = self._claim()
         if claimed < 0:
             return None
@@ -523,10 +568,11 @@ class FrameRing(SegmentBacked):
             self,
             index,
             word=word,
-            pixels=self._writer_view(index, width, height),
+            pixels=self._writer_view(index, width, height, pixel_format),
             address=self._pix_addr[index],
             width=width,
             height=height,
+            pixel_format=pixel_format,
         )
         self._writing[index] = ws
         return ws
@@ -538,11 +584,17 @@ class FrameRing(SegmentBacked):
                 f"does not fit its slots (max {self.max_width}x{self.max_height}, min 1x1)"
             )
 
-    def _check_format(self, pixel_format: int) -> None:
+    def _check_format(self, pixel_format: int, width: int = 2, height: int = 2) -> None:
         if pixel_format not in self._formats:
             raise ValueError(
                 f"frame ring {self.name!r}: pixel format {pixel_format} does not match the "
-                f"ring's {self.channels} channel(s) (RGB24=0/BGR24=1 need 3, GRAY8=2 needs 1)"
+                f"ring's {self.channels} channel(s) (RGB24=0/BGR24=1/I420=3 need 3, GRAY8=2 "
+                "needs 1)"
+            )
+        if pixel_format == PIXEL_FORMAT_I420 and (width % 2 or height % 2):
+            raise ValueError(
+                f"frame ring {self.name!r}: an I420 frame needs an even width and height, "
+                f"got {width}x{height}"
             )
 
     def _claim(self) -> int:
@@ -575,15 +627,23 @@ class FrameRing(SegmentBacked):
         fetch_add_u64(buf, _H_REJECTED, 1)
         return -1
 
-    def _writer_view(self, index: int, width: int, height: int) -> npt.NDArray[np.uint8]:
-        """Writable (H, W, C) view on slot ``index``, cached while the size stays the same."""
+    def _view(self, index: int, width: int, height: int, fmt: int) -> npt.NDArray[np.uint8]:
+        shape = frame_shape(fmt, width, height, self.channels)
+        n = 1
+        for d in shape:
+            n *= d
+        return self._slot_arr[index][:n].reshape(shape)
+
+    def _writer_view(
+        self, index: int, width: int, height: int, fmt: int = PIXEL_FORMAT_RGB24
+    ) -> npt.NDArray[np.uint8]:
+        """Writable view on slot ``index`` (shape by format), cached while size and format
+        stay the same."""
         cached = self._wviews[index]
-        if cached is not None and cached[0] == width and cached[1] == height:
-            return cached[2]
-        view = self._slot_arr[index][: width * height * self.channels].reshape(
-            height, width, self.channels
-        )
-        self._wviews[index] = (width, height, view)
+        if cached is not None and cached[:3] == (width, height, fmt):
+            return cached[3]
+        view = self._view(index, width, height, fmt)
+        self._wviews[index] = (width, height, fmt, view)
         return view
 
     def _publish(
@@ -600,6 +660,11 @@ class FrameRing(SegmentBacked):
         """Write the slot header, then WRITING -> READY (release); return the sequence number."""
         buf = self._buf
         width, height = size
+        nbytes = (
+            width * height * 3 // 2
+            if pixel_format == PIXEL_FORMAT_I420
+            else width * height * self.channels
+        )
         seq = load_u64(buf, _H_LAST_SEQ) + 1
         try:
             _S_FIELDS.pack_into(
@@ -614,7 +679,7 @@ class FrameRing(SegmentBacked):
                 height,
                 pixel_format,
                 self.channels,
-                width * height * self.channels,
+                nbytes,
             )
         except struct.error as exc:
             raise ValueError(
@@ -636,7 +701,7 @@ class FrameRing(SegmentBacked):
             cas_u32(self._buf, self._state_off[index], word, (word & _KEEP_TAG) | SLOT_FREE)
 
     def _commit(self, ws: WriteSlot, frame_id: int, ts: int, pts: int, pixel_format: int) -> int:
-        self._check_format(pixel_format)
+        self._check_format(pixel_format, ws.width, ws.height)
         self._writing.pop(ws.index, None)
         return self._publish(
             ws.index,
@@ -664,35 +729,45 @@ class FrameRing(SegmentBacked):
         """Copy a (H, W, C) uint8 frame into a slot (one copy) and publish it.
 
         Returns False when no slot was usable (the frame is counted as dropped). A gray
-        ring (1 channel) also takes (H, W) arrays. Any strides are accepted; a C-contiguous
-        frame is one memcpy.
+        ring (1 channel) also takes (H, W) arrays; an I420 frame is (H * 3 / 2, W). Any
+        strides are accepted; a C-contiguous frame is one memcpy.
         """
         if self._closed:
             raise ValueError(f"frame ring {self.name!r} is closed")
         shape = pixels.shape
-        if pixels.dtype != _U8 or len(shape) != 3 or shape[2] != self.channels:
-            if pixels.dtype != _U8:
+        if pixel_format == PIXEL_FORMAT_I420:
+            if pixels.dtype != _U8 or len(shape) != 2 or shape[0] % 3:
                 raise ValueError(
-                    f"frame ring {self.name!r}: pixels must be uint8, got {pixels.dtype}"
+                    f"frame ring {self.name!r}: an I420 frame is an (H * 3 / 2, W) uint8 "
+                    f"array, got {shape} {pixels.dtype}"
                 )
-            if len(shape) == 2 and self.channels == 1:
-                pixels = pixels.reshape(shape[0], shape[1], 1)
-                shape = pixels.shape
-            else:
-                raise ValueError(
-                    f"frame ring {self.name!r} (camera {self.camera_key}): pixels must have "
-                    f"shape (H, W, {self.channels}), got {shape}"
-                )
-        if pixel_format not in self._formats:
-            self._check_format(pixel_format)
-        height, width = shape[0], shape[1]
-        self._check_size(width, height)
+            width, height = shape[1], shape[0] * 2 // 3
+            self._check_size(width, height)
+            self._check_format(pixel_format, width, height)
+        else:
+            if pixels.dtype != _U8 or len(shape) != 3 or shape[2] != self.channels:
+                if pixels.dtype != _U8:
+                    raise ValueError(
+                        f"frame ring {self.name!r}: pixels must be uint8, got {pixels.dtype}"
+                    )
+                if len(shape) == 2 and self.channels == 1:
+                    pixels = pixels.reshape(shape[0], shape[1], 1)
+                    shape = pixels.shape
+                else:
+                    raise ValueError(
+                        f"frame ring {self.name!r} (camera {self.camera_key}): pixels must "
+                        f"have shape (H, W, {self.channels}), got {shape}"
+                    )
+            if pixel_format not in self._formats:
+                self._check_format(pixel_format)
+            height, width = shape[0], shape[1]
+            self._check_size(width, height)
         claimed = self._claim()
         if claimed < 0:
             return False
         index, word = claimed & 0xFFFF, claimed >> 16
         try:
-            np.copyto(self._writer_view(index, width, height), pixels)
+            np.copyto(self._writer_view(index, width, height, pixel_format), pixels)
             self._publish(
                 index,
                 word,
@@ -776,7 +851,7 @@ class FrameRing(SegmentBacked):
             self._last_read = seq
             store_u64(buf, _H_LAST_READ, seq)
             fetch_add_u64(buf, _H_READ, 1)
-            view = self._reader_view(best, fields[5], fields[6])
+            view = self._reader_view(best, fields[5], fields[6], fields[7])
             slot = FrameSlot(
                 self, best, word=taken, fields=fields, pixels=view, address=self._pix_addr[best]
             )
@@ -784,16 +859,15 @@ class FrameRing(SegmentBacked):
             return slot
         return None
 
-    def _reader_view(self, index: int, width: int, height: int) -> npt.NDArray[np.uint8]:
-        """Read-only (H, W, C) view on slot ``index``, cached while the size stays the same."""
+    def _reader_view(self, index: int, width: int, height: int, fmt: int) -> npt.NDArray[np.uint8]:
+        """Read-only view on slot ``index`` (shape by format), cached while size and format
+        stay the same."""
         cached = self._rviews[index]
-        if cached is not None and cached[0] == width and cached[1] == height:
-            return cached[2]
-        view = self._slot_arr[index][: width * height * self.channels].reshape(
-            height, width, self.channels
-        )
+        if cached is not None and cached[:3] == (width, height, fmt):
+            return cached[3]
+        view = self._view(index, width, height, fmt)
         view.flags.writeable = False
-        self._rviews[index] = (width, height, view)
+        self._rviews[index] = (width, height, fmt, view)
         return view
 
     def _skip(self, ready: list[tuple[int, int, int]], below: int) -> None:
@@ -867,8 +941,9 @@ class FrameRing(SegmentBacked):
             width, height = fields[5], fields[6]
             if not (0 < width <= self.max_width and 0 < height <= self.max_height):
                 continue
-            n = width * height * self.channels
-            pixels = np.array(self._slot_arr[index][:n]).reshape(height, width, self.channels)
+            shape = frame_shape(fields[7], width, height, self.channels)
+            n = int(np.prod(shape))
+            pixels = np.array(self._slot_arr[index][:n]).reshape(shape)
             fence()
             after = load_u32(buf, self._state_off[index])
             if after >> 8 == word >> 8 and after & _STATE_MASK != SLOT_WRITING:

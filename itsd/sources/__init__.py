@@ -32,6 +32,10 @@ caller that passes nothing gets every decoded frame at its own size, as before):
 * ``threads``: decoder threads (1 for a decode worker that hosts many cameras; 0 lets
   FFmpeg choose).
 
+A frame may also offer its pixels as I420 (YUV 4:2:0, see :class:`I420Frame`): PyAV's
+frames do, copying the decoder's planes into the caller's buffer without a colour
+conversion; the decode worker uses it for cameras whose ``ring_format`` is ``i420``.
+
 Every frame carries its presentation time (``time``, ``pts``), the wall-clock time it
 came out of the decoder (``capture_ns``) and its index among the decoded frames since
 the source was opened (``index``, counting frames skipped by sampling).
@@ -44,7 +48,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -106,6 +110,19 @@ class SourceFrame(Protocol):
     def rgb(self, width: int | None = None, height: int | None = None) -> np.ndarray:
         """The picture as RGB24, scaled to ``width`` x ``height``; without a size, at the
         source's output size (``SourceOptions.output_size``)."""
+        ...
+
+
+@runtime_checkable
+class I420Frame(Protocol):
+    """A frame that can write its picture as I420 ((H * 3 / 2, W) uint8) into a buffer."""
+
+    def i420_size(self) -> tuple[int, int] | None:
+        """(width, height) ``i420_into`` writes, or None when it cannot (an odd side)."""
+        ...
+
+    def i420_into(self, out: np.ndarray) -> None:
+        """Write the picture at ``i420_size()`` into ``out``."""
         ...
 
 

@@ -22,7 +22,10 @@ bad credentials (HTTP 401/403, RTSP 401), wrong path (HTTP or RTSP 404).
 
 Frames are converted to RGB (and scaled, see ``Converter``) by libswscale contexts kept
 per source, only for frames the caller asks pixels of: sampled-out frames are decoded,
-never converted. See ``itsd.sources`` for the options (resize, fps, skip when behind, threads).
+never converted. ``PyAVFrame.i420_into`` instead copies the decoder's YUV 4:2:0 planes
+straight into a caller's buffer (a frame ring slot): no colour conversion and no
+intermediate array, which is what lets a decode worker run at FFmpeg's own rate. See
+``itsd.sources`` for the options (resize, fps, skip when behind, threads).
 
 This module must never write to shared memory or import a stage.
 """
@@ -86,6 +89,26 @@ class Converter:
         out: np.ndarray = self._rgb.reformat(frame, format="rgb24").to_ndarray()
         return out
 
+    def i420_into(self, frame: Any, out: np.ndarray, width: int, height: int) -> None:
+        """Write ``frame`` at ``width`` x ``height`` (even) as I420 into ``out``, an
+        (height * 3 / 2, width) uint8 array: the decoder's planes copied row by row (a
+        frame in another format or at another size goes through libswscale first)."""
+        if (width, height) != (frame.width, frame.height) or frame.format.name != "yuv420p":
+            frame = self._scale.reformat(
+                frame,
+                width=width,
+                height=height,
+                format="yuv420p",
+                interpolation=self.interpolation,
+            )
+        flat = out.reshape(-1)
+        pos = 0
+        for i, (w, h) in enumerate(((width, height), (width // 2, height // 2))):
+            for plane in (frame.planes[i],) if i == 0 else (frame.planes[1], frame.planes[2]):
+                src = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
+                np.copyto(flat[pos : pos + w * h].reshape(h, w), src)
+                pos += w * h
+
 
 class PyAVFrame:
     """A decoded PyAV frame; pixels are converted only when asked for."""
@@ -110,6 +133,22 @@ class PyAVFrame:
         if width is None or height is None:
             width, height = self._source.options.output_size(self.width, self.height)
         return self._source.convert(self._frame, width, height)
+
+    def i420_size(self) -> tuple[int, int] | None:
+        """The size ``i420_into`` writes (the source's output size), or None when that
+        size is odd (I420 needs even sides: ask ``rgb()`` then)."""
+        width, height = self._source.options.output_size(self.width, self.height)
+        if width % 2 or height % 2:
+            return None
+        return width, height
+
+    def i420_into(self, out: np.ndarray) -> None:
+        """Write the picture at ``i420_size()`` as I420 into ``out`` ((H * 3 / 2, W) uint8,
+        e.g. a frame ring slot begun as I420)."""
+        size = self.i420_size()
+        if size is None:
+            raise ValueError(f"{self.width}x{self.height} has an odd side: no I420 for it")
+        self._source._converter.i420_into(self._frame, out, *size)
 
 
 class PyAVSource:

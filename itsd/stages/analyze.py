@@ -107,7 +107,8 @@ from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import FrameRing, RecordRing
 from itsd.shm.board import Board
-from itsd.shm.frame_ring import PIXEL_FORMAT_BGR24, PIXEL_FORMAT_GRAY8
+from itsd.shm.frame_pixels import to_bgr
+from itsd.shm.frame_ring import PIXEL_FORMAT_BGR24, PIXEL_FORMAT_GRAY8, PIXEL_FORMAT_I420
 from itsd.shm.segments import parse_segment_name, segment_name
 from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
@@ -233,6 +234,8 @@ class CameraAnalytics:
         if peeked is None:
             return None, None
         px = peeked.pixels
+        if peeked.pixel_format == PIXEL_FORMAT_I420:
+            return to_bgr(px, PIXEL_FORMAT_I420), peeked.frame_id
         if peeked.pixel_format == PIXEL_FORMAT_GRAY8 or px.shape[2] == 1:
             px = np.repeat(px[..., :1], 3, axis=2)
         elif peeked.pixel_format != PIXEL_FORMAT_BGR24:

@@ -3,7 +3,9 @@
 Each camera of the worker has a thread that opens its source (``itsd.sources``: PyAV for
 files, RTSP and HTTP; a synthetic pattern), keeps frames at the camera's target fps,
 scales frames larger than the ring's slots down (keeping the aspect ratio), converts to
-RGB and writes each kept frame into the camera's frame ring (newest frame wins; the ring
+RGB (or, for a camera with ``ring_format: i420``, copies the decoder's YUV 4:2:0 planes
+straight into the ring slot: no colour conversion, no intermediate array) and writes
+each kept frame into the camera's frame ring (newest frame wins; the ring
 counts what inference did not take in time). PyAV releases the GIL while it decodes, so
 the threads of one worker decode side by side; a camera that blocks (a dead host, a
 stalled stream) blocks only its own thread.
@@ -48,8 +50,8 @@ from itsd.runtime import metrics as m
 from itsd.shm import FrameRing, RecordRing
 from itsd.shm.board import Board
 from itsd.shm.cells import CellTable
-from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
-from itsd.sources import Source, SourceOptions, open_source
+from itsd.shm.frame_ring import PIXEL_FORMAT_I420, PIXEL_FORMAT_RGB24
+from itsd.sources import I420Frame, Source, SourceOptions, open_source
 from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.decode")
@@ -310,6 +312,7 @@ class _CameraRun(threading.Thread):
         step = period  # typical distance between two frames' timestamps
         next_due: float | None = None
         index = -1
+        want_i420 = camera.ring_format == "i420"
         try:
             for frame in source.frames(stats):
                 self.last_progress = time.monotonic()
@@ -355,9 +358,12 @@ class _CameraRun(threading.Thread):
                         return None
                 if lossless and not self._wait_for_slot():
                     return None
-                t0 = time.perf_counter_ns()
-                pixels = frame.rgb()
-                cells.decode_time.inc((time.perf_counter_ns() - t0) // 1000)
+                planar = frame if want_i420 and isinstance(frame, I420Frame) else None
+                i420 = planar.i420_size() if planar is not None else None
+                if i420 is None:
+                    t0 = time.perf_counter_ns()
+                    pixels = frame.rgb()
+                    cells.decode_time.inc((time.perf_counter_ns() - t0) // 1000)
                 # Capture time: arrival for live sources; for files the start of this pass
                 # plus the frame's stream time, so events line up with the video and the
                 # tracker sees the video's own clock at any processing speed.
@@ -373,13 +379,16 @@ class _CameraRun(threading.Thread):
                     else:
                         frame_id = cells.next_id.get_int()
                         cells.next_id.set(frame_id + 1)
-                    ok = ring.write(
-                        pixels,
-                        frame_id=frame_id,
-                        capture_ts_ns=wall_ns,
-                        pts=frame.pts,
-                        pixel_format=PIXEL_FORMAT_RGB24,
-                    )
+                    if planar is not None and i420 is not None:
+                        ok = self._write_i420(planar, i420, frame_id, wall_ns)
+                    else:
+                        ok = ring.write(
+                            pixels,
+                            frame_id=frame_id,
+                            capture_ts_ns=wall_ns,
+                            pts=frame.pts,
+                            pixel_format=PIXEL_FORMAT_RGB24,
+                        )
                 cells.last_frame.set(time.time())
                 if ok:
                     cells.written.inc()
@@ -387,6 +396,21 @@ class _CameraRun(threading.Thread):
             if stats["corrupt"]:
                 cells.errors.inc(stats["corrupt"])
         return "stalled" if self.reopen.is_set() else "end"
+
+    def _write_i420(
+        self, frame: I420Frame, size: tuple[int, int], frame_id: int, wall_ns: int
+    ) -> bool:
+        """Copy the frame's planes straight into a ring slot and publish it (zero copies
+        besides that one); False when no slot was free (counted by the ring)."""
+        ws = self.ring.begin_write(size[0], size[1], PIXEL_FORMAT_I420)
+        if ws is None:
+            return False
+        with ws:  # aborts unless committed
+            t0 = time.perf_counter_ns()
+            frame.i420_into(ws.pixels)
+            self.cells.decode_time.inc((time.perf_counter_ns() - t0) // 1000)
+            ws.commit(frame_id=frame_id, capture_ts_ns=wall_ns, pts=getattr(frame, "pts", 0))
+        return True
 
     def _wait_for_slot(self) -> bool:
         """Wait until the ring has a free slot; False if a stop came first."""

@@ -62,6 +62,8 @@ from itsd.records import (
 from itsd.runtime import metrics as m
 from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import FrameRing, FrameSlot, RecordRing
+from itsd.shm.frame_pixels import to_rgb
+from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
 from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
 
 log = logging.getLogger("itsd.infer")
@@ -412,6 +414,33 @@ def _take(cams: _Cameras, batcher: Batcher[int]) -> tuple[list[tuple[_Camera, Fr
     return taken, False
 
 
+def _model_frames(
+    input_size: tuple[int, int], taken: list[tuple[_Camera, FrameSlot]]
+) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """The RGB frames the engine gets, and per frame the factor (x, y, x, y) from its
+    boxes to the slot's frame, or None when it is the slot's own RGB pixels.
+
+    An RGB24 slot goes in as it is (zero copy). Any other format (I420 from a decode
+    worker) is scaled to the size the letterbox would give it, then converted
+    (``to_rgb`` scales the YUV planes first, so colour conversion runs on the small
+    picture); the engine's own letterbox then only pads it.
+    """
+    dst_h, dst_w = input_size
+    frames: list[np.ndarray] = []
+    scales: list[np.ndarray | None] = []
+    for _, s in taken:
+        if s.pixel_format == PIXEL_FORMAT_RGB24:
+            frames.append(s.pixels)
+            scales.append(None)
+            continue
+        k = min(dst_h / s.height, dst_w / s.width, 1.0)
+        size = (max(1, round(s.width * k)), max(1, round(s.height * k)))
+        frames.append(to_rgb(s.pixels, s.pixel_format, size))
+        sx, sy = s.width / size[0], s.height / size[1]
+        scales.append(np.array([sx, sy, sx, sy], dtype=np.float32))
+    return frames, scales
+
+
 def _infer(runner: _Runner, taken: list[tuple[_Camera, FrameSlot]]) -> tuple[list[bytes], int]:
     """Run one batch; returns the packed detection records and the busy microseconds.
 
@@ -422,7 +451,8 @@ def _infer(runner: _Runner, taken: list[tuple[_Camera, FrameSlot]]) -> tuple[lis
     records: list[bytes] = []
     try:
         t0 = time.monotonic_ns()
-        results = runner.infer([s.pixels for _, s in taken])
+        frames, scales = _model_frames(runner.engine.input_size, taken)
+        results = runner.infer(frames)
         t1 = time.monotonic_ns()
         if results is not None:
             records = [
@@ -437,12 +467,12 @@ def _infer(runner: _Runner, taken: list[tuple[_Camera, FrameSlot]]) -> tuple[lis
                     width=s.width,
                     height=s.height,
                     batch_size=len(taken),
-                    boxes=det.boxes,
+                    boxes=det.boxes if scale is None else det.boxes * scale,
                     scores=det.scores,
                     class_ids=det.class_ids,
-                    **picture_stats(s.pixels),
+                    **picture_stats(frame),
                 ).pack()
-                for (_, s), det in zip(taken, results, strict=True)
+                for (_, s), det, frame, scale in zip(taken, results, frames, scales, strict=True)
             ]
     finally:
         for _, s in taken:
