@@ -1,4 +1,5 @@
-"""Build hook: compiles the tiny C extension that gives itsd real atomics.
+"""Build hook: compiles the small C extensions: real atomics, and the record ring's and
+the event records' batch reads (the publisher's hot path).
 
 Everything else about the package is declared in pyproject.toml.
 """
@@ -11,6 +12,16 @@ setup(
             "itsd.shm._atomics",
             sources=["itsd/shm/_atomics.c"],
             extra_compile_args=["-O2", "-std=c11"],
-        )
+        ),
+        Extension(
+            "itsd.shm._ringread",
+            sources=["itsd/shm/_ringread.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        ),
+        Extension(
+            "itsd._records",
+            sources=["itsd/_records.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        ),
     ]
 )

@@ -25,7 +25,9 @@ Two records cross process boundaries:
 
       u8 topic | u8 event type | u16 key_len | key (utf-8) | payload (JSON, utf-8)
 
-  The same bytes are what the publisher's disk spool stores per record.
+  The same bytes are what the publisher's disk spool stores per record. The publisher
+  decodes its batches with ``EventRecord.unpack_all``, whose loop is in C
+  (``itsd/_records.c``, built with the package like the ring's atomics).
 
 This module must never import a stage, an engine, shared memory or a GPU library; it is
 pure data and is imported by every stage.
@@ -43,6 +45,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 import numpy as np
+
+from itsd._records import unpack_events as _unpack_events
 
 DET_MAGIC = 0x31544544  # b"DET1" little endian
 _DET_HEADER = struct.Struct("<IIQqQQQQIIII")
@@ -223,9 +227,16 @@ class EventRecord(NamedTuple):
 
     @classmethod
     def unpack_all(cls, records: Iterable[bytes]) -> list[EventRecord]:
-        """:meth:`unpack` of each record (the publisher's hot path: one loop, no call
-        per record); ValueError at the first record that is not an event (a caller
-        that mixes in other records then goes through them one by one)."""
+        """:meth:`unpack` of each record (the publisher's hot path: one C call for a
+        list, ``_records.c``); ValueError at the first record that is not an event (a
+        caller that mixes in other records then goes through them one by one)."""
+        if type(records) is list:
+            return _unpack_events(cls, records, _TOPICS, _EVENT_TYPES)
+        return cls._unpack_all_py(records)
+
+    @classmethod
+    def _unpack_all_py(cls, records: Iterable[bytes]) -> list[EventRecord]:
+        """:meth:`unpack_all` in Python (any iterable; the C loop's reference)."""
         out: list[EventRecord] = []
         append = out.append
         header = _evt_header
