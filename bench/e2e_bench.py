@@ -1,6 +1,7 @@
-"""End-to-end benchmark: itsd beside the machine's limit and beside a hand-written loop.
+"""End-to-end benchmark: itsd beside the machine's limit and what a Python user writes.
 
     .venv/bin/python bench/e2e_bench.py [--cameras 4] [--rounds 3] [--json F] [--png F]
+        [--ultralytics-python ~/.cache/itsd/ultralytics-venv/bin/python]
 
 One run, the same machine, model and clip; the contenders run in rotation, ``--rounds``
 times, and the medians are reported (these machines are noisy):
@@ -12,20 +13,30 @@ times, and the medians are reported (these machines are noisy):
   sources (every frame, as fast as the machine allows): decode, inference, tracking,
   counting lines and events written to a JSONL file; frames/s = detection events / wall
   time;
-* **(c) hand-written**: what a Python user writes without itsd: one thread per camera,
-  each decoding its clip with PyAV, letterboxing with OpenCV, running its own
-  single-threaded ONNX Runtime session and NMS, with no tracking and no events. (The
-  issue names an Ultralytics ``track`` loop here; it cannot run on these machines:
-  Ultralytics imports torchvision, and no CPU build of torchvision is installable here
-  (PyPI's needs the CUDA libraries), so this loop stands in for it, written the way
-  Ultralytics runs an ONNX model: the same model file, preprocessing and NMS.)
+* **(c) Ultralytics track**: what a Python user writes instead: one thread per camera,
+  each with its own ``YOLO(model, task="detect")`` and a ``model.track(source=clip,
+  stream=True, imgsz=320, persist=True, classes=<vehicles>)`` loop over the same clip
+  (OpenCV decode, letterbox, ONNX Runtime, NMS, ByteTrack; no events). It runs in the
+  separate environment that ``bench/setup_ultralytics.sh`` makes (the project's venv has
+  the CPU torch, beside which PyPI's torchvision does not import), as a subprocess:
+  ``bench/ultralytics_track.py`` exchanging JSON files. Without that environment (c) is
+  left out and the report says so;
+* **(c') hand-written**: the same without Ultralytics: one thread per camera, each
+  decoding its clip with PyAV, letterboxing with OpenCV, running its own single-threaded
+  ONNX Runtime session and NMS, with no tracking and no events.
 
-Then a paced run measures latency at half load: the cameras play the clip in real time at
-a frame rate totalling half of (b)'s throughput, and the time from each frame's capture
-to its event being readable in the JSONL file gives p50/p95/p99.
+The contenders' order rotates from round to round, and each run records the load average
+before it (other work on a shared machine shows up there).
 
-It prints frames/s, the ratios (b)/(a) and (b)/(c) and the latencies, writes a JSON report
-(``--json``) and a PNG bar chart (``--png``), for ``bench/README.md``.
+Then paced runs measure latency at half load: the cameras play the clip in real time at
+a frame rate totalling half of (b)'s throughput; for (b) the time from each frame's
+capture to its event being readable in the JSONL file gives p50/p95/p99, for (c) the
+time from each frame's capture time to its ``track`` result (no events to publish).
+
+It prints frames/s, the ratios (b)/(a), (b)/(c) and (b)/(c') and the latencies, writes a
+JSON report (``--json``) and a PNG bar chart (``--png``), for ``bench/README.md``.
+This benchmark must never install anything: the Ultralytics environment is made by
+``bench/setup_ultralytics.sh``, by hand, outside the test command.
 """
 
 from __future__ import annotations
@@ -57,10 +68,61 @@ sys.path.insert(0, str(REPO))
 
 from loadgen import Latencies, pct, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores, run_pipeline  # noqa: E402
+from ultralytics_track import make_request, parse_result, percentile  # noqa: E402
 
+from itsd.analytics.classes import VEHICLE_CLASS_IDS  # noqa: E402
 from itsd.engines.base import EngineOptions  # noqa: E402
 from itsd.engines.postprocess import decode_yolo  # noqa: E402
 from itsd.engines.preprocess import letterbox_into, letterbox_params  # noqa: E402
+
+ULTRALYTICS_VENV = Path(
+    os.environ.get("ITSD_ULTRALYTICS_VENV", Path.home() / ".cache" / "itsd" / "ultralytics-venv")
+)
+LIMIT, ITSD, TRACK, HAND = "(a) limit", "(b) itsd", "(c) ultralytics track", "(c') hand-written"
+
+
+def ultralytics_track(
+    python: Path,
+    model: Path,
+    clip: Path,
+    cameras: int,
+    fps: float = 0.0,
+    seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Run contender (c) in the Ultralytics environment's ``python``; its checked result.
+
+    ``fps`` 0: every frame as fast as possible (result ``fps``); ``fps`` > 0: cameras
+    paced at that rate for ``seconds`` (result ``latency_ms``).
+    """
+    inp = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    req = make_request(  # absolute paths: the worker runs in a temporary folder
+        model.resolve(),
+        clip.resolve(),
+        cameras,
+        sorted(VEHICLE_CLASS_IDS),
+        int(inp.shape[2]),
+        fps,
+        seconds,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        rq, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        rq.write_text(json.dumps(req))
+        proc = subprocess.run(
+            [str(python), str(REPO / "bench" / "ultralytics_track.py"), str(rq), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp,  # anything Ultralytics writes stays in the temporary folder
+            env={**os.environ, "YOLO_OFFLINE": "1"},
+        )
+        if not out.exists():
+            raise SystemExit(
+                f"Ultralytics worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
+        try:
+            return parse_result(json.loads(out.read_text()), req)
+        except ValueError as exc:
+            raise SystemExit(f"Ultralytics worker: {exc}\n{proc.stderr[-3000:]}") from exc
 
 
 def handwritten(model: Path, clip: Path, cameras: int, max_frames: int = 0) -> float:
@@ -149,14 +211,14 @@ def paced_latency(
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
-    """A bar chart of the median frames/s of the three contenders (OpenCV, no matplotlib)."""
+    """A bar chart of the median frames/s of the contenders (OpenCV, no matplotlib)."""
     med = report["median_fps"]
     names = list(med)
     w, h, pad = 720, 380, 60
     img = np.full((h, w, 3), 255, np.uint8)
     top = max(med.values()) * 1.15 or 1.0
     bar = (w - 2 * pad) // (2 * len(names))
-    colours = [(90, 90, 90), (40, 140, 40), (40, 90, 200)]
+    colours = [(90, 90, 90), (40, 140, 40), (40, 90, 200), (200, 120, 40)]
     for i, name in enumerate(names):
         x = pad + bar // 2 + i * 2 * bar
         y = int(h - pad - (h - 2 * pad) * med[name] / top)
@@ -175,22 +237,70 @@ def main() -> int:
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--latency-s", type=float, default=30.0, help="length of the paced run")
+    ap.add_argument("--latency-s", type=float, default=30.0, help="length of the paced runs")
+    ap.add_argument(
+        "--ultralytics-python",
+        type=Path,
+        default=ULTRALYTICS_VENV / "bin" / "python",
+        help="interpreter of the environment bench/setup_ultralytics.sh made, for (c)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
 
-    runs: dict[str, list[float]] = {"(a) limit": [], "(b) itsd": [], "(c) hand-written": []}
-    for r in range(args.rounds):
-        runs["(a) limit"].append(raw_all_cores(args.model, args.clip))
+    track_py: Path = args.ultralytics_python
+    have_track = track_py.exists()
+    if not have_track:
+        print(
+            f"(c) left out: no Ultralytics environment at {track_py} "
+            "(make it with: bash bench/setup_ultralytics.sh)",
+            file=sys.stderr,
+        )
+    versions: dict[str, str] = {}
+
+    def run_itsd() -> float:
         dets, wall = run_pipeline(args.model, args.clip, False, args.cameras)
-        runs["(b) itsd"].append(len(dets) / wall)
-        runs["(c) hand-written"].append(handwritten(args.model, args.clip, args.cameras))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()))
+        return len(dets) / wall
+
+    def run_track() -> float:
+        res = ultralytics_track(track_py, args.model, args.clip, args.cameras)
+        versions.update(res["versions"])
+        return float(res["fps"])
+
+    contenders: dict[str, Any] = {
+        LIMIT: lambda: raw_all_cores(args.model, args.clip),
+        ITSD: run_itsd,
+        HAND: lambda: handwritten(args.model, args.clip, args.cameras),
+    }
+    if have_track:
+        contenders[TRACK] = run_track
+    names = [n for n in (LIMIT, ITSD, TRACK, HAND) if n in contenders]
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    loads: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            loads[name].append(round(os.getloadavg()[0], 2))
+            runs[name].append(round(float(contenders[name]()), 2))
+            print(f"round {r + 1}: {name} {runs[name][-1]:.1f} (load {loads[name][-1]})")
     med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-    half = med["(b) itsd"] / 2 / args.cameras
+
+    half = med[ITSD] / 2 / args.cameras
     latency = paced_latency(args.model, args.clip, args.cameras, half, args.latency_s)
+    track_latency: dict[str, float] | None = None
+    if have_track:
+        lat = ultralytics_track(
+            track_py, args.model, args.clip, args.cameras, half, args.latency_s
+        )["latency_ms"]
+        track_latency = {
+            "frames": len(lat),
+            **{f"p{q}_ms": round(percentile(lat, q), 1) for q in (50, 95, 99)},
+        }
     cores = len(os.sched_getaffinity(0))
+
+    def ratio(name: str) -> float | None:
+        return round(med[ITSD] / med[name], 2) if name in med else None
+
     report: dict[str, Any] = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": f"{cores} cores, {platform.processor() or platform.machine()}",
@@ -198,21 +308,32 @@ def main() -> int:
         "clip": args.clip.name,
         "cameras": args.cameras,
         "rounds": runs,
+        "load_average_before": loads,
         "median_fps": med,
-        "itsd_over_limit": round(med["(b) itsd"] / med["(a) limit"], 2),
-        "itsd_over_handwritten": round(med["(b) itsd"] / med["(c) hand-written"], 2),
+        "itsd_over_limit": ratio(LIMIT),
+        "itsd_over_ultralytics": ratio(TRACK),
+        "itsd_over_handwritten": ratio(HAND),
+        "ultralytics": versions or None,
         "half_load": {"fps_per_camera": round(half, 1), **latency},
+        "half_load_ultralytics": track_latency,
     }
     print()
     for k, v in med.items():
-        print(f"{k:<20}{v:>10.1f} frames/s")
+        print(f"{k:<24}{v:>10.1f} frames/s   rounds {runs[k]}  load {loads[k]}")
     print(
-        f"(b)/(a) {report['itsd_over_limit']:.2f}   (b)/(c) {report['itsd_over_handwritten']:.2f}"
+        f"(b)/(a) {report['itsd_over_limit']}   (b)/(c) {report['itsd_over_ultralytics']}"
+        f"   (b)/(c') {report['itsd_over_handwritten']}"
     )
     print(
-        f"half load ({args.cameras} x {half:.1f} fps): frame-to-event latency ms "
+        f"half load ({args.cameras} x {half:.1f} fps): itsd frame-to-event latency ms "
         f"p50 {latency['p50_ms']}  p95 {latency['p95_ms']}  p99 {latency['p99_ms']}"
     )
+    if track_latency:
+        print(
+            f"half load ({args.cameras} x {half:.1f} fps): Ultralytics frame-to-result "
+            f"latency ms p50 {track_latency['p50_ms']}  p95 {track_latency['p95_ms']}  "
+            f"p99 {track_latency['p99_ms']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.png:
