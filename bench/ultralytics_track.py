@@ -28,6 +28,7 @@ the network (``YOLO_OFFLINE=1`` is set before Ultralytics is imported).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -117,7 +118,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
 def _camera(req: dict[str, Any], i: int, out: list[dict[str, Any]], errors: list[str]) -> None:
