@@ -1,11 +1,12 @@
 """Allocation tracing for a stage process, switched on by ``ITSD_TRACEMALLOC=<dir>``.
 
 A memory hunt tool, off unless the environment asks for it. With the variable set, the
-stage harness calls ``start(stage_name)``: ``tracemalloc`` starts tracing (``frames``
-deep, ``ITSD_TRACEMALLOC_FRAMES``, default 8) and a daemon thread takes a snapshot
-every ``ITSD_TRACEMALLOC_PERIOD`` seconds (default 30). The first snapshot after
-``ITSD_TRACEMALLOC_WARMUP`` seconds (default 60) is the baseline; each later one is
-compared with it and the largest growths, by line and by traceback, are appended to
+stage harness calls ``start(stage_name)`` and, in the stages named by
+``ITSD_TRACEMALLOC_STAGES`` (name prefixes, comma-separated; all when unset),
+``tracemalloc`` starts tracing (``ITSD_TRACEMALLOC_FRAMES`` frames deep, default 8)
+and a daemon thread takes a snapshot every ``ITSD_TRACEMALLOC_PERIOD`` seconds
+(default 30). The first snapshot after ``ITSD_TRACEMALLOC_WARMUP`` seconds (default
+60) is the baseline; each later one is compared with it and the largest growths, by line and by traceback, are appended to
 ``<dir>/<stage>-<pid>.txt`` with the traced total and the process's RSS. Growth that
 keeps rising from one report to the next is what a leak looks like; growth that stops
 is a cache or a high-water mark.
@@ -30,6 +31,8 @@ from pathlib import Path
 log = logging.getLogger("itsd.memtrace")
 
 ENV_DIR = "ITSD_TRACEMALLOC"
+#: Comma-separated stage name prefixes to trace (``analyze,publish``); empty: every stage.
+ENV_STAGES = "ITSD_TRACEMALLOC_STAGES"
 TOP = 25
 
 
@@ -85,6 +88,9 @@ def start(stage: str) -> bool:
     """Start tracing this process if ``ITSD_TRACEMALLOC`` names a folder; True if started."""
     out_dir = os.environ.get(ENV_DIR, "")
     if not out_dir:
+        return False
+    only = [p.strip() for p in os.environ.get(ENV_STAGES, "").split(",") if p.strip()]
+    if only and not any(stage.startswith(p) for p in only):
         return False
     try:
         directory = Path(out_dir)
