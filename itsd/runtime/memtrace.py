@@ -6,8 +6,9 @@ stage harness calls ``start(stage_name)`` and, in the stages named by
 ``tracemalloc`` starts tracing (``ITSD_TRACEMALLOC_FRAMES`` frames deep, default 8)
 and a daemon thread takes a snapshot every ``ITSD_TRACEMALLOC_PERIOD`` seconds
 (default 30). The first snapshot after ``ITSD_TRACEMALLOC_WARMUP`` seconds (default
-60) is the baseline; each later one is compared with it and the largest growths, by line and by traceback, are appended to
-``<dir>/<stage>-<pid>.txt`` with the traced total and the process's RSS. Growth that
+60) is the baseline; each later one is compared with it and the largest growths, by
+line and by traceback, are appended to ``<dir>/<stage>-<pid>.txt`` with the traced
+total and the process's RSS. Growth that
 keeps rising from one report to the next is what a leak looks like; growth that stops
 is a cache or a high-water mark.
 
