@@ -319,6 +319,16 @@ class PerformanceConfig(_Model):
             "decode on its CPU threads (0: no limit). Sets the CPU/NVDEC split."
         ),
     )
+    analytics_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Analytics processes (shards); each analyses its own cameras (a new camera goes "
+            "to the one with fewest) and writes its own event ring. 0: one per 4 CPU cores, "
+            "at most 16."
+        ),
+    )
     cameras_per_decode_worker: int = Field(
         64,
         ge=1,
@@ -1197,6 +1207,13 @@ class Config(_Model):
             return self.performance.decode_workers
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, min(32, cores or 1))
+
+    def resolved_analytics_workers(self) -> int:
+        """Analytics shards to run: the setting, else one per 4 CPU cores (at most 16)."""
+        if self.performance.analytics_workers:
+            return self.performance.analytics_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(16, (cores or 1) // 4))
 
     def camera_fps(self, camera: CameraConfig) -> float:
         """Frames per second taken from ``camera``."""

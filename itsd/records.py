@@ -327,6 +327,8 @@ class CameraBinding:
     #: The camera's decode cell table and info board (decode workers only; else "").
     cells: str = ""
     info: str = ""
+    #: The analytics shard that analyses the camera (``performance.analytics_workers``).
+    shard: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for a command."""
@@ -338,6 +340,7 @@ class CameraBinding:
             "worker": self.worker,
             "cells": self.cells,
             "info": self.info,
+            "shard": self.shard,
         }
 
     @classmethod
@@ -351,6 +354,7 @@ class CameraBinding:
             int(obj.get("worker", 0)),
             str(obj.get("cells", "")),
             str(obj.get("info", "")),
+            int(obj.get("shard", 0)),
         )
 
 

@@ -201,6 +201,7 @@ def state_json(backend: ControlBackend, state: Any = None) -> dict[str, Any]:
                 "lines": lines,
                 "worker": c.worker,
                 "decoder": c.decoder,
+                "analytics": c.analytics,
                 "source_state": c.source_state,
                 "reason": c.reason,
                 "last_error": c.last_error,
@@ -337,7 +338,7 @@ class _Snapshots:
         self.held: dict[str, tuple[float, int, Any]] = {}  # camera -> (time, frame id, image)
         self.cache: dict[str, tuple[float, bytes, dict[str, str]]] = {}
         self.pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str]] | None]] = {}
-        self._board: Any = None
+        self._boards: list[Any] = []  # one detections board per analytics shard
         self._board_name = ""
         self._boxes: dict[str, Any] = {}
         self._boxes_at = -1e9
@@ -367,22 +368,30 @@ class _Snapshots:
         now = time.monotonic()
         if name != self._board_name or now - self._boxes_at >= 0.25:
             self._boxes_at = now
-            if name != self._board_name or self._board is None:
-                if self._board is not None:
-                    self._board.close()
-                self._board, self._board_name = None, name
-                try:
-                    self._board = Board.attach(name)
-                except (OSError, ValueError):
+            if name != self._board_name or not self._boards:
+                for b in self._boards:
+                    b.close()
+                self._boards, self._board_name = [], name
+                for shard in range(64):  # shard 0's board, then the others' while they exist
+                    try:
+                        self._boards.append(
+                            Board.attach(detections_board_name(parsed.run_id, shard))
+                        )
+                    except (OSError, ValueError):
+                        break
+                if not self._boards:
                     self._boxes = {}
                     return {}
-            blob = self._board.read(timeout=0.02)
-            try:
-                data = json.loads(blob) if blob else {}
-            except ValueError:
-                data = {}
-            cams = data.get("cameras") if isinstance(data, dict) else None
-            self._boxes = cams if isinstance(cams, dict) else {}
+            self._boxes = {}
+            for board in self._boards:
+                blob = board.read(timeout=0.02)
+                try:
+                    data = json.loads(blob) if blob else {}
+                except ValueError:
+                    data = {}
+                cams = data.get("cameras") if isinstance(data, dict) else None
+                if isinstance(cams, dict):
+                    self._boxes.update(cams)
         out: dict[int, list[Any]] = {}
         for entry in self._boxes.get(camera_id) or ():
             if isinstance(entry, list) and len(entry) == 4:
@@ -447,9 +456,9 @@ class _Snapshots:
                 ring.close()
             self.rings.clear()
             self.held.clear()
-            if self._board is not None:
-                self._board.close()
-                self._board = None
+            for b in self._boards:
+                b.close()
+            self._boards = []
 
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             self.pool.submit(shut).result(timeout=5)

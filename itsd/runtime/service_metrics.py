@@ -72,9 +72,10 @@ def alerts_board_name(run_id: str) -> str:
     return segment_name(run_id, "board", "alerts")
 
 
-def detections_board_name(run_id: str) -> str:
-    """Name of the board where analytics leaves the last frames' boxes (the dashboard)."""
-    return segment_name(run_id, "board", "detections")
+def detections_board_name(run_id: str, shard: int = 0) -> str:
+    """Name of the board where analytics shard ``shard`` leaves the last frames' boxes
+    (the dashboard); shard 0's is the one a daemon without shards has."""
+    return segment_name(run_id, "board", "detections" if shard == 0 else f"detections{shard}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,9 @@ class ServiceMetrics:
         self._err_hist: collections.deque[tuple[float, float, float]] = collections.deque()
         self._board: Board | None = None
         self._board_failed = False
-        self._detections: Board | None = None
+        self._detections: list[Board] = []
+        #: Analytics shards: one detections board each.
+        self.shards = 1
         self.host = HostSample()
 
     # -- the alerts board ------------------------------------------------------------------
@@ -115,9 +118,10 @@ class ServiceMetrics:
         if self._board is None:
             try:
                 self._board = Board.create(alerts_board_name(self.run_id), ALERTS_BOARD_BYTES)
-                self._detections = Board.create(
-                    detections_board_name(self.run_id), DETECTIONS_BOARD_BYTES
-                )
+                for s in range(self.shards):
+                    self._detections.append(
+                        Board.create(detections_board_name(self.run_id, s), DETECTIONS_BOARD_BYTES)
+                    )
             except (OSError, ValueError) as err:
                 self._board_failed = True
                 log.error("alerts board not created (no alert events): %s", err)
@@ -135,11 +139,12 @@ class ServiceMetrics:
 
     def close(self) -> None:
         """Remove the boards and let NVML go."""
-        for board in (self._board, self._detections):
+        for board in (self._board, *self._detections):
             if board is not None:
                 board.close()
                 board.unlink()
-        self._board = self._detections = None
+        self._board = None
+        self._detections = []
         self.probe.close()
 
     # -- one tick ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Analytics stage: tracks vehicles per camera and turns tracks into traffic events.
 
-Reads ``DetectionRecord``s from the detection ring, runs one tracker and one set of
+Reads ``DetectionRecord``s from the detection rings, runs one tracker and one set of
 counting lines per camera (keyed by the camera's key, named by its id), and writes
 events to the event ring:
 
@@ -37,6 +37,15 @@ copies from the frame ring with a read-only peek.
 Line totals and track-id blocks are saved per camera in the state directory
 (``itsd.analytics.totals``): totals continue after this stage or the daemon restarts, and
 a tracking id is never given to another object.
+
+Sharding (``performance.analytics_workers``): each process is one shard and analyses
+its own cameras (``CameraBinding.shard``, chosen by the supervisor when the camera is
+added and kept while it runs). It reads one detection ring per inference worker (the
+worker writes a camera's records to its shard's ring) and writes its own event ring and
+its own boards; the publisher reads every shard's event ring. A shard that restarts
+touches no other shard's cameras: their tracks, intervals and alerts go on. Every shard
+sees every command and applies only its own cameras, so acknowledgements work as with
+one process.
 
 Camera changes arrive as ``CommandRecord``s on the detection ring, in flow order with
 the detections: ``sync`` (the whole table, after inference restarted), ``attach``,
@@ -524,6 +533,8 @@ class _State:
         self.latency = self.metrics.cell(m.ANALYZE_LATENCY_SUM)
         self.processing = self.metrics.histogram(m.ML_PROCESSING)
         self.base_seq = ctx.spec.cmd_seq
+        #: This process's analytics shard (``performance.analytics_workers``).
+        self.shard = ctx.spec.worker
         self.state_dir = ctx.config.resolved_state_dir()
         self.last_save = 0.0
         self.last_idle_check = 0.0
@@ -591,20 +602,22 @@ class _State:
     def apply(self, cmd: CommandRecord) -> None:
         if cmd.seq <= self.base_seq and cmd.op is not CommandOp.SYNC:
             return  # already part of the table this process was spawned with
+        # Every shard sees every command; each takes only its own cameras.
+        mine = [b for b in cmd.cameras if b.shard == self.shard]
         if cmd.op is CommandOp.SYNC:
             # The whole table of one inference worker: only its cameras are touched.
-            keep = {b.key for b in cmd.cameras}
+            keep = {b.key for b in mine}
             for key in [
                 k for k, c in self.cams.items() if c.worker == cmd.worker and k not in keep
             ]:
                 self.remove(key)
-            for b in cmd.cameras:
+            for b in mine:
                 self.add(b)
         elif cmd.op in (CommandOp.ATTACH, CommandOp.UPDATE):
-            for b in cmd.cameras:
+            for b in mine:
                 self.add(b)
         elif cmd.op is CommandOp.DETACH:
-            for b in cmd.cameras:
+            for b in mine:
                 self.remove(b.key)
 
 
@@ -615,7 +628,8 @@ def run(ctx: StageContext) -> int:
     evt_ring = RecordRing.attach(ctx.spec.event_ring)
     state = _State(ctx)
     for b in ctx.spec.cameras:
-        state.add(b)
+        if b.shard == state.shard:
+            state.add(b)
     ctx.ack(ctx.spec.cmd_seq)
     board_name = ctx.spec.extra.get("board", "")
     board = Board.attach(board_name) if board_name else None
@@ -729,14 +743,19 @@ def _boxes_json(c: CameraAnalytics, item: list[Any]) -> bytes:
 class _DetectionsBoard:
     """The boxes of each camera's last frames (``DETECTIONS_S``), for the dashboard.
 
-    The board (``itsd-<run>-board-detections``) is made by the supervisor; the monitoring
+    The board (``itsd-<run>-board-detections``, ``...-detections<shard>`` for shards
+    after the first; named in the spec) is made by the supervisor; the monitoring
     port draws these boxes on the very frame they belong to. Each frame is turned into
     JSON once, when first published; the blob is joined from those pieces.
     """
 
     def __init__(self, ctx: StageContext) -> None:
+        named = ctx.spec.extra.get("detections_board", "")
         parsed = parse_segment_name(ctx.spec.cells) if ctx.spec.cells else None
-        self.name = segment_name(parsed.run_id, "board", "detections") if parsed else ""
+        if named:
+            self.name = named
+        else:
+            self.name = segment_name(parsed.run_id, "board", "detections") if parsed else ""
         self.board: Board | None = None
         self.next_at = 0.0
         self.warned = False

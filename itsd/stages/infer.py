@@ -23,9 +23,11 @@ go into the stage's self-description (``degraded``), which health lists as a rea
 Cameras come and go at run time. The supervisor puts ``CommandRecord``s on this stage's
 command ring; the stage applies each one between batches (attach a camera's ring,
 detach it after taking its last frame, new priority), records it as applied and forwards
-it on the detection ring ahead of any detection that depends on it, so analytics and
-the publisher apply it in flow order. At start the stage forwards a ``sync`` with the
-camera table it was spawned with, so the next stages match it after any restart.
+it on its detection rings ahead of any detection that depends on it, so analytics and
+the publisher apply it in flow order. The stage has one detection ring per analytics
+shard: a camera's records go to its shard's ring, commands to every ring. At start
+the stage forwards a ``sync`` with the camera table it was spawned with, so the next
+stages match it after any restart.
 
 On a stop request (sent only after every decode stage has exited) the stage drains the
 frames still in the rings, then exits.
@@ -334,14 +336,17 @@ def run(ctx: StageContext) -> int:
     for binding in ctx.spec.cameras:
         cams.attach(binding)
     runner = _Runner(ctx, engine, metrics)
-    det_ring = RecordRing.attach(ctx.spec.detection_ring)
+    # One detection ring per analytics shard: a camera's records go to its shard's.
+    det_rings = [
+        RecordRing.attach(n) for n in (ctx.spec.detection_rings or (ctx.spec.detection_ring,))
+    ]
     cmd_ring = RecordRing.attach(ctx.spec.command_ring) if ctx.spec.command_ring else None
     info = ModelInfoRecord(tuple(engine.class_names), engine.name, ctx.spec.model_path)
     base_seq = ctx.spec.cmd_seq
-    # Tell the next stages the camera table this process starts from.
-    ctx.put(det_ring, info.pack())
+    # Tell the next stages (every shard) the camera table this process starts from.
     sync = CommandRecord(base_seq, CommandOp.SYNC, ctx.spec.cameras, ctx.spec.worker)
-    ctx.put(det_ring, sync.pack())
+    _put_all(ctx, det_rings, info.pack())
+    _put_all(ctx, det_rings, sync.pack())
     ctx.ack(base_seq)
     batches = metrics.cell(m.INFER_BATCHES)
     busy = metrics.cell(m.INFER_SECONDS)
@@ -356,7 +361,7 @@ def run(ctx: StageContext) -> int:
         while True:
             draining = ctx.check_drain()
             if cmd_ring is not None and not _apply_commands(
-                ctx, runner, cams, cmd_ring, det_ring, base_seq
+                ctx, runner, cams, cmd_ring, det_rings, base_seq
             ):
                 return EXIT_OK
             taken, backlog = _take(cams, batcher)
@@ -376,18 +381,30 @@ def run(ctx: StageContext) -> int:
             busy.inc(busy_us)
             latency.observe(busy_us / 1e6)
             limit_gauge.set(batcher.done(len(taken), busy_us / 1e6, backlog))
-            for payload in records:
-                if not ctx.put(det_ring, payload):
+            for (cam, _), payload in zip(taken, records, strict=False):
+                if not ctx.put(det_rings[_shard(cam.binding, det_rings)], payload):
                     return EXIT_OK
             slot.beat()
     finally:
         runner.close()
         cams.close()
-        det_ring.close()
+        for r in det_rings:
+            r.close()
         if cmd_ring is not None:
             cmd_ring.close()
     log.info("stopped after %d frames in %d batches", n_frames, batches.get_int())
     return EXIT_OK
+
+
+def _shard(b: CameraBinding, det_rings: list[RecordRing]) -> int:
+    """Index of the detection ring of ``b``'s analytics shard."""
+    return b.shard if 0 <= b.shard < len(det_rings) else 0
+
+
+def _put_all(ctx: StageContext, rings: list[RecordRing], payload: bytes) -> bool:
+    """Put ``payload`` on every ring (commands reach every analytics shard); False if
+    the supervisor is gone."""
+    return all(ctx.put(r, payload) for r in rings)
 
 
 def _take(cams: _Cameras, batcher: Batcher[int]) -> tuple[list[tuple[_Camera, FrameSlot]], bool]:
@@ -487,10 +504,12 @@ def _apply_commands(
     runner: _Runner,
     cams: _Cameras,
     cmd_ring: RecordRing,
-    det_ring: RecordRing,
+    det_rings: list[RecordRing],
     base_seq: int,
 ) -> bool:
-    """Apply pending commands in order and forward them; False if the supervisor is gone."""
+    """Apply pending commands in order and forward them to every analytics shard (the
+    records of a camera let go to its own shard's ring first); False if the supervisor
+    is gone."""
     raw = cmd_ring.peek_many(COMMANDS_PER_ROUND)
     if not raw:
         return True
@@ -502,9 +521,9 @@ def _apply_commands(
             continue
         if cmd.seq <= base_seq:
             continue  # already part of the table this process was spawned with
-        forward: list[bytes] = []
+        forward: list[tuple[int, bytes]] = []
 
-        def let_go(b: CameraBinding, why: str, forward: list[bytes] = forward) -> None:
+        def let_go(b: CameraBinding, why: str, forward: list[tuple[int, bytes]] = forward) -> None:
             cam = cams.detach(b.key)
             if cam is None:
                 return
@@ -516,7 +535,7 @@ def _apply_commands(
                 if last is None:
                     break
                 records, _ = _infer(runner, [(cam, last)])
-                forward.extend(records)
+                forward.extend((_shard(cam.binding, det_rings), r) for r in records)
             cam.ring.close()
             cams.metrics.retire_label("camera", b.camera_id)
             log.info("camera %s %s", b.camera_id, why)
@@ -535,10 +554,10 @@ def _apply_commands(
         elif cmd.op is CommandOp.DETACH:
             for b in cmd.cameras:
                 let_go(b, "detached")
-        for payload in forward:
-            if not ctx.put(det_ring, payload):
+        for shard, payload in forward:
+            if not ctx.put(det_rings[shard], payload):
                 return False
-        if not ctx.put(det_ring, data):
+        if not _put_all(ctx, det_rings, data):
             return False
         ctx.ack(cmd.seq)
         log.info("applied command %d (%s %s)", cmd.seq, cmd.op, [c.camera_id for c in cmd.cameras])

@@ -491,10 +491,33 @@ class Pump:
             time.sleep(RETRY_S)
 
 
+class _Acks:
+    """Camera commands reach the publisher once on every event ring (every analytics
+    shard forwards every command); one counts as applied here once every ring has
+    brought it, so a caller waiting for the change knows every event before it was
+    written, whichever shard analysed the camera."""
+
+    def __init__(self, base_seq: int, rings: int, ack: Callable[[int], None]) -> None:
+        self.seen = [base_seq] * rings
+        self._ack = ack
+
+    def ack_from(self, ring: int) -> Callable[[int], None]:
+        """The ack callback of ring ``ring``'s pump."""
+
+        def ack(seq: int) -> None:
+            if seq > self.seen[ring]:
+                self.seen[ring] = seq
+                self._ack(min(self.seen))
+
+        return ack
+
+
 def run(ctx: StageContext) -> int:
     """Publish events until stopped and drained."""
     config = ctx.config
-    ring = RecordRing.attach(ctx.spec.event_ring)
+    # One event ring per analytics shard; a camera's events all come through its
+    # shard's ring, so each camera's events stay in order.
+    rings = [RecordRing.attach(n) for n in (ctx.spec.event_rings or (ctx.spec.event_ring,))]
     assert ctx.metrics is not None
     w: MetricWriter = ctx.metrics
     extra = _Extra()
@@ -546,25 +569,29 @@ def run(ctx: StageContext) -> int:
             done = [False] * len(outs)
             _offer(ctx, outs, mine, done)  # best effort: not on the ring, not retried
 
-    pump = Pump(
-        ring,
-        outs,
-        batch_records,
-        beat=slot.beat,
-        describe=ctx.describe,
-        ack=ctx.ack,
-        give_up=lambda: ctx.parent_gone() and ctx.draining,
-    )
+    acks = _Acks(ctx.spec.cmd_seq, len(rings), ctx.ack)
+    pumps = [
+        Pump(
+            ring,
+            outs,
+            batch_records,
+            beat=slot.beat,
+            describe=ctx.describe,
+            ack=acks.ack_from(i),
+            give_up=lambda: ctx.parent_gone() and ctx.draining,
+        )
+        for i, ring in enumerate(rings)
+    ]
     try:
         # Events leave the ring only once every sink accepted them: a failed write or a
         # crash means they are written again later (at least once), never lost.
         while True:
             draining = ctx.check_drain()
-            if pump.step():
+            if sum(p.step() for p in pumps):
                 housekeeping()
                 slot.beat()
                 continue
-            if pump.gave_up or draining:
+            if any(p.gave_up for p in pumps) or draining:
                 break
             housekeeping()
             slot.beat()
@@ -577,6 +604,7 @@ def run(ctx: StageContext) -> int:
                 s.close()
             except (OSError, SinkError) as err:
                 log.error("cannot close %s: %s", s.describe(), err)
-        ring.close()
+        for ring in rings:
+            ring.close()
         daemon_alerts.close()
     return EXIT_OK

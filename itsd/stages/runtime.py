@@ -71,9 +71,11 @@ class StageSpec:
     cmd_seq: int = 0  # the last command whose effect ``cameras`` includes
     command_ring: str = ""  # inference: commands from the supervisor
     detection_ring: str = ""  # inference: where its detections go
-    detection_rings: tuple[str, ...] = ()  # analytics: one per inference worker
-    worker: int = 0  # inference: this worker's index
-    event_ring: str = ""
+    #: inference: one per analytics shard; analytics: one per inference worker
+    detection_rings: tuple[str, ...] = ()
+    worker: int = 0  # inference worker, decode worker or analytics shard: its index
+    event_ring: str = ""  # analytics: where its events go
+    event_rings: tuple[str, ...] = ()  # the publisher: one per analytics shard
     model_path: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

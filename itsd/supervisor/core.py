@@ -14,6 +14,9 @@ Process model (see ARCHITECTURE.md):
   camera; a new camera goes to the least loaded one. A camera's decode counters and
   state live in its own cell table and info board, created here with its ring, so they
   survive a worker's restart and a move.
+* Analytics runs as ``performance.analytics_workers`` shards; a new camera goes to the
+  shard with the fewest cameras and stays there. Every inference worker has one
+  detection ring per shard and each shard one event ring, all read by the publisher.
 * Each stage bumps a heartbeat counter in the control block. A stage whose heartbeat
   stops is stuck: it gets SIGABRT (faulthandler prints its threads' tracebacks into the
   log), then SIGKILL, then a restart.
@@ -80,6 +83,7 @@ from itsd.errors import (
 )
 from itsd.records import CameraBinding, CommandOp, CommandRecord
 from itsd.runtime import metrics as m
+from itsd.runtime.service_metrics import detections_board_name
 from itsd.shm import (
     ControlBlock,
     FrameRing,
@@ -183,6 +187,7 @@ class CameraEntry:
     info: Board  # the camera's decode state (connecting, streaming, ...)
     worker: int = 0  # inference worker
     decoder: int = 0  # decode worker
+    shard: int = 0  # analytics shard
     removing: bool = False
 
     def binding(self) -> CameraBinding:
@@ -195,6 +200,7 @@ class CameraEntry:
             self.worker,
             self.cells.name,
             self.info.name,
+            self.shard,
         )
 
     def flag(self, defn: m.MetricDef) -> bool:
@@ -250,12 +256,17 @@ class Supervisor:
         self.control: ControlBlock | None = None
         self.workers = config.resolved_inference_workers()
         self.decoders = config.resolved_decode_workers()
-        # Decode workers, inference workers, analytics, publisher.
-        self.n_core = self.decoders + self.workers + 2
-        self.record_rings: list[RecordRing] = []  # detections of each worker, then events
+        self.shards = config.resolved_analytics_workers()
+        # Decode workers, inference workers, analytics shards, publisher.
+        self.n_core = self.decoders + self.workers + self.shards + 1
+        #: Every record ring: the detection rings, then the event rings.
+        self.record_rings: list[RecordRing] = []
+        #: detection_rings[k][s]: inference worker k's detections for analytics shard s.
+        self.detection_rings: list[list[RecordRing]] = []
+        self.event_rings: list[RecordRing] = []  # one per analytics shard
         self.command_rings: list[RecordRing] = []  # one per inference worker
         self.decode_command_rings: list[RecordRing] = []  # one per decode worker
-        self.board: Board | None = None
+        self.boards: list[Board] = []  # each analytics shard's live state (line counts)
         #: Detection events the publisher hands back to the control API (pushed frames'
         #: results, StreamFrames); written by the publisher, read by the gRPC server.
         self.results_ring: RecordRing | None = None
@@ -298,17 +309,16 @@ class Supervisor:
         return config_to_json(self.config.model_copy(update={"cameras": []}))
 
     def _create_shared_memory(self) -> None:
-        cfg = self.config
         removed = sweep_stale()
         for name in removed:
             log.info("removed shared memory left by a dead run: %s", name)
-        ring_bytes = cfg.performance.record_ring_mib * 1024 * 1024
+        ring_bytes = self._record_ring_bytes()
         n_slots = self.n_core
-        n_rings = self.workers + 1
+        n_rings = (self.workers + 1) * self.shards
         needed = ControlBlock.required_size(n_slots)
         needed += n_rings * RecordRing.required_size(ring_bytes)
         needed += (self.workers + self.decoders) * RecordRing.required_size(COMMAND_RING_BYTES)
-        needed += Board.required_size(BOARD_BYTES)
+        needed += self.shards * Board.required_size(BOARD_BYTES)
         needed += RecordRing.required_size(RESULTS_RING_BYTES)
         needed += self.n_core * (
             CellTable.required_size(self._core_cells()) + Board.required_size(INFO_BYTES)
@@ -320,10 +330,19 @@ class Supervisor:
         rid = self.run_id
         try:
             self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_slots)
-            for name in [f"detections{k}" for k in range(self.workers)] + ["events"]:
-                self.record_rings.append(
-                    RecordRing.create(segment_name(rid, "records", name), ring_bytes)
-                )
+            one = self.shards == 1  # the names of a daemon without shards stay as they were
+            for k in range(self.workers):
+                row = []
+                for s in range(self.shards):
+                    name = f"detections{k}" if one else f"detections{k}s{s}"
+                    row.append(RecordRing.create(segment_name(rid, "records", name), ring_bytes))
+                self.detection_rings.append(row)
+                self.record_rings.extend(row)
+            for s in range(self.shards):
+                name = "events" if one else f"events{s}"
+                ring = RecordRing.create(segment_name(rid, "records", name), ring_bytes)
+                self.event_rings.append(ring)
+                self.record_rings.append(ring)
             for k in range(self.workers):
                 self.command_rings.append(
                     RecordRing.create(
@@ -336,7 +355,9 @@ class Supervisor:
                         segment_name(rid, "records", f"decodecmds{k}"), COMMAND_RING_BYTES
                     )
                 )
-            self.board = Board.create(segment_name(rid, "board", "analytics"), BOARD_BYTES)
+            for s in range(self.shards):
+                name = "analytics" if s == 0 else f"analytics{s}"
+                self.boards.append(Board.create(segment_name(rid, "board", name), BOARD_BYTES))
             self.results_ring = RecordRing.create(
                 segment_name(rid, "records", "results"), RESULTS_RING_BYTES
             )
@@ -352,6 +373,12 @@ class Supervisor:
             self.workers,
         )
 
+    def _record_ring_bytes(self) -> int:
+        """Size of each detection and event ring: ``record_ring_mib``, split between the
+        analytics shards (each ring carries a shard's share), at least 4 MiB."""
+        full = self.config.performance.record_ring_mib * 1024 * 1024
+        return max(min(full, 4 << 20), full // self.shards)
+
     def _core_cells(self) -> int:
         return 8 * self.config.supervisor.max_cameras + 64
 
@@ -364,12 +391,15 @@ class Supervisor:
         for rring in self.record_rings + self.command_rings + self.decode_command_rings:
             _close_unlink(rring)
         self.record_rings.clear()
+        self.detection_rings.clear()
+        self.event_rings.clear()
         self.command_rings.clear()
         self.decode_command_rings.clear()
-        for obj in (self.board, self.control, self.results_ring):
+        for obj in (*self.boards, self.control, self.results_ring):
             if obj is not None:
                 _close_unlink(obj)
-        self.board = self.control = None
+        self.boards.clear()
+        self.control = None
         self.results_ring = None
 
     def _stage_memory(self, kind: str, key: str, cells: int) -> tuple[CellTable, Board]:
@@ -384,25 +414,23 @@ class Supervisor:
 
     # -- stages ---------------------------------------------------------------------------
     def _common_spec(self) -> dict[str, Any]:
-        assert self.control is not None and self.board is not None
+        assert self.control is not None
         return {
             "control_name": self.control.name,
             "parent_pid": os.getpid(),
             "config_json": self._stage_config_json(),
-            "detection_rings": tuple(r.name for r in self.record_rings[: self.workers]),
-            "event_ring": self.record_rings[-1].name,
             "model_path": self.model_path,
-            "extra": {
-                "board": self.board.name,
-                "results": self.results_ring.name if self.results_ring is not None else "",
-            },
         }
 
-    def _table(self, worker: int | None = None) -> tuple[CameraBinding, ...]:
+    def _table(
+        self, worker: int | None = None, shard: int | None = None
+    ) -> tuple[CameraBinding, ...]:
         return tuple(
             e.binding()
             for e in self.cameras.values()
-            if not e.removing and (worker is None or e.worker == worker)
+            if not e.removing
+            and (worker is None or e.worker == worker)
+            and (shard is None or e.shard == shard)
         )
 
     def _decode_table(self, decoder: int) -> tuple[CameraBinding, ...]:
@@ -442,6 +470,16 @@ class Supervisor:
             )
         return best
 
+    def place_shard(self) -> int:
+        """The analytics shard for a new camera: the one with the fewest cameras (ties go
+        to the lowest index). A camera stays on its shard for as long as it runs."""
+        load = collections.Counter(e.shard for e in self.cameras.values() if not e.removing)
+        return min(range(self.shards), key=lambda s: (load[s], s))
+
+    def shard_name(self, s: int) -> str:
+        """Stage name of analytics shard ``s`` ("analyze" when there is only one)."""
+        return "analyze" if self.shards == 1 else f"analyze:{s}"
+
     def place(self, camera_id: str) -> int:
         """The inference worker of a camera: rendezvous hashing of its id over the workers
         not given up, so a camera stays on one worker across restarts and only the cameras
@@ -457,12 +495,15 @@ class Supervisor:
         assert self.control is not None
         kinds = [("decode", GROUP_DECODE, k) for k in range(self.decoders)]
         kinds += [("infer", GROUP_INFER, k) for k in range(self.workers)]
-        kinds += [("analyze", GROUP_ANALYZE, -1), ("publish", GROUP_PUBLISH, -1)]
+        kinds += [("analyze", GROUP_ANALYZE, s) for s in range(self.shards)]
+        kinds += [("publish", GROUP_PUBLISH, -1)]
         for slot, (kind, group, worker) in enumerate(kinds):
             if kind == "infer":
                 name = self.worker_name(worker)
             elif kind == "decode":
                 name = self.decoder_name(worker)
+            elif kind == "analyze":
+                name = self.shard_name(worker)
             else:
                 name = kind
             cells, info = self._stage_memory(kind, str(max(worker, 0)), self._core_cells())
@@ -477,12 +518,15 @@ class Supervisor:
                 info: Board = info,
             ) -> StageSpec:
                 common = self._common_spec()
+                results = self.results_ring.name if self.results_ring is not None else ""
                 extra: dict[str, Any] = {}
                 if kind == "infer":
+                    rings = tuple(r.name for r in self.detection_rings[worker])
                     extra = {
                         "worker": worker,
                         "command_ring": self.command_rings[worker].name,
-                        "detection_ring": common["detection_rings"][worker],
+                        "detection_ring": rings[0],
+                        "detection_rings": rings,
                     }
                     table = self._table(worker)
                 elif kind == "decode":
@@ -491,7 +535,23 @@ class Supervisor:
                         "command_ring": self.decode_command_rings[worker].name,
                     }
                     table = self._decode_table(worker)
+                elif kind == "analyze":
+                    extra = {
+                        "worker": worker,
+                        "detection_rings": tuple(row[worker].name for row in self.detection_rings),
+                        "event_ring": self.event_rings[worker].name,
+                        "extra": {
+                            "board": self.boards[worker].name,
+                            "detections_board": detections_board_name(self.run_id, worker),
+                        },
+                    }
+                    table = self._table(shard=worker)
                 else:
+                    extra = {
+                        "event_ring": self.event_rings[0].name,
+                        "event_rings": tuple(r.name for r in self.event_rings),
+                        "extra": {"results": results},
+                    }
                     table = self._table()
                 return StageSpec(
                     name=name,
@@ -548,7 +608,9 @@ class Supervisor:
             _close_unlink(ring)
             raise
         self._next_key += 1
-        entry = CameraEntry(cfg, key, origin, ring, cells, info, self.place(cfg.id), decoder)
+        entry = CameraEntry(
+            cfg, key, origin, ring, cells, info, self.place(cfg.id), decoder, self.place_shard()
+        )
         self.cameras[cfg.id] = entry
         return entry
 

@@ -143,8 +143,11 @@ class Snapshotter:
             cam = smp.labels.get("camera", "")
             series_id = (smp.defn.name, cam)
             by_series[series_id] = by_series.get(series_id, 0.0) + smp.value
-        board = _json(sup.board.read(timeout=0.05)) if sup.board is not None else {}
-        traffic = board.get("cameras", {}) if isinstance(board.get("cameras"), dict) else {}
+        traffic: dict[str, Any] = {}
+        for shard_board in sup.boards:  # each analytics shard's cameras
+            board = _json(shard_board.read(timeout=0.05))
+            if isinstance(board.get("cameras"), dict):
+                traffic.update(board["cameras"])
         cameras: list[CameraView] = []
         rings: list[RingView] = []
         reasons: list[str] = []
@@ -248,6 +251,7 @@ class Snapshotter:
                 Sample(m.SUP_COMMANDS, MappingProxyType({"op": op}), float(sup.op_counts[op]))
             )
         self.service.run_id = sup.run_id
+        self.service.shards = sup.shards
         rates = [
             CameraRates(c.camera_id, c.state, c.fps_in, c.fps_out, c.target_fps, c.ring_used)
             for c in cameras
@@ -378,6 +382,7 @@ class Snapshotter:
             reason=redact_text(str(about.get("reason") or "")),
             stalls=int(series.get((m.DECODE_STALLS.name, cid), 0.0)),
             decode_time_s=decode_s / decoded if decoded else 0.0,
+            analytics=sup.shard_name(entry.shard),
         )
         ring = RingView(
             entry.ring.name,

@@ -87,6 +87,8 @@ class CameraView:
     stalls: int = 0
     #: Mean seconds to decode and convert one kept frame (0 before the first).
     decode_time_s: float = 0.0
+    #: The analytics shard that analyses the camera (its stage name).
+    analytics: str = ""
 
 
 @dataclass(frozen=True, slots=True)

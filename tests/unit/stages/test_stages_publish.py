@@ -182,3 +182,22 @@ def test_events_survive_json_payloads_unchanged(ring: RecordRing) -> None:
 
     assert pump_for(ring, [Keep()], 10).step() == 1
     assert got == [EventRecord(Topic.ALERT, "cam-ä", payload, EventType.ALERT)]
+
+
+def test_a_command_counts_as_published_once_every_event_ring_brought_it() -> None:
+    from itsd.stages.publish import _Acks
+
+    acked: list[int] = []
+    acks = _Acks(5, 2, acked.append)
+    ring0, ring1 = acks.ack_from(0), acks.ack_from(1)
+    ring0(6)
+    assert acked == [5]  # ring 1 has not brought command 6 yet
+    ring1(6)
+    assert acked[-1] == 6
+    ring1(7)
+    ring1(8)  # shard 1 ran ahead: nothing past what ring 0 brought
+    assert acked[-1] == 6
+    ring0(8)
+    assert acked[-1] == 8
+    ring0(3)  # an old command (before this process started) changes nothing
+    assert acked[-1] == 8
