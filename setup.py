@@ -1,5 +1,6 @@
-"""Build hook: compiles the small C extensions: real atomics, and the record ring's and
-the event records' batch reads (the publisher's hot path).
+"""Build hook: compiles the small C extensions: real atomics, the record ring's and
+the event records' batch reads (the publisher's hot path), and the decode worker's copy
+of picture planes into frame ring slots.
 
 Everything else about the package is declared in pyproject.toml.
 """
@@ -21,6 +22,11 @@ setup(
         Extension(
             "itsd._records",
             sources=["itsd/_records.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        ),
+        Extension(
+            "itsd.sources._planecopy",
+            sources=["itsd/sources/_planecopy.c"],
             extra_compile_args=["-O2", "-std=c11"],
         ),
     ]

@@ -48,7 +48,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -124,6 +124,20 @@ class I420Frame(Protocol):
     def i420_into(self, out: np.ndarray) -> None:
         """Write the picture at ``i420_size()`` into ``out``."""
         ...
+
+
+_I420_TYPES: dict[type, bool] = {}
+
+
+def as_i420(frame: object) -> I420Frame | None:
+    """``frame`` as an :class:`I420Frame` when its type offers I420, else None. Decided
+    once per type: ``isinstance`` against a runtime protocol costs about 25 us, a twentieth
+    of decoding a 640x360 frame."""
+    kind = type(frame)
+    ok = _I420_TYPES.get(kind)
+    if ok is None:
+        ok = _I420_TYPES[kind] = isinstance(frame, I420Frame)
+    return cast(I420Frame, frame) if ok else None
 
 
 @dataclass(frozen=True)

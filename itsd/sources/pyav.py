@@ -24,10 +24,12 @@ Frames are converted to RGB (and scaled, see ``Converter``) by libswscale contex
 per source, only for frames the caller asks pixels of: sampled-out frames are decoded,
 never converted. ``PyAVFrame.i420_into`` instead copies the decoder's YUV 4:2:0 planes
 straight into a caller's buffer (a frame ring slot): no colour conversion and no
-intermediate array, which is what lets a decode worker run at FFmpeg's own rate. See
+intermediate array, with streaming stores (``_planecopy.c``) that leave the decoder's
+reference frames in the caches. See
 ``itsd.sources`` for the options (resize, fps, skip when behind, threads).
 
-This module must never write to shared memory or import a stage.
+This module must never open or map shared memory (it writes only into buffers its
+caller hands it) or import a stage.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ from itsd.errors import SourceError
 from itsd.redact import redact_text, redact_url
 from itsd.samples import resolve_source
 from itsd.sources import DEFAULT_OPTIONS, Sampler, SourceOptions
+
+try:  # streaming-store plane copy (setup.py builds it); numpy's copy otherwise
+    from itsd.sources import _planecopy
+except ImportError:  # pragma: no cover - a checkout whose extensions are not built
+    _planecopy = None  # type: ignore[assignment]
 
 log = logging.getLogger("itsd.decode")
 
@@ -100,14 +107,27 @@ class Converter:
                 height=height,
                 format="yuv420p",
                 interpolation=self.interpolation,
+                dst_color_range="MPEG",  # limited range, what readers convert from
             )
-        flat = out.reshape(-1)
+        planes = frame.planes  # a new tuple of plane objects on every access: take it once
+        cw, ch = width // 2, height // 2
+        parts = ((planes[0], width, height), (planes[1], cw, ch), (planes[2], cw, ch))
         pos = 0
-        for i, (w, h) in enumerate(((width, height), (width // 2, height // 2))):
-            for plane in (frame.planes[i],) if i == 0 else (frame.planes[1], frame.planes[2]):
-                src = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
-                np.copyto(flat[pos : pos + w * h].reshape(h, w), src)
-                pos += w * h
+        if _planecopy is not None and out.flags.c_contiguous:
+            dst = out.data  # a memoryview on the slot
+            for plane, w, h in parts:
+                pos = _planecopy.copy_rows(dst, pos, plane, w, h, plane.line_size)
+            return
+        flat = out.reshape(-1)
+        for plane, w, h in parts:
+            n = w * h
+            stride = plane.line_size
+            if stride == w:  # packed rows (the usual case): one memcpy
+                flat[pos : pos + n] = np.frombuffer(plane, np.uint8, count=n)
+            else:  # rows padded for SIMD: copy the visible part of each
+                src = np.frombuffer(plane, np.uint8, count=stride * h).reshape(h, stride)
+                np.copyto(flat[pos : pos + n].reshape(h, w), src[:, :w])
+            pos += n
 
 
 class PyAVFrame:

@@ -51,7 +51,7 @@ from itsd.shm import FrameRing, RecordRing
 from itsd.shm.board import Board
 from itsd.shm.cells import CellTable
 from itsd.shm.frame_ring import PIXEL_FORMAT_I420, PIXEL_FORMAT_RGB24
-from itsd.sources import I420Frame, Source, SourceOptions, open_source
+from itsd.sources import I420Frame, Source, SourceOptions, as_i420, open_source
 from itsd.stages.runtime import StageContext
 
 log = logging.getLogger("itsd.decode")
@@ -358,7 +358,7 @@ class _CameraRun(threading.Thread):
                         return None
                 if lossless and not self._wait_for_slot():
                     return None
-                planar = frame if want_i420 and isinstance(frame, I420Frame) else None
+                planar = as_i420(frame) if want_i420 else None
                 i420 = planar.i420_size() if planar is not None else None
                 if i420 is None:
                     t0 = time.perf_counter_ns()
