@@ -7,7 +7,8 @@ in rotated order each round (publisher first in even rounds, raw first in odd on
   shared memory with the daemon's Kafka sink: events (real detection events from
   ``itsd.events``, 20 cameras) are packed on a ``RecordRing`` before the clock starts;
   timed: ``Pump.step()`` until the ring is empty: batches of ``--batch`` records read
-  and decoded (the next one while the broker answers for the last), produced with key
+  and decoded (``RecordRing.peek_from`` and ``EventRecord.unpack_all``, one C call each
+  per batch; the next batch while the broker answers for the last), produced with key
   and headers (acks=all, idempotence, lz4, linger 5 ms), settled (every event
   acknowledged, or failures spooled) and only then advanced past on the ring.
 - raw: ``Producer.produce`` of the same messages (topic, payload, key, the two headers
@@ -17,11 +18,13 @@ in rotated order each round (publisher first in even rounds, raw first in odd on
   delivery tracking and no ring.
 
 ``--warmup`` untimed rounds of each path (20,000 events) come first. The table gives the
-median events/s of each over ``--rounds`` and the ratio
-publisher/raw (the goal is at least 0.8), and the CPU time each spent per event: this
+median events/s of each over ``--rounds`` and the ratio publisher/raw (the goal is at
+least 0.8) two ways: of the two medians, and the median of each round's own ratio (the
+two runs of a round are back to back, so they share the machine's load of the moment:
+on a shared machine this one moves less); and the CPU time each spent per event: this
 process (all its threads: Python and librdkafka's) and the broker's. On a machine shared
 with other work the wall-clock rates swing with the load; the CPU times move less and
-say where the time goes.
+say where the time goes. The load average (1, 5, 15 min) is printed before and after.
 
     .venv/bin/python bench/kafka_bench.py [--events N] [--rounds R] [--warmup W] [--batch B]
                                           [--json FILE]
@@ -187,6 +190,8 @@ def main() -> None:
     cfg = KafkaConfig(enabled=True, bootstrap_servers=broker.bootstrap, **extra)
     name = segment_name(new_run_id(), "records", "benchevents")
     ring = RecordRing.create(name, 1 << max(20, (size * 2).bit_length()))
+    load_before = os.getloadavg()
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*load_before), flush=True)
     results: dict[str, list[float]] = {"publisher": [], "raw": []}
     cpu: dict[str, list[float]] = {"publisher": [], "raw": []}
     broker_cpu: dict[str, list[float]] = {"publisher": [], "raw": []}
@@ -219,14 +224,20 @@ def main() -> None:
         ring.close()
         ring.unlink()
         broker.stop()
+    load_after = os.getloadavg()
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*load_after))
     med = {k: statistics.median(v) for k, v in results.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     med_broker = {k: statistics.median(v) for k, v in broker_cpu.items()}
     ratio = med["publisher"] / med["raw"]
+    paired = statistics.median(
+        p / r for p, r in zip(results["publisher"], results["raw"], strict=True)
+    )
     print(f"\n{'path':10s} {'median events/s':>16s} {'cpu us/event here':>18s} {'broker':>7s}")
     for k in ("publisher", "raw"):
         print(f"{k:10s} {med[k]:16.0f} {med_cpu[k]:18.2f} {med_broker[k]:7.2f}")
     print(f"ratio publisher/raw: {ratio:.2f} (goal >= 0.80)")
+    print(f"median of the rounds' own ratios: {paired:.2f}")
     if args.json:
         out: dict[str, Any] = {
             "events": args.events,
@@ -238,6 +249,8 @@ def main() -> None:
             "cpu_us_per_event": {"per_round": cpu, "median": med_cpu},
             "broker_cpu_us_per_event": {"per_round": broker_cpu, "median": med_broker},
             "ratio": ratio,
+            "ratio_paired_median": paired,
+            "load_average": {"before": load_before, "after": load_after},
             "machine": platform.platform(),
             "python": platform.python_version(),
         }
