@@ -113,6 +113,47 @@ class AlertBook:
         """Active keys about one track."""
         return [k for k, a in self.active.items() if track_id in a.track_ids]
 
+    def to_state(self) -> list[dict[str, Any]]:
+        """The raised alerts as plain JSON data (``restore_state`` takes them back)."""
+        return [
+            {
+                "key": a.key,
+                "alert_type": a.alert_type,
+                "severity": a.severity,
+                "message": a.message,
+                "t": a.t,
+                "zone_id": a.zone_id,
+                "track_ids": list(a.track_ids),
+                "speed_kmh": a.speed_kmh,
+                "evidence": a.evidence,
+            }
+            for a in self.active.values()
+        ]
+
+    def restore_state(self, state: list[dict[str, Any]]) -> int:
+        """Mark alerts saved by ``to_state`` raised again (so each gets its one clear);
+        how many. Entries that do not parse are skipped."""
+        n = 0
+        for d in state:
+            try:
+                a = Alert(
+                    key=str(d["key"]),
+                    alert_type=str(d["alert_type"]),
+                    severity=str(d["severity"]),
+                    state=RAISED,
+                    message=str(d["message"]),
+                    t=float(d["t"]),
+                    zone_id=str(d.get("zone_id", "")),
+                    track_ids=tuple(int(x) for x in d.get("track_ids", ())),
+                    speed_kmh=None if d.get("speed_kmh") is None else float(d["speed_kmh"]),
+                    evidence=dict(d.get("evidence") or {}),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            if self.raise_alert(a) is not None:
+                n += 1
+        return n
+
     def clear_all(self, t: float, reason: str) -> list[Alert]:
         """Clear everything (the camera goes away)."""
         out = []

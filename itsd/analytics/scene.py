@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,3 +164,28 @@ class Scene:
     def close(self, t: float, reason: str) -> list[Alert]:
         """Clear every active alert (the camera is removed or reconfigured)."""
         return self.book.clear_all(t, reason)
+
+    def to_state(self) -> dict[str, Any]:
+        """What a restart of the stage must not lose: the open interval and the raised
+        alerts (tracks, zones' dwell and the rules' per-track state start afresh)."""
+        return {
+            "last_t": self.last_t,
+            "summary": self.summary.to_state(),
+            "alerts": self.book.to_state(),
+        }
+
+    def restore_state(self, state: dict[str, Any], reason: str) -> list[Alert]:
+        """Take back a state saved by ``to_state``: the open interval goes on; the alerts
+        that were raised are cleared with ``reason`` (the rules watch afresh, and raise
+        again, with a new id, what still holds), so every raise keeps its one clear."""
+        try:
+            last_t = float(state.get("last_t") or 0.0)
+            summary = state.get("summary")
+            alerts = state.get("alerts") or []
+        except (AttributeError, TypeError, ValueError):
+            return []
+        if isinstance(summary, dict) and self.summary.restore_state(summary):
+            self.last_t = max(self.last_t, last_t)
+        if not isinstance(alerts, list) or not self.book.restore_state(alerts):
+            return []
+        return self.book.clear_all(max(last_t, self.last_t), reason)

@@ -149,6 +149,58 @@ class IntervalAccumulator:
         self.resume_at = end
         return out
 
+    def to_state(self) -> dict[str, Any]:
+        """The open interval as plain JSON data (``restore_state`` takes it back)."""
+        return {
+            "interval_s": self.interval_s,
+            "start": self.start,
+            "last_t": self.last_t,
+            "resume_at": None if math.isinf(self.resume_at) else self.resume_at,
+            "frames": self.frames,
+            "counts": self.counts,
+            "speeds": [[tid, s, n] for tid, (s, n) in self.speeds.items()],
+            "zones": {
+                z: [a.frames, a.occupancy_sum, a.occupied_frames, a.dwells, a.queue_max]
+                for z, a in self.zones.items()
+            },
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> bool:
+        """Reopen an interval saved by ``to_state`` (after a restart of the stage); False
+        (and nothing changed) when it was saved with another interval length or does not
+        parse. Zones no longer configured are dropped."""
+        try:
+            if float(state["interval_s"]) != self.interval_s:
+                return False
+            start = None if state["start"] is None else float(state["start"])
+            last_t = float(state["last_t"])
+            resume = state.get("resume_at")
+            resume_at = -math.inf if resume is None else float(resume)
+            frames = int(state["frames"])
+            counts = {
+                str(line): {
+                    str(d): {str(c): int(n) for c, n in per.items()} for d, per in dirs.items()
+                }
+                for line, dirs in state["counts"].items()
+            }
+            speeds = {int(t): (float(sp), int(n)) for t, sp, n in state["speeds"]}
+            zones = {}
+            for z, (fr, occ, occf, dwells, qmax) in state["zones"].items():
+                if z in self.zone_ids:
+                    zones[z] = _ZoneAcc(
+                        int(fr),
+                        int(occ),
+                        int(occf),
+                        [float(x) for x in dwells],
+                        None if qmax is None else float(qmax),
+                    )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        self.start, self.last_t, self.resume_at, self.frames = start, last_t, resume_at, frames
+        self.counts, self.speeds = counts, speeds
+        self.zones = {z: zones.get(z, _ZoneAcc()) for z in self.zone_ids}
+        return True
+
     def close(self, end: float) -> IntervalSummary | None:
         """The summary of the open interval, ending at ``end``; the accumulators restart."""
         start = self.start if self.start is not None else end

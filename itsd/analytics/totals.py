@@ -11,6 +11,12 @@ Files are written atomically (temporary file, fsync, rename). Totals are saved e
 ``SAVE_PERIOD_S`` while they change and when a camera stops, so a crash loses at most
 that much counting; a daemon restart or a stage restart after a clean stop loses none.
 
+``<state_dir>/scene/<camera id>.json`` holds the camera's open interval and raised
+alerts (``Scene.to_state``), written every ``SAVE_PERIOD_S`` while they change (atomic
+rename, no fsync: it guards against a crash of the stage, not of the machine), so a
+restarted analytics process continues the interval (missing at most that much) and
+clears the alerts it had raised.
+
 This module reads and writes only these files; it must never import a stage, an
 engine or a GPU library, and never draw.
 """
@@ -107,3 +113,64 @@ class TotalsStore:
         """Forget the camera's totals (it was removed)."""
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+class SceneStore:
+    """The scene file of one camera (open interval, raised alerts)."""
+
+    def __init__(self, directory: Path, camera_id: str) -> None:
+        self.path = directory / "scene" / f"{_SAFE.sub('_', camera_id)}.json"
+        self.camera_id = camera_id
+        self._last = ""
+        self._warned = False
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None (none saved, or unreadable: logged)."""
+        try:
+            obj = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(obj, dict) or obj.get("version") != VERSION:
+                raise ValueError("not a scene file of this version")
+            state = obj.get("scene")
+            return state if isinstance(state, dict) else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.error(
+                "camera %s: scene file %s unreadable (%s); the interval starts afresh",
+                self.camera_id,
+                self.path,
+                err,
+            )
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write atomically when it changed; errors are logged once, never raised."""
+        body = json.dumps(
+            {"version": VERSION, "camera": self.camera_id, "scene": state},
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+        if body == self._last:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(body, encoding="utf-8")
+            os.replace(tmp, self.path)
+            self._last = body
+            self._warned = False
+        except (OSError, ValueError) as err:
+            if not self._warned:
+                self._warned = True
+                log.error(
+                    "camera %s: cannot save its scene to %s: %s", self.camera_id, self.path, err
+                )
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def delete(self) -> None:
+        """Forget the camera's scene (it was removed, or closed cleanly)."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._last = ""

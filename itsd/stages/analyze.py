@@ -88,7 +88,14 @@ from itsd.analytics.calibration import Calibration
 from itsd.analytics.classes import vehicle_type
 from itsd.analytics.scene import Scene, SceneSpec
 from itsd.analytics.summary import IntervalSummary
-from itsd.analytics.totals import ID_BLOCK, SAVE_PERIOD_S, LineTotals, TotalsStore, line_signature
+from itsd.analytics.totals import (
+    ID_BLOCK,
+    SAVE_PERIOD_S,
+    LineTotals,
+    SceneStore,
+    TotalsStore,
+    line_signature,
+)
 from itsd.analytics.zones import QueueSettings, ZoneSpec
 from itsd.config import AnalyticsConfig, CameraConfig
 from itsd.errors import EXIT_OK
@@ -490,6 +497,7 @@ class _Cam:
     crossings: Cell
     tracks: Cell
     store: TotalsStore
+    scene_store: SceneStore
     worker: int = 0
 
     def lines_state(self) -> dict[str, tuple[list[Any], LineTotals]]:
@@ -502,8 +510,23 @@ class _Cam:
         if self.a.tracker.next_track_id + ID_BLOCK // 10 >= reserved:
             reserved = self.a.tracker.next_track_id + ID_BLOCK
         self.store.save(self.lines_state(), reserved)
+        self.scene_store.save(self.a.scene.to_state())
 
-    def restore(self) -> None:
+    def restore(self) -> list[EventRecord]:
+        """Take back the saved totals, track ids, open interval and raised alerts; the
+        events that clear those alerts (the rules watch afresh after a restart)."""
+        events: list[EventRecord] = []
+        scene = self.scene_store.load()
+        if scene is not None:
+            cleared = self.a.scene.restore_state(scene, "analytics restarted; watching afresh")
+            events = [self.a._alert_event(a, 0, None) for a in cleared]
+            if self.a.scene.summary.start is not None or cleared:
+                log.info(
+                    "camera %s: open interval restored; %d alert(s) raised before the "
+                    "restart cleared",
+                    self.a.camera.id,
+                    len(cleared),
+                )
         saved, first = self.store.load()
         current = {ln.line_id: line_signature(ln) for ln in self.a.lines}
         restored = {k: tot for k, (sig, tot) in saved.items() if current.get(k) == sig}
@@ -518,6 +541,7 @@ class _Cam:
                 len(restored),
                 first,
             )
+        return events
 
 
 class _State:
@@ -583,9 +607,10 @@ class _State:
             w.cell(m.ANALYZE_CROSSINGS, camera=cid),
             w.cell(m.ANALYZE_TRACKS, camera=cid),
             TotalsStore(self.state_dir, cid),
+            SceneStore(self.state_dir, cid),
             b.worker,
         )
-        cam.restore()
+        self.pending.extend(cam.restore())
         cam.a.attach_frames(b.ring)
         self.cams[b.key] = cam
         log.info("camera %s attached (%d line(s))", camera.id, len(camera.lines))
@@ -596,6 +621,7 @@ class _State:
             self.pending.extend(cam.a.close("the camera was removed"))
             cam.a.close_frames()
             cam.store.delete()  # the camera was removed: its totals go with it
+            cam.scene_store.delete()
             self.metrics.retire_label("camera", cam.a.camera.id)
             log.info("camera %s detached", cam.a.camera.id)
 
@@ -655,7 +681,8 @@ def run(ctx: StageContext) -> int:
                         if not ctx.put(evt_ring, ev.pack()):
                             return EXIT_OK
                 det_ring.advance(len(batch))
-            for ev in state.idle_flush():
+            pending, state.pending = state.pending, []  # e.g. clears of restored alerts
+            for ev in pending + state.idle_flush():
                 if not ctx.put(evt_ring, ev.pack()):
                     return EXIT_OK
             slot.beat()

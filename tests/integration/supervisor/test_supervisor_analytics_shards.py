@@ -4,9 +4,10 @@ the other's cameras alone.
 Two shards, one inference worker, four cameras (two on the real dusk clip, two test
 patterns). New cameras go to the shard with fewest cameras, so each shard gets one clip
 and one pattern; /api/state names each camera's shard. SIGKILL of one shard: it
-restarts and its cameras' events resume; the other shard keeps its process, and its
-cameras' events go on without a pause and without a frame analysed twice. Camera changes
-still reach every shard (added and removed at run time).
+restarts, takes back its cameras' open intervals, and their events resume; the other
+shard keeps its process, and its cameras' events go on without a pause and without a
+frame analysed twice. Camera changes still reach every shard (added and removed at run
+time).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def test_cameras_are_split_across_shards_and_survive_the_other_shards_restart(
     os.kill(d.stage_pid("analyze:1"), signal.SIGKILL)
     d.wait_log(r"analyze:1 died \(killed by SIGKILL\); restarting in")
     d.wait_log(r"started analyze:1 \(pid", count=2)
+    # The restarted shard took back its cameras' open intervals (saved every second).
+    d.wait_log(r"analyze:1\[\d+\] itsd\.analyze: camera (d1|p3): open interval restored")
     wait_until(
         lambda: all(max(_frames(d)[c]) > before[c] + 10 for c in before),
         60,
