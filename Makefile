@@ -38,7 +38,7 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py itsd/shm/_atomics.c itsd/shm/_ringread.c itsd/_records.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard itsd/*.c itsd/*/*.c)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
