@@ -5,8 +5,11 @@ A ring slot holds RGB24, BGR24, GRAY8 or I420 (see ``itsd.shm.frame_ring``). I42
 an H.264 decoder gives: carrying it saves the decode worker the colour conversion (about
 0.15 ms a frame at 640x360, 1 ms at 1080p) and half the bytes. The conversion happens
 here instead, on the reader's side, and can be made on a smaller picture: ``to_rgb(...,
-size=(w, h))`` scales the three planes first (Y to ``w`` x ``h``, U and V to half that)
-and converts the small picture, which costs a fraction of converting the whole frame.
+size=(w, h))`` scales the three planes straight to ``w`` x ``h`` (luma down, chroma from
+half size) and converts the small picture with one matrix per pixel: at 640x360 to
+320x180 about 0.11 ms against 0.28 ms for converting the whole frame and scaling it, and
+closer to libswscale's RGB scaled the same way (mean difference 1.0 grey level against
+1.25 for 4:2:0 at the small size, whose chroma blocks would be twice as coarse).
 
 Colour: I420 is BT.601 limited range (what libswscale assumes for H.264 without colour
 tags, and OpenCV's ``COLOR_YUV2RGB_I420``); the result is within 3 grey levels of
@@ -64,15 +67,18 @@ def i420_planes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return y, u, v
 
 
-def _i420_scaled(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The I420 frame with its planes scaled to ``size`` (even width and height)."""
-    w, h = size
-    y, u, v = i420_planes(pixels)
-    out = np.empty((h * 3 // 2, w), np.uint8)
-    oy, ou, ov = i420_planes(out)
-    cv2.resize(y, (w, h), dst=oy, interpolation=cv2.INTER_LINEAR)
-    cv2.resize(u, (w // 2, h // 2), dst=ou, interpolation=cv2.INTER_LINEAR)
-    cv2.resize(v, (w // 2, h // 2), dst=ov, interpolation=cv2.INTER_LINEAR)
+# BT.601 limited range, YUV -> RGB (rows R, G, B; columns Y, U, V, constant), the matrix
+# OpenCV's COLOR_YUV2RGB_I420 and libswscale use for untagged H.264.
+_M = np.array([[1.164, 0.0, 1.596], [1.164, -0.392, -0.813], [1.164, 2.017, 0.0]], np.float32)
+_YUV2RGB = np.hstack([_M, (-_M @ np.array([16, 128, 128], np.float32))[:, None]])
+_YUV2BGR = np.ascontiguousarray(_YUV2RGB[::-1])
+
+
+def _i420_scaled(pixels: np.ndarray, size: tuple[int, int], bgr: bool) -> np.ndarray:
+    """The I420 frame at ``size``: each plane scaled straight to ``size`` (chroma from
+    half size, so no 4:2:0 blocks at the small size), then one matrix per pixel."""
+    planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in i420_planes(pixels)]
+    out: np.ndarray = cv2.transform(cv2.merge(planes), _YUV2BGR if bgr else _YUV2RGB)
     return out
 
 
@@ -80,18 +86,12 @@ def _convert(
     pixels: np.ndarray, pixel_format: int, bgr: bool, size: tuple[int, int] | None
 ) -> np.ndarray:
     if pixel_format == PIXEL_FORMAT_I420:
-        src = pixels
         if size is not None and size != picture_size(pixels, pixel_format):
-            # Even size for the chroma planes; at most one pixel off, then exact below.
-            even = (max(2, size[0] + size[0] % 2), max(2, size[1] + size[1] % 2))
-            src = _i420_scaled(pixels, even)
-            code = cv2.COLOR_YUV2BGR_I420 if bgr else cv2.COLOR_YUV2RGB_I420
-            out = cv2.cvtColor(src, code)
-            if (out.shape[1], out.shape[0]) != size:
-                out = cv2.resize(out, size, interpolation=cv2.INTER_LINEAR)
-            return out
+            return _i420_scaled(pixels, size, bgr)
         i420_planes(pixels)  # checks the shape
-        return cv2.cvtColor(src, cv2.COLOR_YUV2BGR_I420 if bgr else cv2.COLOR_YUV2RGB_I420)
+        code = cv2.COLOR_YUV2BGR_I420 if bgr else cv2.COLOR_YUV2RGB_I420
+        full: np.ndarray = cv2.cvtColor(pixels, code)
+        return full
     if pixel_format in (PIXEL_FORMAT_RGB24, PIXEL_FORMAT_BGR24):
         if pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ValueError(
