@@ -20,12 +20,20 @@ that waiting for a core shared with other work does not count as cost; rounds ar
 rotated and the medians reported.
 
     .venv/bin/python bench/analytics_bench.py [--frames 300] [--rounds 5] [--json out.json]
+
+``--shards 1,2``: what sharding buys (``performance.analytics_workers``). N processes,
+each a shard running ``full+det`` cameras as fast as it can for ``--shard-s`` seconds of
+wall time; the camera-frames per second of all of them together, for each N in rotation,
+and the ratio to one shard. One process is the ceiling a daemon without shards has.
+
+    .venv/bin/python bench/analytics_bench.py --shards 1,2 [--shard-s 10] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -167,12 +175,62 @@ def inference_ms(repeat: int) -> float | None:
     return (time.process_time() - start) / repeat * 1e3
 
 
+def _shard(frames: int, seconds: float, start: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """One shard: ``full+det`` camera-frames for ``seconds`` from ``start`` (wall)."""
+    records = traffic(frames)
+    cam = CameraAnalytics(camera(True), COCO_NAMES, AnalyticsConfig(snapshots=False))
+    while time.time() < start:
+        time.sleep(0.001)
+    done = 0
+    while time.time() - start < seconds:
+        for rec in records:
+            cam.process(rec, True, 0.25)
+        done += len(records)
+    out.put(done / (time.time() - start))
+
+
+def shards_bench(counts: list[int], frames: int, seconds: float, rounds: int) -> dict[str, object]:
+    """Camera-frames/s of N shard processes together, rotated over rounds (medians)."""
+    ctx = multiprocessing.get_context("spawn")
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    for r in range(rounds):
+        for n in counts[r % len(counts) :] + counts[: r % len(counts)]:
+            q = ctx.Queue()
+            start = time.time() + 3.0  # every process built its camera by then
+            procs = [ctx.Process(target=_shard, args=(frames, seconds, start, q)) for _ in range(n)]
+            for p in procs:
+                p.start()
+            total = sum(q.get(timeout=seconds + 120) for _ in procs)
+            for p in procs:
+                p.join()
+            rates[n].append(total)
+            print(f"round {r + 1}: {n} shard(s) {total:8.1f} camera-frames/s", flush=True)
+    base = statistics.median(rates[counts[0]])
+    out: dict[str, object] = {}
+    for n in counts:
+        med = statistics.median(rates[n])
+        out[str(n)] = {"camera_frames_per_s": round(med, 1), "ratio": round(med / base, 2)}
+        print(
+            f"{n} shard(s): {med:8.1f} camera-frames/s (x{med / base:.2f} of {counts[0]}) -> "
+            f"{med / FPS:6.1f} cameras at {FPS:g} fps"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--shards", default="", help="e.g. 1,2: measure shard processes instead")
+    ap.add_argument("--shard-s", type=float, default=10.0)
     args = ap.parse_args()
+    if args.shards:
+        counts = [int(x) for x in args.shards.split(",")]
+        res = shards_bench(counts, args.frames, args.shard_s, args.rounds)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+        return
     records = traffic(args.frames)
     dets = statistics.mean(len(r.scores) for r in records)
     configs = {"count": (False, False), "full": (True, False), "full+det": (True, True)}
