@@ -339,7 +339,13 @@ class PerformanceConfig(_Model):
         4, ge=3, le=64, description="Slots in each camera's frame ring (newest frame wins)."
     )
     record_ring_mib: int = Field(
-        16, ge=1, le=4096, description="Size of the detection and event rings, in MiB each."
+        16,
+        ge=1,
+        le=4096,
+        description=(
+            "Size of the detection and event rings, in MiB each; with several analytics "
+            "shards each ring gets its share (at least 4 MiB)."
+        ),
     )
 
     @model_validator(mode="after")
