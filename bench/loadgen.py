@@ -1,7 +1,7 @@
-"""Load generator: N RTSP cameras against a running itsd, frame-to-event latency measured.
+"""Load generator: N cameras (RTSP or gRPC push) against a running itsd, latency measured.
 
     .venv/bin/python bench/loadgen.py --cameras 16 --fps 5 --duration 60 \\
-        --target-server localhost:50051 --events /var/lib/itsd/events.jsonl
+        --target-server localhost:50051 --events /var/lib/itsd/events.jsonl [--mode push]
 
 What it does:
 
@@ -18,9 +18,20 @@ What it does:
    health reports) and the GPU (``nvidia-smi``) when present; prints a progress line
    every 5 s and a JSON report at the end (``--json`` writes it to a file).
 
+``--mode push`` sends the frames over gRPC instead (``push://`` cameras): the clip is
+decoded once (scaled to ``--resolution`` if given) and each frame JPEG-encoded once
+(``--push-frames`` of them, cached under ``~/.cache/itsd/loadgen``); each camera is
+registered as ``push://loadgen-NNN`` and gets its own ``ProcessCameraStream``, a thread
+that sends the cached frames in a loop at ``--fps`` with their capture time. The
+daemon's flow control holds a stream back when the camera has its maximum of frames in
+flight; a tick that passes while the sender is held back is a frame not sent (a
+dropped frame, counted as ``skipped``), as a camera's frame is lost when nobody takes
+it. Besides the frame-to-event latency from the events (as in RTSP mode) the report
+has the round trip of each result on its stream, and frames sent, answered and skipped.
+
 Bounded on purpose: at most 512 cameras, 3600 s and 60 fps, and only a daemon on this
 machine (``localhost``/``127.0.0.1``): it is a test tool, not a traffic source for
-someone else's server. Frames pushed over gRPC instead of RTSP are not generated yet.
+someone else's server.
 
 This tool must never change the daemon beyond registering and removing its own cameras.
 """
@@ -120,6 +131,115 @@ def start_rtsp(clip: Path, mounts: int, port: int) -> subprocess.Popen[str]:
         proc.kill()
         raise SystemExit(f"loadgen: the RTSP server did not start: {line.strip()}")
     return proc
+
+
+def push_frames(clip: Path, resolution: str | None, count: int, quality: int = 85) -> list[bytes]:
+    """The first ``count`` frames of the clip, decoded once, scaled to ``WxH`` if given
+    and JPEG-encoded once; cached on disk (length-prefixed JPEGs) for the next run."""
+    size = resolution.lower() if resolution else "native"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "itsd" / "loadgen"
+    path = cache / f"{clip.stem}_{size}_q{quality}_{count}.jpegs"
+    if path.exists():
+        data, out, pos = path.read_bytes(), [], 0
+        while pos + 4 <= len(data):
+            n = int.from_bytes(data[pos : pos + 4], "little")
+            out.append(data[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        if out:
+            return out
+    import av
+    import cv2
+
+    out = []
+    wh = tuple(int(x) for x in size.split("x")) if resolution else None
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            img = frame.to_ndarray(format="bgr24")
+            if wh is not None:
+                img = cv2.resize(img, wh, interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise SystemExit(f"loadgen: frame {len(out)} of {clip} could not be encoded")
+            out.append(buf.tobytes())
+            if len(out) >= count:
+                break
+    if not out:
+        raise SystemExit(f"loadgen: no frame decoded from {clip}")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(len(j).to_bytes(4, "little") + j for j in out))
+    tmp.rename(path)
+    return out
+
+
+class PushCamera(threading.Thread):
+    """One ``push://`` camera: its frames sent on a ``ProcessCameraStream`` at ``fps``.
+
+    The request iterator is paced by the clock; when the daemon's flow control holds the
+    stream back past a tick, the frames of the ticks missed are not sent (``skipped``):
+    a real camera's frames do not wait either. Every result read back counts, with its
+    round trip (result read - capture time, ms)."""
+
+    def __init__(
+        self, channel: Any, camera_id: str, jpegs: list[bytes], fps: float, offset: int
+    ) -> None:
+        super().__init__(name=f"push-{camera_id}", daemon=True)
+        self.channel = channel
+        self.camera_id = camera_id
+        self.jpegs = jpegs
+        self.period = 1.0 / fps
+        self.offset = offset  # cameras start at different frames of the clip
+        self.stop = threading.Event()
+        self.sent = self.skipped = self.results = 0
+        self.round_trips: list[float] = []  # ms
+        self.error = ""
+
+    def _requests(self) -> Any:
+        from google.protobuf import timestamp_pb2
+
+        from itsd.control._pb import common_pb2
+
+        jpeg = common_pb2.IMAGE_ENCODING_JPEG
+        n = len(self.jpegs)
+        next_t = time.monotonic()
+        fid = 0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now < next_t:
+                if self.stop.wait(next_t - now):
+                    return
+            elif now - next_t >= self.period:
+                missed = int((now - next_t) / self.period)
+                self.skipped += missed
+                next_t += missed * self.period
+            ts = timestamp_pb2.Timestamp()
+            ts.FromNanoseconds(time.time_ns())
+            fid += 1
+            yield common_pb2.Frame(
+                camera_id=self.camera_id,
+                frame_id=fid,
+                capture_time=ts,
+                encoded=common_pb2.EncodedImage(
+                    format=jpeg, data=self.jpegs[(self.offset + fid) % n]
+                ),
+            )
+            self.sent += 1
+            next_t += self.period
+
+    def run(self) -> None:
+        import grpc
+
+        from itsd.control._pb import vision_pb2_grpc
+
+        stub = vision_pb2_grpc.VisionCoreServiceStub(self.channel)
+        try:
+            for res in stub.ProcessCameraStream(self._requests()):
+                self.results += 1
+                cap = res.capture_time.ToNanoseconds()
+                self.round_trips.append((time.time_ns() - cap) / 1e6)
+        except grpc.RpcError as err:
+            if not self.stop.is_set():
+                self.error = f"{err.code().name}: {err.details()}"
 
 
 class Latencies:
@@ -267,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topic", default="detection_events")
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--resolution", help="WxH: serve an ffmpeg-scaled copy of the clip")
+    ap.add_argument(
+        "--mode",
+        choices=("rtsp", "push"),
+        default="rtsp",
+        help="rtsp: cameras on a local RTSP server; push: frames sent over gRPC",
+    )
+    ap.add_argument("--push-frames", type=int, default=150, help="push: JPEGs cached and looped")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at start")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args(argv)
@@ -282,9 +409,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("name where the events go: --events FILE or --kafka BOOTSTRAP")
     target = args.target_server
 
-    clip = scaled_clip(args.clip, args.resolution)
-    port = _free_port()
-    server = start_rtsp(clip, args.cameras, port)
+    if not 1 <= args.push_frames <= 10_000:
+        ap.error("--push-frames must be 1..10000")
+    push = args.mode == "push"
+    server: subprocess.Popen[str] | None = None
+    if push:
+        clip = args.clip
+        jpegs = push_frames(args.clip, args.resolution, args.push_frames)
+    else:
+        clip = scaled_clip(args.clip, args.resolution)
+        port = _free_port()
+        server = start_rtsp(clip, args.cameras, port)
+    pushers: list[PushCamera] = []
+    channels: list[Any] = []
     prefix = "loadgen-"
     lat = Latencies(prefix)
     reader = threading.Thread(
@@ -300,19 +437,35 @@ def main(argv: list[str] | None = None) -> int:
         "fps": args.fps,
         "duration_s": args.duration,
         "clip": clip.name,
+        "mode": args.mode,
+        "resolution": args.resolution or "native",
         "machine": {"cores": os.cpu_count()},
         "date": datetime.now().isoformat(timespec="seconds"),
     }
     try:
         t_reg = time.monotonic()
         for i, cid in enumerate(ids):
-            url = f"rtsp://127.0.0.1:{port}/cam{i}"
-            client.register_stream(target, 60, cid, url, args.fps, 0, {"open_timeout_s": 5.0})
+            if push:
+                client.register_stream(target, 60, cid, f"push://{cid}", args.fps, 0)
+            else:
+                url = f"rtsp://127.0.0.1:{port}/cam{i}"
+                opts = {"open_timeout_s": 5.0}
+                client.register_stream(target, 60, cid, url, args.fps, 0, opts)
             registered.append(cid)
         report["registration_s"] = round(time.monotonic() - t_reg, 2)
+        if push:
+            import grpc
+
+            # A few channels (HTTP/2 connections) shared by the cameras' streams.
+            channels = [grpc.insecure_channel(target) for _ in range(min(8, args.cameras))]
+            for i, cid in enumerate(ids):
+                cam = PushCamera(channels[i % len(channels)], cid, jpegs, args.fps, i * 7)
+                pushers.append(cam)
+                cam.start()
         pids = daemon_pids(target)
         time.sleep(min(args.warmup, args.duration))
         base_n = len(lat.snapshot()[0])
+        push0 = [(c.sent, c.skipped, c.results, len(c.round_trips)) for c in pushers]
         cpu0 = sum(_cpu_s(p) for p in pids)
         t0 = time.monotonic()
         mem: list[float] = []
@@ -330,11 +483,16 @@ def main(argv: list[str] | None = None) -> int:
                 samples, _ = lat.snapshot()
                 run = samples[base_n:]
                 el = time.monotonic() - t0
+                sent = ""
+                if pushers:
+                    n_sent = sum(c.sent for c in pushers)
+                    n_skip = sum(c.skipped for c in pushers)
+                    sent = f"  pushed {n_sent} skipped {n_skip}"
                 print(
                     f"[{el:5.0f} s] events {len(run) / el:7.1f}/s "
                     f"(target {args.cameras * args.fps:.0f}/s)  latency p50 "
                     f"{pct(run, 50) * 1000:6.1f} ms  p99 {pct(run, 99) * 1000:6.1f} ms  "
-                    f"memory {mem[-1]:.0f} MiB",
+                    f"memory {mem[-1]:.0f} MiB{sent}",
                     flush=True,
                 )
         dt = time.monotonic() - t0
@@ -367,15 +525,41 @@ def main(argv: list[str] | None = None) -> int:
                 else None,
             }
         )
+        if push:
+            sent = sum(c.sent - p[0] for c, p in zip(pushers, push0, strict=True))
+            skipped = sum(c.skipped - p[1] for c, p in zip(pushers, push0, strict=True))
+            answered = sum(c.results - p[2] for c, p in zip(pushers, push0, strict=True))
+            rtt = [x for c, p in zip(pushers, push0, strict=True) for x in c.round_trips[p[3] :]]
+            report["push"] = {
+                "frames_sent": sent,
+                "frames_skipped": skipped,
+                "results": answered,
+                "sent_per_s": round(sent / dt, 1) if dt else 0.0,
+                "skipped_share": round(skipped / (sent + skipped), 4) if sent + skipped else 0.0,
+                "result_round_trip_ms": {
+                    "p50": round(pct(rtt, 50), 1),
+                    "p95": round(pct(rtt, 95), 1),
+                    "p99": round(pct(rtt, 99), 1),
+                },
+                "errors": sorted({c.error for c in pushers if c.error}),
+                "jpeg_kib_mean": round(statistics.fmean(len(j) for j in jpegs) / 1024, 1),
+            }
     finally:
+        for cam in pushers:
+            cam.stop.set()
+        for cam in pushers:
+            cam.join(15)
+        for ch in channels:
+            ch.close()
         for cid in registered:
             try:
                 client.unregister_stream(target, 60, cid)
             except client.ControlClientError as err:
                 print(f"loadgen: could not remove {cid}: {err}", file=sys.stderr)
         lat.stop.set()
-        server.kill()
-        server.wait(10)
+        if server is not None:
+            server.kill()
+            server.wait(10)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
