@@ -126,7 +126,7 @@ from itsd.shm.board import Board
 from itsd.shm.frame_pixels import to_bgr
 from itsd.shm.frame_ring import PIXEL_FORMAT_BGR24, PIXEL_FORMAT_GRAY8, PIXEL_FORMAT_I420
 from itsd.shm.segments import parse_segment_name, segment_name
-from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
+from itsd.stages.runtime import StageContext, idle_pause
 
 log = logging.getLogger("itsd.analyze")
 
@@ -721,6 +721,7 @@ def _next_batches(
     went quiet, runs while no record arrives); None once draining and all are empty.
     """
     waited_since = time.monotonic()
+    empty = 0
     while True:
         draining = ctx.check_drain()
         out = [(r, b) for r in rings if (b := r.peek_many(BATCH_RECORDS))]
@@ -731,7 +732,8 @@ def _next_batches(
         if time.monotonic() - waited_since >= IDLE_RETURN_S:
             return []
         ctx.beat()
-        time.sleep(IDLE_SLEEP_S)
+        idle_pause(empty)
+        empty += 1
 
 
 def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes) -> bool:

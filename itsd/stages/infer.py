@@ -66,13 +66,10 @@ from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import FrameRing, FrameSlot, RecordRing
 from itsd.shm.frame_pixels import to_rgb
 from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
-from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
+from itsd.stages.runtime import StageContext, idle_pause
 
 log = logging.getLogger("itsd.infer")
 COMMANDS_PER_ROUND = 16
-#: Empty polls at IDLE_SLEEP_S (2 ms) before an idle worker polls every IDLE_SLOW_SLEEP_S.
-IDLE_BRISK_POLLS = 25
-IDLE_SLOW_SLEEP_S = 0.005
 
 
 @dataclass
@@ -372,7 +369,7 @@ def run(ctx: StageContext) -> int:
                 # Poll briskly right after work, then more gently: an idle worker polled
                 # its rings 500 times a second (about 4% of a core with 4 cameras).
                 idle += 1
-                time.sleep(IDLE_SLEEP_S if idle < IDLE_BRISK_POLLS else IDLE_SLOW_SLEEP_S)
+                idle_pause(idle)
                 continue
             idle = 0
             records, busy_us = _infer(runner, taken)

@@ -64,7 +64,7 @@ from itsd.shm.cells import CellTable
 from itsd.shm.segments import parse_segment_name, shm_dir
 from itsd.sinks import Sink, SinkError
 from itsd.sinks.jsonl import JsonlSink
-from itsd.stages.runtime import IDLE_SLEEP_S, StageContext
+from itsd.stages.runtime import StageContext, idle_pause
 
 log = logging.getLogger("itsd.publish")
 
@@ -585,17 +585,20 @@ def run(ctx: StageContext) -> int:
     try:
         # Events leave the ring only once every sink accepted them: a failed write or a
         # crash means they are written again later (at least once), never lost.
+        empty = 0
         while True:
             draining = ctx.check_drain()
             if sum(p.step() for p in pumps):
                 housekeeping()
                 slot.beat()
+                empty = 0
                 continue
             if any(p.gave_up for p in pumps) or draining:
                 break
             housekeeping()
             slot.beat()
-            time.sleep(IDLE_SLEEP_S)
+            idle_pause(empty)
+            empty += 1
     finally:
         if extra.events:  # alerts raised by the last batches
             _offer(ctx, outs, extra.events, [False] * len(outs))
