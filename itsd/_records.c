@@ -41,6 +41,11 @@ unpack_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = PyList_New(count);
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
+        /* An allocation can run a collection, and a finaliser any code: re-check. */
+        if (i >= PyList_GET_SIZE(records)) {
+            PyErr_SetString(PyExc_RuntimeError, "unpack_events: the list shrank meanwhile");
+            goto fail;
+        }
         PyObject *rec = PyList_GET_ITEM(records, i);
         Py_buffer view;
         if (PyObject_GetBuffer(rec, &view, PyBUF_SIMPLE) < 0) {
