@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -68,7 +69,7 @@ sys.path.insert(0, str(REPO))
 
 from loadgen import Latencies, pct, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores, run_pipeline  # noqa: E402
-from ultralytics_track import make_request, parse_result, percentile  # noqa: E402
+from ultralytics_track import PACED_SKIP, make_request, parse_result, percentile  # noqa: E402
 
 from itsd.analytics.classes import VEHICLE_CLASS_IDS  # noqa: E402
 from itsd.engines.base import EngineOptions  # noqa: E402
@@ -125,8 +126,17 @@ def ultralytics_track(
             raise SystemExit(f"Ultralytics worker: {exc}\n{proc.stderr[-3000:]}") from exc
 
 
-def handwritten(model: Path, clip: Path, cameras: int, max_frames: int = 0) -> float:
-    """Frames/s of one thread per camera: PyAV decode -> letterbox -> ORT -> NMS."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children waited for (and theirs), user + system."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def handwritten(model: Path, clip: Path, cameras: int, max_frames: int = 0) -> tuple[float, int]:
+    """Frames/s and frames of one thread per camera: PyAV decode, letterbox, ORT, NMS."""
     counts = [0] * cameras
 
     def camera(i: int) -> None:
@@ -155,7 +165,7 @@ def handwritten(model: Path, clip: Path, cameras: int, max_frames: int = 0) -> f
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    return sum(counts) / (time.perf_counter() - t0), sum(counts)
 
 
 def paced_latency(
@@ -258,32 +268,52 @@ def main() -> int:
         )
     versions: dict[str, str] = {}
 
-    def run_itsd() -> float:
-        dets, wall = run_pipeline(args.model, args.clip, False, args.cameras)
-        return len(dets) / wall
+    # Each returns (frames/s, CPU ms per frame or None). CPU time per frame does not
+    # depend on how much of the machine others take, unlike frames/s: (b)'s includes the
+    # daemon's start-up and shutdown in all its processes, (c)'s and (c')'s do not
+    # include imports; (a)'s processes decode and letterbox outside the timed loop, so
+    # it has none.
+    def run_limit() -> tuple[float, float | None]:
+        return raw_all_cores(args.model, args.clip), None
 
-    def run_track() -> float:
+    def run_itsd() -> tuple[float, float | None]:
+        c0 = cpu_seconds()
+        dets, wall = run_pipeline(args.model, args.clip, False, args.cameras)
+        return len(dets) / wall, (cpu_seconds() - c0) * 1000 / len(dets)
+
+    def run_track() -> tuple[float, float | None]:
         res = ultralytics_track(track_py, args.model, args.clip, args.cameras)
         versions.update(res["versions"])
-        return float(res["fps"])
+        return float(res["fps"]), float(res["cpu_s"]) * 1000 / res["frames"]
 
-    contenders: dict[str, Any] = {
-        LIMIT: lambda: raw_all_cores(args.model, args.clip),
-        ITSD: run_itsd,
-        HAND: lambda: handwritten(args.model, args.clip, args.cameras),
-    }
+    def run_hand() -> tuple[float, float | None]:
+        c0 = cpu_seconds()
+        fps, frames = handwritten(args.model, args.clip, args.cameras)
+        return fps, (cpu_seconds() - c0) * 1000 / frames
+
+    contenders: dict[str, Any] = {LIMIT: run_limit, ITSD: run_itsd, HAND: run_hand}
     if have_track:
         contenders[TRACK] = run_track
     names = [n for n in (LIMIT, ITSD, TRACK, HAND) if n in contenders]
     runs: dict[str, list[float]] = {n: [] for n in names}
     loads: dict[str, list[float]] = {n: [] for n in names}
+    cpu_ms: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             loads[name].append(round(os.getloadavg()[0], 2))
-            runs[name].append(round(float(contenders[name]()), 2))
-            print(f"round {r + 1}: {name} {runs[name][-1]:.1f} (load {loads[name][-1]})")
+            fps, cpu = contenders[name]()
+            runs[name].append(round(float(fps), 2))
+            if cpu is not None:
+                cpu_ms[name].append(round(cpu, 1))
+            print(
+                f"round {r + 1}: {name} {runs[name][-1]:.1f} frames/s, "
+                f"{cpu_ms[name][-1] if cpu is not None else '-'} CPU ms/frame "
+                f"(load {loads[name][-1]})",
+                flush=True,
+            )
     med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+    med_cpu = {k: round(statistics.median(v), 1) for k, v in cpu_ms.items() if v}
 
     half = med[ITSD] / 2 / args.cameras
     latency = paced_latency(args.model, args.clip, args.cameras, half, args.latency_s)
@@ -294,6 +324,8 @@ def main() -> int:
         )["latency_ms"]
         track_latency = {
             "frames": len(lat),
+            # what the cameras sent after the start-up frames: fewer means (c) fell behind
+            "frames_sent": round(args.cameras * (half * args.latency_s + 1 - PACED_SKIP)),
             **{f"p{q}_ms": round(percentile(lat, q), 1) for q in (50, 95, 99)},
         }
     cores = len(os.sched_getaffinity(0))
@@ -310,6 +342,8 @@ def main() -> int:
         "rounds": runs,
         "load_average_before": loads,
         "median_fps": med,
+        "cpu_ms_per_frame": cpu_ms,
+        "median_cpu_ms_per_frame": med_cpu,
         "itsd_over_limit": ratio(LIMIT),
         "itsd_over_ultralytics": ratio(TRACK),
         "itsd_over_handwritten": ratio(HAND),
@@ -319,7 +353,8 @@ def main() -> int:
     }
     print()
     for k, v in med.items():
-        print(f"{k:<24}{v:>10.1f} frames/s   rounds {runs[k]}  load {loads[k]}")
+        cpu_txt = f"{med_cpu[k]:>7.1f} CPU ms/frame" if k in med_cpu else " " * 20
+        print(f"{k:<24}{v:>8.1f} frames/s {cpu_txt}  rounds {runs[k]}  load {loads[k]}")
     print(
         f"(b)/(a) {report['itsd_over_limit']}   (b)/(c) {report['itsd_over_ultralytics']}"
         f"   (b)/(c') {report['itsd_over_handwritten']}"
