@@ -134,6 +134,12 @@ def judge(
             "growth_pct": round(g, 2),
             "slope_mib_per_min": round(slope_per_min(ts, ys), 4),
         }
+        for part in ("pss_anon_mib", "pss_shmem_mib"):  # heap and shared-memory shares
+            ys_part = [s[part][name] for s in kept if name in s.get(part, {})]
+            if ys_part:
+                key = part.removesuffix("_mib").removeprefix("pss_")
+                v.memory[name][f"{key}_start_mib"] = round(ys_part[0], 1)
+                v.memory[name][f"{key}_end_mib"] = round(ys_part[-1], 1)
         if g >= max_growth_pct:
             v.failures.append(f"{name}: memory grew {g:.1f} % after warm-up")
         if len(pids) > 1:
@@ -205,18 +211,26 @@ def soak_config(
     }
 
 
-def _proc_mem_kib(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) of a process in KiB; (0, 0) once it is gone."""
-    pss = rss = 0
+MEM_FIELDS = ("Pss", "Rss", "Pss_Anon", "Pss_Shmem")
+
+
+def _proc_mem_kib(pid: int) -> dict[str, int]:
+    """PSS, RSS and PSS's anonymous (heap) and shared-memory parts of a process, KiB
+    (``smaps_rollup``); empty once the process is gone."""
+    out: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1])
-    except OSError:
-        pass
-    return pss, rss
+            key, _, rest = line.partition(":")
+            if key in MEM_FIELDS:
+                out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def _of(by_name: dict[str, float], prefix: str) -> float:
+    """The sum over processes whose name starts with ``prefix`` (shards: analyze0, ...)."""
+    return sum(v for k, v in by_name.items() if k.startswith(prefix))
 
 
 def stage_pids(target: str) -> dict[str, int]:
@@ -365,11 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         {"memory": v.memory, "latency": v.latency, "failures": v.failures, "passed": v.passed}
     )
     print()
-    print(f"{'process':<22}{'start':>9}{'end':>9}{'max':>9}{'growth':>9}{'MiB/min':>10}")
+    print(
+        f"{'process (PSS MiB)':<22}{'start':>9}{'end':>9}{'max':>9}{'growth':>9}{'MiB/min':>10}"
+        f"{'anon':>15}{'shmem':>13}"
+    )
     for name, r in v.memory.items():
+        anon = f"{r.get('anon_start_mib', 0):.1f}->{r.get('anon_end_mib', 0):.1f}"
+        shmem = f"{r.get('shmem_start_mib', 0):.1f}->{r.get('shmem_end_mib', 0):.1f}"
         print(
             f"{name:<22}{r['start_mib']:>9.1f}{r['end_mib']:>9.1f}{r['max_mib']:>9.1f}"
-            f"{r['growth_pct']:>8.2f}%{r['slope_mib_per_min']:>10.3f}"
+            f"{r['growth_pct']:>8.2f}%{r['slope_mib_per_min']:>10.3f}{anon:>15}{shmem:>13}"
         )
     print(
         f"latency after warm-up: p50 {v.latency['p50_median_ms']} ms "
@@ -394,6 +413,9 @@ def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict
     port = _free_port()
     target = f"127.0.0.1:{port}"
     cfg = soak_config(workdir, args.model, clips, args.cameras, args.fps, port)
+    if args.tracemalloc:
+        # Traced stages are several times slower: their heartbeats must not look stuck.
+        cfg["supervisor"] = {"heartbeat_timeout_s": 120.0}
     (workdir / "soak.yaml").write_text(yaml.safe_dump(cfg))
     events = workdir / "events.jsonl"
     events.touch()
@@ -435,19 +457,22 @@ def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict
                     print(f"soak: health not read: {err}", file=sys.stderr)
                     continue
                 pids["supervisor"] = proc.pid
-                pss: dict[str, float] = {}
-                rss: dict[str, float] = {}
+                mem: dict[str, dict[str, float]] = {f: {} for f in MEM_FIELDS}
                 for name, pid in pids.items():
-                    p, r = _proc_mem_kib(pid)
-                    if p:
-                        pss[name], rss[name] = round(p / 1024, 2), round(r / 1024, 2)
+                    got = _proc_mem_kib(pid)
+                    if got.get("Pss"):
+                        for f, v in got.items():
+                            mem[f][name] = round(v / 1024, 2)
+                pss = mem["Pss"]
                 all_lat, _ = lat.snapshot()
                 window = all_lat[n_seen:]
                 n_seen = len(all_lat)
                 s = {
                     "t": round(time.monotonic() - t0, 1),
                     "pss_mib": pss,
-                    "rss_mib": rss,
+                    "rss_mib": mem["Rss"],
+                    "pss_anon_mib": mem["Pss_Anon"],
+                    "pss_shmem_mib": mem["Pss_Shmem"],
                     "pids": pids,
                     "events": len(window),
                     "p50_ms": round(pct(window, 50) * 1000, 1),
@@ -455,10 +480,12 @@ def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict
                 }
                 samples.append(s)
                 total = sum(pss.values())
+                shm = mem["Pss_Shmem"]
                 print(
                     f"[{s['t']:6.0f} s] events {len(window) / args.interval:6.1f}/s  latency p50 "
                     f"{s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:6.1f} ms  PSS {total:6.0f} MiB "
-                    f"(analyze {pss.get('analyze', 0):.1f}, publish {pss.get('publish', 0):.1f})",
+                    f"(analyze {_of(pss, 'analyze'):.1f}, shm {_of(shm, 'analyze'):.1f};"
+                    f" publish {_of(pss, 'publish'):.1f}, shm {_of(shm, 'publish'):.1f})",
                     flush=True,
                 )
             dt = time.monotonic() - t0
