@@ -43,6 +43,15 @@ which returns the position after the last record it read, and drops each handled
 with ``advance_to(position, count)``, oldest first. ``peek_from`` copies its records out
 in one C call (``_ringread.c``, about a tenth of the Python loop's time per record).
 
+Memory: the creator reserves the whole segment (``posix_fallocate``), but a process's
+page tables map a page only when it first touches it, so without help a ring's writer
+and reader would see their RSS and PSS climb by every byte that passes until the ring
+has gone round once (16 MiB of events at about 1 KB each: minutes to hours), which a
+soak cannot tell from a leak, and each first touch costs a page fault on the hot path.
+``attach`` therefore maps every page at once (``MAP_POPULATE``): a stage's memory shows
+its rings from the start and stays flat. The creator (the supervisor, which only
+touches the header) does not populate.
+
 This module must never drop a record, never block inside ``try_put``/``get``, and never
 import anything else from ``itsd`` (only ``itsd.shm``).
 """
@@ -186,6 +195,13 @@ class RecordRing(SegmentBacked):
             store_u64(buf, _H_MAGIC, MAGIC)
 
         return cls._create_initialised(name, size, init)
+
+    @classmethod
+    def attach(cls, name: str, *, populate: bool = True) -> Self:
+        """Map an existing ring, every page at once unless ``populate`` is False (see
+        Memory in the module docstring); ``FileNotFoundError`` if missing, ``ValueError``
+        if it is not a ring."""
+        return cls(Segment.attach(name, populate=populate))
 
     # ------------------------------------------------------------------ writer
 
