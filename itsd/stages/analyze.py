@@ -247,6 +247,11 @@ class CameraAnalytics:
         except (OSError, ValueError) as err:
             log.debug("camera %s: no frame for a snapshot: %s", self.camera.id, err)
             return None, None
+        finally:
+            # Snapshots are rare and the peek is a copy: unmapping the ring again keeps
+            # the slots it touched out of this process's memory (else PSS climbs, slot by
+            # slot, towards a share of every camera's frame ring).
+            self.close_frames()
         if peeked is None:
             return None, None
         px = peeked.pixels
