@@ -2,6 +2,7 @@
 source beside the raw PyNvVideoCodec demux+decode loop, and CPU+NVDEC together.
 
     python bench/nvdec_bench.py --clip clip_1080p.mp4 [--streams 1 4 8] [--seconds 10]
+        [--rounds 3] [--json F] [--dry]
 
 For each stream count N, in rotation over ``--rounds``:
 
@@ -13,12 +14,16 @@ For each stream count N, in rotation over ``--rounds``:
   ``both``: N NVDEC and N CPU threads at once: what CPU and NVDEC decoders give together.
 
 Prints frames/s, the ratio itsd/raw (goal: at least 0.9) and CPU+NVDEC beside NVDEC
-alone. Not runnable on a machine without a GPU: it says so and exits 2.
+alone; ``--json`` writes every number. On a machine without a GPU it says so and exits
+2, unless ``--dry``: then only the CPU column runs (a check of the bench itself, as
+bench/gpu_check.sh does without a GPU) and the NVDEC numbers are null with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import threading
@@ -105,20 +110,60 @@ def main() -> int:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="write every number here")
+    ap.add_argument("--dry", action="store_true", help="without a GPU: the CPU column only")
     args = ap.parse_args()
-    if not gpu_decode_available():
+    if not args.clip.is_file():
+        print(f"nvdec_bench: no clip at {args.clip}", file=sys.stderr)
+        return 2
+    gpu = gpu_decode_available()
+    if not gpu and not args.dry:
         print("nvdec_bench: no GPU with PyNvVideoCodec and a CUDA torch here", file=sys.stderr)
         return 2
+    report: dict[str, object] = {
+        "bench": "nvdec",
+        "clip": args.clip.name,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "cores": len(os.sched_getaffinity(0)),
+        "gpu": gpu,
+        "skipped": None if gpu else "no GPU with PyNvVideoCodec and a CUDA torch",
+        "streams": {},
+    }
+    rows: dict[str, dict[str, float | None]] = {}
     print(f"{'streams':>7} {'raw':>9} {'itsd nvdec':>11} {'ratio':>6} {'itsd cpu':>9} {'both':>9}")
     for n in args.streams:
-        r, s = [], []
-        for _ in range(args.rounds):
-            r.append(raw(args.clip, n, args.seconds))
-            s.append(source(args.clip, n, args.seconds, "nvdec"))
+        r: list[float] = []
+        s: list[float] = []
+        if gpu:
+            for _ in range(args.rounds):
+                r.append(raw(args.clip, n, args.seconds))
+                s.append(source(args.clip, n, args.seconds, "nvdec"))
         cpu = source(args.clip, n, args.seconds, "cpu")
-        both = together(args.clip, n, args.seconds)
-        rm, sm = statistics.median(r), statistics.median(s)
-        print(f"{n:>7} {rm:>9.0f} {sm:>11.0f} {sm / rm:>6.2f} {cpu:>9.0f} {both:>9.0f}")
+        both = together(args.clip, n, args.seconds) if gpu else None
+        rm = statistics.median(r) if r else None
+        sm = statistics.median(s) if s else None
+        ratio = sm / rm if rm and sm is not None else None
+        rows[str(n)] = {
+            "raw_fps": rm,
+            "nvdec_fps": sm,
+            "ratio": ratio,
+            "cpu_fps": cpu,
+            "both_fps": both,
+            "both_over_nvdec": both / sm if both is not None and sm else None,
+        }
+
+        def f(v: float | None, spec: str) -> str:
+            return "-" if v is None else format(v, spec)
+
+        print(
+            f"{n:>7} {f(rm, '.0f'):>9} {f(sm, '.0f'):>11} {f(ratio, '.2f'):>6} "
+            f"{cpu:>9.0f} {f(both, '.0f'):>9}",
+            flush=True,
+        )
+    report["streams"] = rows
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 
