@@ -22,12 +22,13 @@ What it does:
 decoded once (scaled to ``--resolution`` if given) and each frame JPEG-encoded once
 (``--push-frames`` of them, cached under ``~/.cache/itsd/loadgen``); each camera is
 registered as ``push://loadgen-NNN`` and gets its own ``ProcessCameraStream``, a thread
-that sends the cached frames in a loop at ``--fps`` with their capture time. The
-daemon's flow control holds a stream back when the camera has its maximum of frames in
-flight; a tick that passes while the sender is held back is a frame not sent (a
-dropped frame, counted as ``skipped``), as a camera's frame is lost when nobody takes
-it. Besides the frame-to-event latency from the events (as in RTSP mode) the report
-has the round trip of each result on its stream, and frames sent, answered and skipped.
+that sends the cached frames in a loop at ``--fps`` with their capture time. A camera
+keeps at most ``--push-inflight`` frames waiting for their result (as the daemon's
+``api.max_inflight_frames``, default 2); a tick that comes while it has that many out
+is a frame not sent (a dropped frame, counted as ``skipped``), as a camera's frame is
+lost when nobody takes it. Besides the frame-to-event latency from the events (as in
+RTSP mode) the report has the round trip of each result on its stream, and frames sent,
+answered and skipped.
 
 Bounded on purpose: at most 512 cameras, 3600 s and 60 fps, and only a daemon on this
 machine (``localhost``/``127.0.0.1``): it is a test tool, not a traffic source for
@@ -175,13 +176,21 @@ def push_frames(clip: Path, resolution: str | None, count: int, quality: int = 8
 class PushCamera(threading.Thread):
     """One ``push://`` camera: its frames sent on a ``ProcessCameraStream`` at ``fps``.
 
-    The request iterator is paced by the clock; when the daemon's flow control holds the
-    stream back past a tick, the frames of the ticks missed are not sent (``skipped``):
-    a real camera's frames do not wait either. Every result read back counts, with its
-    round trip (result read - capture time, ms)."""
+    The request iterator is paced by the clock. A frame is sent only while fewer than
+    ``inflight`` of this camera's frames wait for their result (gRPC's transport would
+    otherwise buffer megabytes of frames and the latency would grow without bound);
+    otherwise that tick's frame is not sent (``skipped``), and neither are the ticks
+    missed while the stream was held back: a real camera's frames do not wait either.
+    Every result read back counts, with its round trip (result read - capture, ms)."""
 
     def __init__(
-        self, channel: Any, camera_id: str, jpegs: list[bytes], fps: float, offset: int
+        self,
+        channel: Any,
+        camera_id: str,
+        jpegs: list[bytes],
+        fps: float,
+        offset: int,
+        inflight: int = 2,
     ) -> None:
         super().__init__(name=f"push-{camera_id}", daemon=True)
         self.channel = channel
@@ -189,6 +198,7 @@ class PushCamera(threading.Thread):
         self.jpegs = jpegs
         self.period = 1.0 / fps
         self.offset = offset  # cameras start at different frames of the clip
+        self.inflight = inflight
         self.stop = threading.Event()
         self.sent = self.skipped = self.results = 0
         self.round_trips: list[float] = []  # ms
@@ -212,6 +222,10 @@ class PushCamera(threading.Thread):
                 missed = int((now - next_t) / self.period)
                 self.skipped += missed
                 next_t += missed * self.period
+            if self.sent - self.results >= self.inflight:
+                self.skipped += 1  # the daemon has not answered enough yet: dropped
+                next_t += self.period
+                continue
             ts = timestamp_pb2.Timestamp()
             ts.FromNanoseconds(time.time_ns())
             fid += 1
@@ -394,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rtsp: cameras on a local RTSP server; push: frames sent over gRPC",
     )
     ap.add_argument("--push-frames", type=int, default=150, help="push: JPEGs cached and looped")
+    ap.add_argument(
+        "--push-inflight",
+        type=int,
+        default=2,
+        help="push: frames per camera awaiting their result before new ones are dropped",
+    )
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at start")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args(argv)
@@ -409,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("name where the events go: --events FILE or --kafka BOOTSTRAP")
     target = args.target_server
 
-    if not 1 <= args.push_frames <= 10_000:
-        ap.error("--push-frames must be 1..10000")
+    if not 1 <= args.push_frames <= 10_000 or not 1 <= args.push_inflight <= 64:
+        ap.error("--push-frames must be 1..10000 and --push-inflight 1..64")
     push = args.mode == "push"
     server: subprocess.Popen[str] | None = None
     if push:
@@ -459,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             # A few channels (HTTP/2 connections) shared by the cameras' streams.
             channels = [grpc.insecure_channel(target) for _ in range(min(8, args.cameras))]
             for i, cid in enumerate(ids):
-                cam = PushCamera(channels[i % len(channels)], cid, jpegs, args.fps, i * 7)
+                ch = channels[i % len(channels)]
+                cam = PushCamera(ch, cid, jpegs, args.fps, i * 7, args.push_inflight)
                 pushers.append(cam)
                 cam.start()
         pids = daemon_pids(target)
