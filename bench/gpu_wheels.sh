@@ -5,8 +5,9 @@
 #   .whl/site.tar.xz   the Python packages that machine lacks for itsd's GPU checks,
 #                      installed here for CPython 3.12 manylinux x86_64 into one folder,
 #                      pruned and xz-packed (unpacked there into /tmp/site)
-#   .whl/media/        the clips: 640x360 (shared footage) and 1920x1080 H.264 (made here
-#                      with ffmpeg from it); the machine has no ffmpeg and no ../shared
+#   .whl/media/        the clips: the shared 640x360 street_overhead_dusk.mp4 and a 1920x1080
+#                      H.264 copy of it made here with ffmpeg (the machine has no ffmpeg,
+#                      and ../shared does not travel); ITSD_TEST_MEDIA points there
 #
 # Why a packed folder and not the wheels: the wheels come to 76 MB (PyAV 36 MB,
 # PyNvVideoCodec 27 MB of which 17 MB are FFmpeg's source tarball and notebooks) and one
@@ -127,11 +128,12 @@ src="$SHARED_MEDIA/street_overhead_dusk.mp4"
     echo "no shared clip at $src (set ITSD_TEST_MEDIA)" >&2
     exit 1
 }
-cp -f "$src" "$OUTDIR/media/street_640x360.mp4"
-if [ ! -s "$OUTDIR/media/street_1920x1080.mp4" ]; then
+cp -f "$src" "$OUTDIR/media/street_overhead_dusk.mp4"  # its own name: tests find it
+if [ ! -s "$OUTDIR/media/street_overhead_dusk_1920x1080.mp4" ]; then
     # H.264 High, no B-frames (as cameras send), a key frame every second.
     ffmpeg -v error -y -i "$src" -vf scale=1920:1080 -c:v libx264 -preset veryfast -crf 23 \
-        -g 30 -bf 0 -pix_fmt yuv420p -an -threads 2 "$OUTDIR/media/street_1920x1080.mp4"
+        -g 30 -bf 0 -pix_fmt yuv420p -an -threads 2 \
+        "$OUTDIR/media/street_overhead_dusk_1920x1080.mp4"
 fi
 
 echo "== sizes"
