@@ -110,8 +110,10 @@ def judge(
     max_growth_pct: float = 5.0,
     max_latency_rise_ms: float = 10.0,
     max_latency_rise_frac: float = 0.2,
+    key: str = "pss_mib",
 ) -> Verdict:
-    """Growth after warm-up per process (by PSS) and the latency trend of ``samples``.
+    """Growth after warm-up per process (by ``key``: PSS, or ``own_mib``) and the
+    latency trend of ``samples``.
 
     Each sample: ``{"t": s, "pss_mib": {process: MiB}, "p50_ms": .., "p99_ms": ..}``. A
     process counts from its first sample after ``warmup_s``; one that restarted (its pid
@@ -121,10 +123,10 @@ def judge(
     if len(kept) < 2:
         v.failures.append(f"fewer than 2 samples after the {warmup_s:.0f} s warm-up")
         return v
-    names = sorted({n for s in kept for n in s["pss_mib"]})
+    names = sorted({n for s in kept for n in s[key]})
     for name in names:
-        pts = [(s["t"], s["pss_mib"][name]) for s in kept if name in s["pss_mib"]]
-        pids = {s.get("pids", {}).get(name) for s in kept if name in s["pss_mib"]} - {None}
+        pts = [(s["t"], s[key][name]) for s in kept if name in s[key]]
+        pids = {s.get("pids", {}).get(name) for s in kept if name in s[key]} - {None}
         ts, ys = [t for t, _ in pts], [y for _, y in pts]
         g = growth_pct(ys)
         v.memory[name] = {
@@ -134,6 +136,10 @@ def judge(
             "growth_pct": round(g, 2),
             "slope_mib_per_min": round(slope_per_min(ts, ys), 4),
         }
+        if key != "pss_mib":
+            v.memory[name]["pss_growth_pct"] = round(
+                growth_pct([s["pss_mib"][name] for s in kept if name in s["pss_mib"]]), 2
+            )
         for part in ("pss_anon_mib", "pss_shmem_mib"):  # heap and shared-memory shares
             ys_part = [s[part][name] for s in kept if name in s.get(part, {})]
             if ys_part:
@@ -351,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--clip", type=Path, action="append", help="clips (default: 4 shared)")
     ap.add_argument("--max-growth", type=float, default=5.0, help="percent allowed")
+    ap.add_argument(
+        "--judge-on",
+        choices=("own", "pss"),
+        default="own",
+        help="own: PSS less file-backed pages (heap + shared memory); pss: all of PSS",
+    )
     ap.add_argument("--tracemalloc", type=Path, help="trace the stages' allocations here")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (log, events)")
     ap.add_argument("--json", type=Path)
@@ -374,21 +386,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="itsd-soak-")))
         report = run_soak(args, clips, workdir)
-    v = judge(report["samples"], args.warmup, args.max_growth)
+    key = "own_mib" if args.judge_on == "own" else "pss_mib"
+    v = judge(report["samples"], args.warmup, args.max_growth, key=key)
     report.update(
-        {"memory": v.memory, "latency": v.latency, "failures": v.failures, "passed": v.passed}
+        {
+            "judged_on": key,
+            "memory": v.memory,
+            "latency": v.latency,
+            "failures": v.failures,
+            "passed": v.passed,
+        }
     )
     print()
+    print(f"memory judged on {key} (MiB); PSS growth beside it")
     print(
-        f"{'process (PSS MiB)':<22}{'start':>9}{'end':>9}{'max':>9}{'growth':>9}{'MiB/min':>10}"
-        f"{'anon':>15}{'shmem':>13}"
+        f"{'process':<22}{'start':>9}{'end':>9}{'max':>9}{'growth':>9}{'MiB/min':>10}"
+        f"{'PSS growth':>11}{'anon':>15}{'shmem':>13}"
     )
     for name, r in v.memory.items():
         anon = f"{r.get('anon_start_mib', 0):.1f}->{r.get('anon_end_mib', 0):.1f}"
         shmem = f"{r.get('shmem_start_mib', 0):.1f}->{r.get('shmem_end_mib', 0):.1f}"
         print(
             f"{name:<22}{r['start_mib']:>9.1f}{r['end_mib']:>9.1f}{r['max_mib']:>9.1f}"
-            f"{r['growth_pct']:>8.2f}%{r['slope_mib_per_min']:>10.3f}{anon:>15}{shmem:>13}"
+            f"{r['growth_pct']:>8.2f}%{r['slope_mib_per_min']:>10.3f}"
+            f"{r.get('pss_growth_pct', r['growth_pct']):>10.2f}%{anon:>15}{shmem:>13}"
         )
     print(
         f"latency after warm-up: p50 {v.latency['p50_median_ms']} ms "
@@ -473,6 +494,10 @@ def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict
                     "rss_mib": mem["Rss"],
                     "pss_anon_mib": mem["Pss_Anon"],
                     "pss_shmem_mib": mem["Pss_Shmem"],
+                    "own_mib": {
+                        n: round(mem["Pss_Anon"].get(n, 0.0) + mem["Pss_Shmem"].get(n, 0.0), 2)
+                        for n in pss
+                    },
                     "pids": pids,
                     "events": len(window),
                     "p50_ms": round(pct(window, 50) * 1000, 1),
