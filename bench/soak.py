@@ -273,7 +273,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     w, h, pad = 960, 720, 70
     img = np.full((h, w, 3), 255, np.uint8)
     t_max = max(s["t"] for s in samples) or 1.0
-    panels = [(40, h // 2 - 20), (h // 2 + 40, h - pad)]
+    panels = [(60, h // 2 - 20), (h // 2 + 40, h - pad)]
     palette = [
         (31, 119, 180),
         (255, 127, 14),
@@ -319,9 +319,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
             cv2.line(img, (w - pad - 150, ly - 4), (w - pad - 130, ly - 4), colour, 2)
             cv2.putText(img, name[:22], (w - pad - 125, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1)
 
+    key = report.get("judged_on", "pss_mib")
     mem: dict[str, list[tuple[float, float]]] = {}
     for s in samples:
-        for name, v in s["pss_mib"].items():
+        for name, v in s.get(key, s["pss_mib"]).items():
             mem.setdefault(name, []).append((s["t"], v))
     # decode workers are many and alike: the first two are drawn
     decode = sorted(n for n in mem if n.startswith("decode"))
@@ -331,7 +332,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         "p50": [(s["t"], s["p50_ms"]) for s in samples],
         "p99": [(s["t"], s["p99_ms"]) for s in samples],
     }
-    panel(*panels[0], mem, "PSS MiB")
+    panel(*panels[0], mem, "own PSS MiB (heap + shm)" if key == "own_mib" else "PSS MiB")
     panel(*panels[1], lat, "latency ms")
     for k in range(0, int(t_max) + 1, max(60, int(t_max / 10) // 60 * 60)):
         cv2.putText(
