@@ -812,12 +812,12 @@ class CameraConfig(_Model):
         ),
     )
     ring_format: Literal["rgb24", "i420"] = Field(
-        "rgb24",
+        "i420",
         description=(
-            "Pixels in the camera's frame ring: rgb24, or i420 (the decoder's YUV 4:2:0 "
-            "planes copied as they are: no colour conversion in the decode worker, half the "
-            "bytes; inference converts after scaling to the model size). CPU (PyAV) "
-            "decoding only; other sources and odd frame sizes stay RGB."
+            "Pixels in the camera's frame ring: i420 (the decoder's YUV 4:2:0 planes copied "
+            "as they are: no colour conversion in the decode worker; readers convert, "
+            "inference after scaling to the model size) or rgb24 (converted as decoded). "
+            "i420 applies to CPU (PyAV) decoding; other sources and odd sizes stay RGB."
         ),
     )
     stall_timeout_s: float = Field(
