@@ -97,4 +97,4 @@ proto: venv
 	$(BIN)/python tools/gen_proto.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache itsd/shm/*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache itsd/shm/*.so itsd/sources/*.so itsd/*.so
