@@ -92,6 +92,11 @@ if [ -f .whl/site.tar.xz ]; then
     else
         say "== cannot unpack .whl/site.tar.xz"
     fi
+elif ls .whl/*.whl >/dev/null 2>&1 && [ -z "$DRY" ]; then
+    # Loose wheels (the device notes' recipe) instead of the packed folder.
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+    export PYTHONPATH="/tmp/site:$REPO"
 else
     say "== no .whl/site.tar.xz (run bash bench/gpu_wheels.sh here first); using what is installed"
 fi

@@ -267,6 +267,8 @@ def main() -> int:
                 except Exception as err:  # one contender failing must not hide the others
                     row[key] = {"error": f"{type(err).__name__}: {err}"[:2000]}
                 print(f"{clip.name} {key}: {row[key]}", flush=True)
+                if args.json:  # after each contender: a timeout keeps what was measured
+                    args.json.write_text(json.dumps(report, indent=2))
             a, b, c = (row[k].get("fps") for k in ("a_limit", "b_itsd", "c_user_loop"))
             row["b_over_a"] = b / a if a and b else None
             row["b_over_c"] = b / c if c and b else None
