@@ -163,7 +163,7 @@ SLOT_READING: Final = 3
 SLOT_STATE_NAMES: Final = {0: "FREE", 1: "WRITING", 2: "READY", 3: "READING"}
 
 MAGIC: Final = int.from_bytes(b"ITSDFRM1", "little")
-VERSION: Final = 1
+VERSION: Final = 2  # 2: I420 slots (pixel format 3, 1.5 bytes per pixel)
 PAGE: Final = 4096
 HEADER_SIZE: Final = PAGE
 SLOT_PIXELS_OFFSET: Final = PAGE
