@@ -41,6 +41,9 @@ CLIP360="$MEDIA/street_overhead_dusk.mp4"
 CLIP1080="$MEDIA/street_overhead_dusk_1920x1080.mp4"
 
 say() { echo "$*" | tee -a "$LOG"; }
+TMPD="$(mktemp -d)"
+trap 'rm -rf "$TMPD"' EXIT
+STATUS=""
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 want() { [[ "$STEPS" == *",$1,"* ]]; }
 # step NAME MAX_SECONDS CMD...: runs CMD under timeout min(MAX, budget left - 10 s).
@@ -54,11 +57,13 @@ step() {
         return 0
     fi
     say "== $name (timeout ${t} s): $*"
-    local s0 rc
+    local s0 rc last
     s0=$(date +%s)
-    timeout -k 5 "$t" "$@" 2>&1 | tee -a "$LOG"
+    timeout -k 5 "$t" "$@" 2>&1 | tee -a "$LOG" "$TMPD/$name.out"
     rc=${PIPESTATUS[0]}
     say "== $name: exit $rc after $(($(date +%s) - s0)) s$([ "$rc" = 124 ] && echo ' (timed out)')"
+    last="$(grep -v '^[[:space:]]*$' "$TMPD/$name.out" | tail -1 | cut -c1-160 | tr '|' '/')"
+    STATUS+="$name|$rc|$(($(date +%s) - s0))|$last"$'\n'
     return 0
 }
 
@@ -123,7 +128,15 @@ else
     rm -rf "$scratch"
 fi
 if [ -z "$DRY" ]; then
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+        [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+    done
     nvidia-smi -L 2>&1 | tee -a "$LOG"
+    # NVDEC needs the driver's video libraries (PyNvVideoCodec loads NVENC's at import).
+    say "video libraries: $( (ldconfig -p 2>/dev/null; ls /usr/local/nvidia/lib64 2>/dev/null) |
+        grep -oE 'libnv(cuvid|idia-encode)\.so[.0-9]*' | sort -u | tr '\n' ' ')"
+    "$PY" -c "import PyNvVideoCodec as n; print('PyNvVideoCodec', n.__version__, 'imports')" 2>&1 |
+        grep -E 'imports|Error' | head -2 | tee -a "$LOG"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
         --format=csv 2>&1 | tee -a "$LOG"
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
@@ -172,11 +185,11 @@ else
 fi
 
 # -- the table -------------------------------------------------------------------------
-"$PY" - "$OUT" "${DRY:-}" <<'EOF' 2>&1 | tee "$OUT/gpu_check.md"
+"$PY" - "$OUT" "${DRY:-}" "$STATUS" <<'EOF' 2>&1 | tee "$OUT/gpu_check.md"
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
 
-out, dry = Path(sys.argv[1]), sys.argv[2]
+out, dry, status = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows = []
 
 def load(name):
@@ -236,6 +249,10 @@ if r:
             "(b)/(c) >= 2 at 1080p, (b)/(a) >= 0.8 at 640x360 (issue 13)")
 else:
     row("e2e", "no result")
+for line in status.splitlines():
+    name, rc, secs, last = (line.split("|", 3) + ["", "", ""])[:4]
+    state = "ok" if rc == "0" else ("timed out" if rc == "124" else f"exit {rc}: {last}")
+    row(f"step {name} ({secs} s)", state)
 print(f"\n## GPU check{' (DRY RUN: ' + dry + ')' if dry else ''}\n")
 print("| what | measured | goal |\n| --- | --- | --- |")
 print("\n".join(rows))

@@ -59,8 +59,9 @@ def why_no_gpu() -> str | None:
     try:
         import PyNvVideoCodec  # noqa: F401
         import torch
-    except ImportError as err:
-        return f"needs torch and PyNvVideoCodec ({err})"
+    except Exception as err:  # PyNvVideoCodec raises RuntimeError without the driver's
+        # video libraries
+        return f"needs torch and PyNvVideoCodec ({str(err).splitlines()[0][:200]})"
     return None if torch.cuda.is_available() else "no CUDA device"
 
 

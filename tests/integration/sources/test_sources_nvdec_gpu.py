@@ -52,7 +52,7 @@ def test_nvdec_delivers_every_frame_with_the_pixels_pyav_gives(clip: Path) -> No
     for i in sorted(picks):
         diff = np.abs(got[i].astype(np.int16) - ref[i].astype(np.int16))
         # Two BT.601 conversions (NVDEC NV12 on the GPU, libswscale): a few grey levels.
-        assert diff.mean() < 3.0, f"frame {i}: mean difference {diff.mean():.2f}"
+        assert diff.mean() < 4.0, f"frame {i}: mean difference {diff.mean():.2f}"
         assert looks_like_footage(got[i])
 
 
