@@ -142,6 +142,19 @@ if [ -z "$DRY" ]; then
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
 fi
 "$PY" -c "import itsd.config, av, pydantic; print('itsd imports: pydantic', pydantic.VERSION, 'av', av.__version__)" 2>&1 | tee -a "$LOG"
+"$PY" - <<'VERSIONS' 2>&1 | tee -a "$LOG"
+from importlib import metadata
+names = ["torch", "torchvision", "numpy", "opencv-python-headless", "grpcio", "protobuf",
+         "onnxruntime", "ultralytics", "PyNvVideoCodec", "setuptools"]
+found = []
+for n in names:
+    try:
+        found.append(f"{n} {metadata.version(n)}")
+    except metadata.PackageNotFoundError:
+        found.append(f"{n} -")
+print("versions:", ", ".join(found))
+VERSIONS
+say "shared memory: $(df -h /dev/shm 2>/dev/null | tail -1)"
 
 # -- a. GPU tests ----------------------------------------------------------------------
 mapfile -t GPU_TESTS < <(find tests -name 'test_*_gpu.py' | sort)
