@@ -135,6 +135,7 @@ def device_forward(engine: Any, tensor: np.ndarray) -> Any:
     torch = engine._torch
     x = torch.from_numpy(tensor).to(engine.device)
     x = (x.half() if engine.half else x).contiguous(memory_format=torch.channels_last)
+    torch.cuda.synchronize()  # x is made on the default stream; the engine reads it on its own
     n = int(tensor.shape[0])
 
     def run() -> None:
