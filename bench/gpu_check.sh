@@ -54,6 +54,7 @@ step() {
     t=$((t - 10 < max ? t - 10 : max))
     if [ "$t" -lt 15 ]; then
         say "== $name: skipped, no time left in the ${BUDGET} s budget"
+        STATUS+="$name|-|0|skipped: no time left in the ${BUDGET} s budget"$'\n'
         return 0
     fi
     say "== $name (timeout ${t} s): $*"
@@ -264,7 +265,7 @@ else:
     row("e2e", "no result")
 for line in status.splitlines():
     name, rc, secs, last = (line.split("|", 3) + ["", "", ""])[:4]
-    state = "ok" if rc == "0" else ("timed out" if rc == "124" else f"exit {rc}: {last}")
+    state = "ok" if rc == "0" else ("timed out" if rc == "124" else last if rc == "-" else f"exit {rc}: {last}")
     row(f"step {name} ({secs} s)", state)
 print(f"\n## GPU check{' (DRY RUN: ' + dry + ')' if dry else ''}\n")
 print("| what | measured | goal |\n| --- | --- | --- |")
