@@ -143,9 +143,9 @@ def judge(
         for part in ("pss_anon_mib", "pss_shmem_mib"):  # heap and shared-memory shares
             ys_part = [s[part][name] for s in kept if name in s.get(part, {})]
             if ys_part:
-                key = part.removesuffix("_mib").removeprefix("pss_")
-                v.memory[name][f"{key}_start_mib"] = round(ys_part[0], 1)
-                v.memory[name][f"{key}_end_mib"] = round(ys_part[-1], 1)
+                short = part.removesuffix("_mib").removeprefix("pss_")
+                v.memory[name][f"{short}_start_mib"] = round(ys_part[0], 1)
+                v.memory[name][f"{short}_end_mib"] = round(ys_part[-1], 1)
         if g >= max_growth_pct:
             v.failures.append(f"{name}: memory grew {g:.1f} % after warm-up")
         if len(pids) > 1:
@@ -387,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="itsd-soak-")))
         report = run_soak(args, clips, workdir)
+    if args.json:  # the samples are kept even if judging them fails
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
     key = "own_mib" if args.judge_on == "own" else "pss_mib"
     v = judge(report["samples"], args.warmup, args.max_growth, key=key)
     report.update(

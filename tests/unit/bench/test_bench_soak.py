@@ -69,3 +69,18 @@ def test_growth_latency_rise_and_restarts_fail() -> None:
 
 def test_no_samples_after_warmup_fails() -> None:
     assert not judge(_samples({"a": [1.0]}, [1.0], [1.0]), warmup_s=60.0).passed
+
+
+def test_judged_on_own_memory_with_its_parts() -> None:
+    n = 20
+    mem = {"publish": [60.0 + (3.0 if i % 2 else 0.0) for i in range(n)]}  # file share noise
+    s = _samples(mem, [60.0] * n, [90.0] * n)
+    for x in s:
+        x["pss_anon_mib"] = {"publish": 40.0}
+        x["pss_shmem_mib"] = {"publish": 12.0}
+        x["own_mib"] = {"publish": 52.0}
+    v = judge(s, warmup_s=0.0, key="own_mib")
+    assert v.passed, v.failures
+    r = v.memory["publish"]
+    assert r["growth_pct"] == 0.0 and r["anon_end_mib"] == 40.0 and r["shmem_end_mib"] == 12.0
+    assert r["pss_growth_pct"] == 5.0
