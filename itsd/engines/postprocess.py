@@ -6,6 +6,12 @@ Steps, as Ultralytics' `non_max_suppression` with multi_label=False: best class 
 anchor -> confidence filter (score > confidence) -> class filter -> class-aware greedy NMS
 -> at most max_detections -> boxes back to frame pixels, clipped.
 
+`decode_yolo` takes the full head output (ONNX Runtime, TensorRT). `decode_candidates`
+takes an output a backend has already reduced on its device to the few rows that can
+pass (best class score and class per anchor, best scores first: the PyTorch backend),
+so that only kilobytes cross to the host; both run the same steps after the
+confidence filter (`_select`) and give the same detections.
+
 Vectorised numpy only. This module must never import torch/torchvision or a backend
 library, and never draw or track: it turns tensors into `Detections` and nothing else.
 """
@@ -68,6 +74,45 @@ def batched_nms(
     return nms(np.asarray(boxes, dtype=np.float32) + offsets, scores, iou)
 
 
+def _check_letterbox(lb: Letterbox, frame_h: int, frame_w: int) -> None:
+    if (frame_h, frame_w) != (lb.src_h, lb.src_w):
+        raise ValueError(
+            f"frame size {frame_h}x{frame_w} does not match the letterbox "
+            f"({lb.src_h}x{lb.src_w}, height x width)"
+        )
+
+
+def _select(
+    cxcywh: np.ndarray,
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    lb: Letterbox,
+    opts: EngineOptions,
+) -> Detections:
+    """The steps after the confidence filter, shared by `decode_yolo` and
+    `decode_candidates`: class filter -> the best MAX_NMS_CANDIDATES -> class-aware NMS
+    -> at most max_detections -> frame pixels. cxcywh is (4, N) (cx, cy, w, h rows);
+    candidates index its columns; scores and class_ids are the candidates'."""
+    if opts.classes is not None:
+        wanted = np.isin(class_ids, np.asarray(opts.classes, dtype=np.int32))
+        candidates, class_ids, scores = candidates[wanted], class_ids[wanted], scores[wanted]
+        if candidates.size == 0:
+            return Detections.empty()
+    if candidates.size > MAX_NMS_CANDIDATES:
+        top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
+        candidates, class_ids, scores = candidates[top], class_ids[top], scores[top]
+    xywh = cxcywh[:4, candidates].T.astype(np.float32)
+    half = xywh[:, 2:] / 2
+    boxes = np.concatenate((xywh[:, :2] - half, xywh[:, :2] + half), axis=1)
+    keep = batched_nms(boxes, scores, class_ids, opts.iou)[: opts.max_detections]
+    return Detections(
+        boxes=np.ascontiguousarray(boxes_to_frame(boxes[keep], lb)),
+        scores=np.ascontiguousarray(scores[keep]),
+        class_ids=np.ascontiguousarray(class_ids[keep]),
+    )
+
+
 def decode_yolo(
     output: np.ndarray, lb: Letterbox, frame_h: int, frame_w: int, opts: EngineOptions
 ) -> Detections:
@@ -81,11 +126,7 @@ def decode_yolo(
         raise ValueError(
             f"YOLO output must be (4 + classes, anchors), e.g. (84, 8400); got {output.shape}"
         )
-    if (frame_h, frame_w) != (lb.src_h, lb.src_w):
-        raise ValueError(
-            f"frame size {frame_h}x{frame_w} does not match the letterbox "
-            f"({lb.src_h}x{lb.src_w}, height x width)"
-        )
+    _check_letterbox(lb, frame_h, frame_w)
     class_scores = out[4:]
     # Cheap pass over all anchors first; the argmax then runs on the few survivors.
     best = class_scores.max(axis=0)
@@ -94,20 +135,36 @@ def decode_yolo(
         return Detections.empty()
     class_ids = class_scores[:, candidates].argmax(axis=0).astype(np.int32)
     scores = best[candidates].astype(np.float32)
-    if opts.classes is not None:
-        wanted = np.isin(class_ids, np.asarray(opts.classes, dtype=np.int32))
-        candidates, class_ids, scores = candidates[wanted], class_ids[wanted], scores[wanted]
-        if candidates.size == 0:
-            return Detections.empty()
-    if candidates.size > MAX_NMS_CANDIDATES:
-        top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
-        candidates, class_ids, scores = candidates[top], class_ids[top], scores[top]
-    cxcywh = out[:4, candidates].T.astype(np.float32)
-    half = cxcywh[:, 2:] / 2
-    boxes = np.concatenate((cxcywh[:, :2] - half, cxcywh[:, :2] + half), axis=1)
-    keep = batched_nms(boxes, scores, class_ids, opts.iou)[: opts.max_detections]
-    return Detections(
-        boxes=np.ascontiguousarray(boxes_to_frame(boxes[keep], lb)),
-        scores=np.ascontiguousarray(scores[keep]),
-        class_ids=np.ascontiguousarray(class_ids[keep]),
-    )
+    return _select(out, candidates, scores, class_ids, lb, opts)
+
+
+#: Columns of one candidate row made on the device (see `decode_candidates`).
+CANDIDATE_COLUMNS = ("cx", "cy", "w", "h", "score", "class")
+
+
+def decode_candidates(
+    candidates: np.ndarray, lb: Letterbox, frame_h: int, frame_w: int, opts: EngineOptions
+) -> Detections:
+    """`decode_yolo` for an output already reduced on the device: (k, 6) rows of
+    [cx, cy, w, h, best class score, class id] (`CANDIDATE_COLUMNS`; model-input pixels,
+    at most MAX_NMS_CANDIDATES rows, best scores first), one per anchor that may pass.
+
+    Applies the same confidence filter, class filter, class-aware NMS and letterbox
+    un-mapping as `decode_yolo`, so both give the same detections (the order of
+    candidates of exactly equal score aside). Rows at or below the confidence (padding
+    of a batch's shorter images) are dropped here. A leading batch axis of 1 is
+    accepted. Raises ValueError on a malformed input.
+    """
+    cand = candidates[0] if candidates.ndim == 3 and candidates.shape[0] == 1 else candidates
+    if cand.ndim != 2 or cand.shape[1] != len(CANDIDATE_COLUMNS):
+        raise ValueError(
+            f"candidates must be (k, 6) rows of {', '.join(CANDIDATE_COLUMNS)}; "
+            f"got {candidates.shape}"
+        )
+    _check_letterbox(lb, frame_h, frame_w)
+    scores = cand[:, 4]
+    keep = np.flatnonzero(scores > opts.confidence)
+    if keep.size == 0:
+        return Detections.empty()
+    class_ids = cand[keep, 5].astype(np.int32)
+    return _select(cand.T, keep, scores[keep].astype(np.float32), class_ids, lb, opts)

@@ -5,9 +5,18 @@ Loads an Ultralytics checkpoint (``.pt``: the pickled ``DetectionModel`` under `
 weights, for benchmarks) with ``ultralytics.nn.tasks.DetectionModel``, fuses conv+BN
 and runs its forward pass itself, so Ultralytics' predictor (and with it torchvision,
 which does not import beside the CPU build of torch) is never used. The frame path
-(letterbox, output check, decode, NMS) is the shared `yolo.YoloEngine`'s, so boxes match
-the other backends; the device letterbox below uses the same geometry
-(`letterbox_params`) and gives the same pixels within one grey level.
+(letterbox, output check, NMS) is the shared one, so boxes match the other backends; the
+device letterbox below uses the same geometry (`letterbox_params`) and gives the same
+pixels within one grey level.
+
+The head output is reduced where it was made (`reduce_head`): per anchor the best class
+score and class, the anchors that can pass the confidence (best first, at most
+MAX_NMS_CANDIDATES) and their boxes, a (batch, k, 6) tensor of a few kilobytes instead
+of the (batch, 4 + classes, anchors) output (2.7 MB per image at 640); on a GPU it is
+copied into a pinned buffer asynchronously. The host then runs `decode_candidates`
+(confidence and class filter, class-aware NMS, boxes to frame pixels: the steps of
+`decode_yolo`, same detections). Used on every path: GPU and CPU, CUDA graphs or not,
+device or host letterbox.
 
 On a GPU (``EngineOptions.gpu`` set and ``torch.cuda`` sees it): fp16 weights (fp32 when
 asked), channels-last memory format, the letterbox of the whole batch on the GPU (the
@@ -34,8 +43,14 @@ from typing import Any
 import numpy as np
 
 from itsd.engines.base import COCO_NAMES, Detections, EngineOptions
-from itsd.engines.postprocess import decode_yolo
-from itsd.engines.preprocess import PAD_VALUE, Letterbox, check_frame, letterbox_params
+from itsd.engines.postprocess import MAX_NMS_CANDIDATES, decode_candidates
+from itsd.engines.preprocess import (
+    PAD_VALUE,
+    Letterbox,
+    check_frame,
+    letterbox_into,
+    letterbox_params,
+)
 from itsd.engines.yolo import YoloEngine, check_yolo_output
 from itsd.errors import ModelError
 
@@ -60,6 +75,39 @@ def bucket_for(n: int, buckets: list[int]) -> int:
         if b >= n:
             return b
     raise ValueError(f"{n} frames exceed the largest bucket {buckets[-1]}")
+
+
+def reduce_head(
+    out: Any,
+    confidence: float,
+    classes: Sequence[int] | None = None,
+    max_candidates: int = MAX_NMS_CANDIDATES,
+) -> Any:
+    """Reduce a (B, 4 + classes, A) head output tensor where it lies (GPU or CPU) to a
+    float32 (B, k, 6) tensor of candidate rows [cx, cy, w, h, score, class] for
+    `postprocess.decode_candidates`.
+
+    Per anchor: the best class score and its class (first of equal maxima, as numpy's
+    argmax); anchors whose class is not in `classes` get score -inf; k is the most
+    anchors of one image above `confidence` (at most max_candidates and A: one small
+    device-to-host read), and each image's k best anchors come best first. Rows of an
+    image that has fewer are at or below the confidence; the host drops them.
+    """
+    import torch
+
+    n, _, anchors = (int(v) for v in out.shape)
+    best, ids = out[:, 4:].max(dim=1)  # (B, A) each
+    best = best.float()  # compare in fp32, as the host does
+    if classes is not None:
+        wanted = torch.isin(ids, torch.as_tensor(list(classes), device=ids.device))
+        best = best.masked_fill(~wanted, float("-inf"))
+    k = min(int((best > confidence).sum(dim=1).max()), max_candidates, anchors)
+    if k == 0:
+        return torch.zeros((n, 0, 6), dtype=torch.float32, device=out.device)
+    scores, idx = best.topk(k, dim=1, sorted=True)
+    boxes = out[:, :4].gather(2, idx.unsqueeze(1).expand(n, 4, k)).float()
+    cls = ids.gather(1, idx).float()
+    return torch.cat((boxes.transpose(1, 2), scores.unsqueeze(2), cls.unsqueeze(2)), dim=2)
 
 
 def _imports() -> tuple[Any, Any]:
@@ -198,6 +246,7 @@ class TorchEngine(YoloEngine):
         #: Letterbox on the device (default on GPUs; on the CPU for tests only).
         self.device_letterbox = self.gpu if device_letterbox is None else device_letterbox
         self._staging: Any = None
+        self._candidates_host: Any = None  # pinned, for the reduced output (GPU)
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._buckets = graph_buckets(max_batch)
         if self.gpu:
@@ -231,55 +280,90 @@ class TorchEngine(YoloEngine):
         return out[0] if isinstance(out, list | tuple) else out
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """The full (n, 4 + classes, anchors) output on the host: the load-time probe,
+        tests and the raw benchmark. The frame path (`infer`) reduces on the device."""
         torch = self._torch
+        n = int(batch.shape[0])
         with torch.inference_mode():
             x = torch.from_numpy(batch)  # on a GPU: a view of the pinned buffer (one DMA)
             if not self.gpu:
-                return np.asarray(self._run_net(x).float().numpy())
+                return np.asarray(self._head(x, n).float().numpy())
             with torch.cuda.stream(self._stream):
-                result = self._run_device(x, int(batch.shape[0]))
+                result = self._head(x, n).float().to("cpu")
             self._stream.synchronize()
             return np.asarray(result.numpy())
 
-    def _run_device(self, x: Any, n: int) -> Any:
-        """(n, 4 + classes, anchors) on the host for a float batch on the host or device."""
+    def _head(self, x: Any, n: int) -> Any:
+        """(n, 4 + classes, anchors) on the engine's device, in the model's precision,
+        for a float batch on the host or the device."""
         torch = self._torch
+        if not self.gpu:
+            return self._run_net(x)
         if self.cuda_graphs:
-            out = self._replay(x, n)
-        else:
-            x = x.to(self.device, non_blocking=True)
-            x = (x.half() if self.half else x).contiguous(memory_format=torch.channels_last)
-            out = self._run_net(x)[:n]
-        return out.float().to("cpu")
+            return self._replay(x, n)
+        x = x.to(self.device, non_blocking=True)
+        x = (x.half() if self.half else x).contiguous(memory_format=torch.channels_last)
+        return self._run_net(x)[:n]
 
-    # -- letterbox on the device --------------------------------------------------------
     def infer(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """As `YoloEngine.infer`; with `device_letterbox` the letterbox of the whole batch
+        """As `YoloEngine.infer`: detections per frame, in runs of `max_batch`. The head
+        output is reduced on the device (`reduce_head`) and decoded on the host with
+        `decode_candidates`; with `device_letterbox` the letterbox of the whole batch
         runs on the device (frames go up as uint8 through one pinned staging buffer)."""
-        if not self.device_letterbox:
-            return super().infer(frames)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         for i, frame in enumerate(frames):
             check_frame(frame, f"frame {i}")
-        torch = self._torch
         results: list[Detections] = []
         for start in range(0, len(frames), self.max_batch):
-            chunk = frames[start : start + self.max_batch]
-            with torch.inference_mode():
-                if self.gpu:
-                    with torch.cuda.stream(self._stream):
-                        x, boxes = self.letterbox_device(chunk)
-                        out = self._run_device(x, len(chunk))
-                    self._stream.synchronize()
-                else:
-                    x, boxes = self.letterbox_device(chunk)
-                    out = self._run_net(x).float()
-            raw = out.numpy()
+            candidates, boxes = self._candidates(frames[start : start + self.max_batch])
             for slot, lb in enumerate(boxes):
-                results.append(decode_yolo(raw[slot], lb, lb.src_h, lb.src_w, self.options))
+                results.append(
+                    decode_candidates(candidates[slot], lb, lb.src_h, lb.src_w, self.options)
+                )
         return results
 
+    def _candidates(self, chunk: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
+        """(n, k, 6) candidate rows on the host (`reduce_head`) and the letterboxes."""
+        torch = self._torch
+        opts = self.options
+        with torch.inference_mode():
+            if not self.gpu:
+                x, boxes = self._letterbox(chunk)
+                out = self._head(x, len(chunk))
+                return reduce_head(out, opts.confidence, opts.classes).numpy(), boxes
+            with torch.cuda.stream(self._stream):
+                x, boxes = self._letterbox(chunk)
+                out = self._head(x, len(chunk))
+                cand = reduce_head(out, opts.confidence, opts.classes)
+                host = self._pinned_candidates(cand.numel()).view(cand.shape)
+                host.copy_(cand, non_blocking=True)
+            self._stream.synchronize()
+            return host.numpy(), boxes
+
+    def _pinned_candidates(self, numel: int) -> Any:
+        """The first `numel` floats of a pinned host buffer (grown when too small)."""
+        buf = self._candidates_host
+        if buf is None or buf.numel() < numel:
+            buf = self._torch.empty(max(numel, 2 * (0 if buf is None else buf.numel())))
+            self._candidates_host = buf = buf.pin_memory()
+        return buf[:numel]
+
+    def _letterbox(self, chunk: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
+        """The chunk letterboxed as a float batch tensor (on the device with
+        `device_letterbox`, else in the reused, on GPUs pinned, host buffer)."""
+        if self.device_letterbox:
+            return self.letterbox_device(chunk)
+        h, w = self.input_size
+        batch = self._batch_buffer(len(chunk))
+        boxes = []
+        for slot, frame in enumerate(chunk):
+            lb = letterbox_params(int(frame.shape[0]), int(frame.shape[1]), h, w)
+            letterbox_into(frame, batch[slot], lb)
+            boxes.append(lb)
+        return self._torch.from_numpy(batch), boxes
+
+    # -- letterbox on the device --------------------------------------------------------
     def letterbox_device(self, frames: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
         """Letterbox frames on the engine's device: a (n, 3, H, W) float32 tensor there,
         the same pixels as `preprocess.letterbox_into` (bilinear, half-pixel centres,
@@ -364,6 +448,7 @@ class TorchEngine(YoloEngine):
     def _close(self) -> None:
         self._graphs.clear()
         self._net = None
+        self._candidates_host = None
         if self.gpu:
             self._torch.cuda.empty_cache()
 
