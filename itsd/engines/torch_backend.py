@@ -15,8 +15,10 @@ MAX_NMS_CANDIDATES) and their boxes, a (batch, k, 6) tensor of a few kilobytes i
 of the (batch, 4 + classes, anchors) output (2.7 MB per image at 640); on a GPU it is
 copied into a pinned buffer asynchronously. The host then runs `decode_candidates`
 (confidence and class filter, class-aware NMS, boxes to frame pixels: the steps of
-`decode_yolo`, same detections). Used on every path: GPU and CPU, CUDA graphs or not,
-device or host letterbox.
+`decode_yolo`, same detections). On by default on GPUs (CUDA graphs or not, device or
+host letterbox); off by default on the CPU, where the output already is in host memory
+(numpy reads it without a copy) and torch's CPU argmax and gather were measured no
+faster than numpy's scan (bench/torch_post_bench.py).
 
 On a GPU (``EngineOptions.gpu`` set and ``torch.cuda`` sees it): fp16 weights (fp32 when
 asked), channels-last memory format, the letterbox of the whole batch on the GPU (the
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from itsd.engines.base import COCO_NAMES, Detections, EngineOptions
-from itsd.engines.postprocess import MAX_NMS_CANDIDATES, decode_candidates
+from itsd.engines.postprocess import MAX_NMS_CANDIDATES, decode_candidates, decode_yolo
 from itsd.engines.preprocess import (
     PAD_VALUE,
     Letterbox,
@@ -87,18 +89,21 @@ def reduce_head(
     float32 (B, k, 6) tensor of candidate rows [cx, cy, w, h, score, class] for
     `postprocess.decode_candidates`.
 
-    Per anchor: the best class score and its class (first of equal maxima, as numpy's
-    argmax); anchors whose class is not in `classes` get score -inf; k is the most
-    anchors of one image above `confidence` (at most max_candidates and A: one small
-    device-to-host read), and each image's k best anchors come best first. Rows of an
-    image that has fewer are at or below the confidence; the host drops them.
+    Per anchor: the best class score; anchors whose best class is not in `classes` get
+    score -inf; k is the most anchors of one image above `confidence` (at most
+    max_candidates and A: one small device-to-host read), and each image's k best anchors
+    come best first, with their class (first of equal maxima, as numpy's argmax). Rows of
+    an image that has fewer are at or below the confidence; the host drops them. As on
+    the host, the argmax runs on the k survivors only (a max with indices over all
+    anchors is ten times slower than amax on a CPU), except with a class filter.
     """
     import torch
 
-    n, _, anchors = (int(v) for v in out.shape)
-    best, ids = out[:, 4:].max(dim=1)  # (B, A) each
-    best = best.float()  # compare in fp32, as the host does
+    n, rows, anchors = (int(v) for v in out.shape)
+    class_scores = out[:, 4:]
+    best = class_scores.amax(dim=1).float()  # (B, A); compare in fp32, as the host does
     if classes is not None:
+        ids = class_scores.argmax(dim=1)
         wanted = torch.isin(ids, torch.as_tensor(list(classes), device=ids.device))
         best = best.masked_fill(~wanted, float("-inf"))
     k = min(int((best > confidence).sum(dim=1).max()), max_candidates, anchors)
@@ -106,7 +111,8 @@ def reduce_head(
         return torch.zeros((n, 0, 6), dtype=torch.float32, device=out.device)
     scores, idx = best.topk(k, dim=1, sorted=True)
     boxes = out[:, :4].gather(2, idx.unsqueeze(1).expand(n, 4, k)).float()
-    cls = ids.gather(1, idx).float()
+    picked = class_scores.gather(2, idx.unsqueeze(1).expand(n, rows - 4, k))
+    cls = picked.argmax(dim=1).float()
     return torch.cat((boxes.transpose(1, 2), scores.unsqueeze(2), cls.unsqueeze(2)), dim=2)
 
 
@@ -180,6 +186,8 @@ class TorchEngine(YoloEngine):
     max_batch: most frames per forward pass (default: ``EngineOptions.max_batch``).
     cuda_graphs: capture CUDA graphs per batch bucket (GPU only).
     device_letterbox: letterbox the batch on the device (default: on GPUs).
+    device_reduce: reduce the head output on the device (`reduce_head`) and decode the
+        candidates (default: on GPUs).
     """
 
     name = "torch"
@@ -193,6 +201,7 @@ class TorchEngine(YoloEngine):
         max_batch: int | None = None,
         cuda_graphs: bool = True,
         device_letterbox: bool | None = None,
+        device_reduce: bool | None = None,
         seed: int = 0,
     ) -> None:
         torch, _ = _imports()
@@ -245,8 +254,10 @@ class TorchEngine(YoloEngine):
         self.cuda_graphs = bool(cuda_graphs and self.gpu)
         #: Letterbox on the device (default on GPUs; on the CPU for tests only).
         self.device_letterbox = self.gpu if device_letterbox is None else device_letterbox
+        #: Reduce the head output on the device (default on GPUs; on the CPU for tests).
+        self.device_reduce = self.gpu if device_reduce is None else device_reduce
         self._staging: Any = None
-        self._candidates_host: Any = None  # pinned, for the reduced output (GPU)
+        self._output_host: Any = None  # pinned, for the (reduced) output (GPU)
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._buckets = graph_buckets(max_batch)
         if self.gpu:
@@ -306,47 +317,52 @@ class TorchEngine(YoloEngine):
         return self._run_net(x)[:n]
 
     def infer(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """As `YoloEngine.infer`: detections per frame, in runs of `max_batch`. The head
-        output is reduced on the device (`reduce_head`) and decoded on the host with
-        `decode_candidates`; with `device_letterbox` the letterbox of the whole batch
-        runs on the device (frames go up as uint8 through one pinned staging buffer)."""
+        """As `YoloEngine.infer`: detections per frame, in runs of `max_batch`. With
+        `device_reduce` the head output is reduced on the device (`reduce_head`) and
+        decoded on the host with `decode_candidates`, else decoded with `decode_yolo`;
+        with `device_letterbox` the letterbox of the whole batch runs on the device
+        (frames go up as uint8 through one pinned staging buffer)."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         for i, frame in enumerate(frames):
             check_frame(frame, f"frame {i}")
+        decode = decode_candidates if self.device_reduce else decode_yolo
         results: list[Detections] = []
         for start in range(0, len(frames), self.max_batch):
-            candidates, boxes = self._candidates(frames[start : start + self.max_batch])
+            outputs, boxes = self._outputs(frames[start : start + self.max_batch])
             for slot, lb in enumerate(boxes):
-                results.append(
-                    decode_candidates(candidates[slot], lb, lb.src_h, lb.src_w, self.options)
-                )
+                results.append(decode(outputs[slot], lb, lb.src_h, lb.src_w, self.options))
         return results
 
-    def _candidates(self, chunk: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        """(n, k, 6) candidate rows on the host (`reduce_head`) and the letterboxes."""
+    def _outputs(self, chunk: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
+        """On the host, fp32: the (n, k, 6) candidate rows with `device_reduce`, else the
+        (n, 4 + classes, anchors) output; and the letterboxes. On a GPU the copy goes
+        into a pinned buffer (valid until the next call)."""
         torch = self._torch
         opts = self.options
         with torch.inference_mode():
             if not self.gpu:
                 x, boxes = self._letterbox(chunk)
                 out = self._head(x, len(chunk))
-                return reduce_head(out, opts.confidence, opts.classes).numpy(), boxes
+                if self.device_reduce:
+                    out = reduce_head(out, opts.confidence, opts.classes)
+                return np.asarray(out.float().numpy()), boxes
             with torch.cuda.stream(self._stream):
                 x, boxes = self._letterbox(chunk)
                 out = self._head(x, len(chunk))
-                cand = reduce_head(out, opts.confidence, opts.classes)
-                host = self._pinned_candidates(cand.numel()).view(cand.shape)
-                host.copy_(cand, non_blocking=True)
+                if self.device_reduce:
+                    out = reduce_head(out, opts.confidence, opts.classes)
+                host = self._pinned_output(out.numel()).view(out.shape)
+                host.copy_(out, non_blocking=True)  # fp16 -> fp32 in the copy
             self._stream.synchronize()
             return host.numpy(), boxes
 
-    def _pinned_candidates(self, numel: int) -> Any:
+    def _pinned_output(self, numel: int) -> Any:
         """The first `numel` floats of a pinned host buffer (grown when too small)."""
-        buf = self._candidates_host
+        buf = self._output_host
         if buf is None or buf.numel() < numel:
             buf = self._torch.empty(max(numel, 2 * (0 if buf is None else buf.numel())))
-            self._candidates_host = buf = buf.pin_memory()
+            self._output_host = buf = buf.pin_memory()
         return buf[:numel]
 
     def _letterbox(self, chunk: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
@@ -448,7 +464,7 @@ class TorchEngine(YoloEngine):
     def _close(self) -> None:
         self._graphs.clear()
         self._net = None
-        self._candidates_host = None
+        self._output_host = None
         if self.gpu:
             self._torch.cuda.empty_cache()
 
