@@ -156,3 +156,30 @@ def test_device_letterbox_matches_the_shared_one(
     assert float(np.abs(x.numpy() - expected).max()) <= 1.01 / 255
     for a, b in zip(shared.infer(frames), device.infer(frames), strict=True):
         assert not match(a, b) and not match(b, a)
+
+
+@pytest.mark.parametrize("device_letterbox", [False, True], ids=["host-letterbox", "device-lb"])
+def test_device_reduced_output_gives_the_boxes_of_the_full_output(
+    model_files: tuple[Path, Path], media_dir: Path, device_letterbox: bool
+) -> None:
+    """The PyTorch backend's reduction on the device (what runs on GPUs: best class,
+    top-k candidates, decode_candidates), checked on the CPU against decode_yolo on the
+    full head output of the same forward pass: the same boxes, classes and scores."""
+    from itsd.engines.torch_backend import TorchEngine
+
+    pt, _ = model_files
+    opts = EngineOptions(confidence=0.25, iou=0.45)
+    full = TorchEngine(pt, opts, device_letterbox=device_letterbox, device_reduce=False)
+    reduced = TorchEngine(pt, opts, device_letterbox=device_letterbox, device_reduce=True)
+    assert reduced.device_reduce and not full.device_reduce
+    frames = clip_frames(media_dir)
+    frames.append(np.ascontiguousarray(frames[0][:, ::2]))  # another size in the batch
+    total = 0
+    for a, b in zip(full.infer(frames), reduced.infer(frames), strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores))
+        assert not match(a, b) and not match(b, a)
+        total += len(a)
+    assert total > 20
+    full.close()
+    reduced.close()

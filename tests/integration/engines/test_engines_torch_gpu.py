@@ -141,3 +141,43 @@ def test_a_batch_padded_to_its_graph_bucket_gives_each_frame_its_own_output(
     _close_outputs(together, alone, "batch of 3 in bucket 4 against one at a time")
     assert len(engine.infer(frames)) == 6  # 6 frames: chunks of max_batch 4
     engine.close()
+
+
+def _twins(a: Detections, b: Detections) -> float:
+    """Share of a's boxes with a twin in b: IoU >= 0.9, same class, score within 1e-3."""
+    if len(a) == 0:
+        return 1.0
+    x1 = np.maximum(a.boxes[:, None, 0], b.boxes[None, :, 0])
+    y1 = np.maximum(a.boxes[:, None, 1], b.boxes[None, :, 1])
+    x2 = np.minimum(a.boxes[:, None, 2], b.boxes[None, :, 2])
+    y2 = np.minimum(a.boxes[:, None, 3], b.boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = np.prod(a.boxes[:, 2:] - a.boxes[:, :2], axis=1)
+    area_b = np.prod(b.boxes[:, 2:] - b.boxes[:, :2], axis=1)
+    iou = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    ok = (
+        (iou >= 0.9)
+        & (a.class_ids[:, None] == b.class_ids[None, :])
+        & (np.abs(a.scores[:, None] - b.scores[None, :]) <= 1e-3)
+    )
+    return float(ok.any(axis=1).mean())
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+@pytest.mark.parametrize("device_letterbox", [True, False], ids=["device-lb", "host-lb"])
+def test_the_output_reduced_on_the_gpu_gives_the_boxes_of_the_full_output(
+    model: Path, frames: list[np.ndarray], graphs: bool, device_letterbox: bool
+) -> None:
+    """reduce_head + decode_candidates (the default on GPUs) against decode_yolo on the
+    whole fp16 output of the same engine: the same detections (equal fp16 scores may
+    order NMS differently: ties aside)."""
+    engine = _engine(model, "fp16", cuda_graphs=graphs, device_letterbox=device_letterbox)
+    assert engine.device_reduce
+    reduced = engine.infer(frames)
+    engine.device_reduce = False
+    full = engine.infer(frames)
+    assert sum(len(d) for d in full) > 0
+    for a, b in zip(full, reduced, strict=True):
+        assert abs(len(a) - len(b)) <= 1
+        assert _twins(a, b) >= 0.95 and _twins(b, a) >= 0.95
+    engine.close()
