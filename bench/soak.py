@@ -13,16 +13,20 @@ events published since the last sample (capture time to the moment the event was
 readable in the file: p50/p99).
 
 At the end, per process, the growth after warm-up (the first ``--warmup`` seconds are
-left out): the median of the last three samples over the median of the first three,
-in percent, and the fitted slope in MiB per minute; and the latency trend: the fitted
+left out) of its own memory (``--judge-on own``: PSS less the file-backed pages, i.e.
+heap plus its share of the shared-memory rings; the file-backed share moves with other
+processes mapping the same libraries) or of all its PSS (``--judge-on pss``): the
+median of the last three samples over the median of the first three, in percent, and
+the fitted slope in MiB per minute; and the latency trend: the fitted
 slope of the windows' p50 and p99 in ms per minute. It prints a table and PASS or FAIL:
 every process grows less than ``--max-growth`` percent (default 5) and neither latency
 slope, over the measured span, rises more than ``max(10 ms, 20 %)`` of its median. The
 JSON report (``--json``) holds every sample; the PNG (``--png``, OpenCV, as
 ``bench/e2e_bench.py``) draws the memory of each process and the latency over time.
 
-``--tracemalloc DIR`` runs the stages with ``ITSD_TRACEMALLOC=DIR`` (see
-``itsd.runtime.memtrace``): each writes what grew since its warm-up, by source line.
+``--tracemalloc DIR`` runs analytics and the publisher with ``ITSD_TRACEMALLOC=DIR``
+(see ``itsd.runtime.memtrace``; ``ITSD_TRACEMALLOC_STAGES`` picks others): each writes
+what grew since its warm-up, by source line.
 
 A bench tool: it starts its own daemon in a temporary folder, on this machine only, and
 must never touch another daemon or anything outside that folder.
