@@ -95,6 +95,27 @@ def _output(
     return out
 
 
+def test_nms_matrix_and_loop_ways_keep_the_same_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NMS computes the IoU matrix at once up to NMS_MATRIX_LIMIT boxes and loops
+    beyond: both keep the same boxes in the same order, ties in score included."""
+    from itsd.engines import postprocess
+
+    rng = np.random.default_rng(4)
+    for n, tied in ((300, False), (300, True), (60, True)):
+        centres = rng.uniform(0, 300, (n, 2)).astype(np.float32)
+        sizes = rng.uniform(5, 80, (n, 2)).astype(np.float32)
+        boxes = np.concatenate((centres - sizes / 2, centres + sizes / 2), axis=1)
+        scores = (
+            rng.choice(np.linspace(0.3, 1, 20), n) if tied else rng.uniform(0.3, 1, n)
+        ).astype(np.float32)
+        matrix = nms(boxes, scores, 0.45)
+        monkeypatch.setattr(postprocess, "NMS_MATRIX_LIMIT", 0)
+        loop = nms(boxes, scores, 0.45)
+        monkeypatch.undo()
+        assert 0 < len(matrix) < n
+        np.testing.assert_array_equal(matrix, loop)
+
+
 def test_decode_yolo_filters_suppresses_and_maps_to_frame() -> None:
     lb = letterbox_params(360, 640, 320, 320)  # scale 0.5, pad_y 70
     out = _output([
