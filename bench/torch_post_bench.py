@@ -9,8 +9,10 @@ from the clip, as in infer_backend_bench.py) on real clip frames is made once pe
 size and input size and left where the engine made it. Then, in rotation over
 ``--rounds`` rounds (medians printed), the time per image of:
 
-* ``old``: the whole (B, 4 + classes, anchors) output to the host as fp32, then
-  ``decode_yolo`` per image (what the frame path did before);
+* ``before``: the whole (B, 4 + classes, anchors) output to the host as fp32, then
+  ``decode_yolo`` per image with the NMS loop (``NMS_MATRIX_LIMIT`` 0): the frame path
+  before the device reduction and the IoU-matrix NMS;
+* ``old``: the same with today's NMS (the CPU default, and what ONNX Runtime runs);
 * ``new``: ``reduce_head`` where the output lies (best class, top-k candidates, boxes),
   the (B, k, 6) rows to the host, then ``decode_candidates`` per image.
 
@@ -38,6 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from infer_backend_bench import CLIP, clip_frames, random_yolo11n  # noqa: E402
 
+from itsd.engines import postprocess  # noqa: E402
 from itsd.engines.base import EngineOptions  # noqa: E402
 from itsd.engines.postprocess import decode_candidates, decode_yolo  # noqa: E402
 
@@ -61,6 +64,14 @@ def make_case(engine: Any, frames: list[np.ndarray], opts: EngineOptions) -> dic
         out = engine._head(x, len(frames)).clone()
     sync = engine._stream.synchronize if engine.gpu else (lambda: None)
 
+    def before() -> list[Any]:
+        limit = postprocess.NMS_MATRIX_LIMIT
+        postprocess.NMS_MATRIX_LIMIT = 0
+        try:
+            return old()
+        finally:
+            postprocess.NMS_MATRIX_LIMIT = limit
+
     def old() -> list[Any]:
         raw = out.float().cpu().numpy()
         return [decode_yolo(raw[i], lb, lb.src_h, lb.src_w, opts) for i, lb in enumerate(boxes)]
@@ -81,8 +92,8 @@ def make_case(engine: Any, frames: list[np.ndarray], opts: EngineOptions) -> dic
         for p, q in zip(a, n, strict=True)
     )
     boxes_out = sum(len(d) for d in a)
-    return {"old": old, "new": new, "b": len(frames), "same": same, "boxes": boxes_out,
-            "old_us": [], "new_us": []}  # fmt: skip
+    return {"before": before, "old": old, "new": new, "b": len(frames), "same": same,
+            "boxes": boxes_out, "before_us": [], "old_us": [], "new_us": []}  # fmt: skip
 
 
 def main() -> int:
@@ -114,17 +125,22 @@ def main() -> int:
             engine.close()
         for r in range(args.rounds):
             for c in cases.values():
-                order = ("old", "new") if r % 2 == 0 else ("new", "old")
+                names = ["before", "old", "new"]
+                order = names[r % 3 :] + names[: r % 3]
                 for name in order:
                     c[f"{name}_us"].append(per_image_us(c[name], c["b"], args.reps))
             print(f"round {r + 1} done", flush=True)
-    head = f"{'imgsz/batch':>11} {'boxes':>6} {'old us/img':>11} {'new us/img':>11}"
-    print(f"\n{head} {'speed-up':>9} same")
+    head = f"{'imgsz/batch':>11} {'boxes':>6} {'before us':>10} {'old us':>8} {'new us':>8}"
+    print(f"\n{head} {'new/old':>8} {'new/before':>10} same   (per image)")
     for key, c in cases.items():
-        o, n = statistics.median(c["old_us"]), statistics.median(c["new_us"])
-        print(f"{key:>11} {c['boxes']:>6} {o:>11.1f} {n:>11.1f} {o / n:>8.2f}x {c['same']}")
-        report["cases"][key] = {k: c[k] for k in ("b", "same", "boxes", "old_us", "new_us")}
-        report["cases"][key].update(old_median_us=o, new_median_us=n)
+        z, o, n = (statistics.median(c[f"{k}_us"]) for k in ("before", "old", "new"))
+        print(
+            f"{key:>11} {c['boxes']:>6} {z:>10.1f} {o:>8.1f} {n:>8.1f} {n / o:>8.2f} "
+            f"{n / z:>10.2f} {c['same']}"
+        )
+        keys = ("b", "same", "boxes", "before_us", "old_us", "new_us")
+        report["cases"][key] = {k: c[k] for k in keys}
+        report["cases"][key].update(before_median_us=z, old_median_us=o, new_median_us=n)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
