@@ -352,8 +352,10 @@ class TorchEngine(YoloEngine):
                 out = self._head(x, len(chunk))
                 if self.device_reduce:
                     out = reduce_head(out, opts.confidence, opts.classes)
+                else:
+                    out = out.float()  # to fp32 on the device: the copy is a plain DMA
                 host = self._pinned_output(out.numel()).view(out.shape)
-                host.copy_(out, non_blocking=True)  # fp16 -> fp32 in the copy
+                host.copy_(out, non_blocking=True)
             self._stream.synchronize()
             return host.numpy(), boxes
 
@@ -361,7 +363,7 @@ class TorchEngine(YoloEngine):
         """The first `numel` floats of a pinned host buffer (grown when too small)."""
         buf = self._output_host
         if buf is None or buf.numel() < numel:
-            buf = self._torch.empty(max(numel, 2 * (0 if buf is None else buf.numel())))
+            buf = self._torch.empty(max(numel, 4096, 2 * (0 if buf is None else buf.numel())))
             self._output_host = buf = buf.pin_memory()
         return buf[:numel]
 
