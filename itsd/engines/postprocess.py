@@ -53,11 +53,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
     if n <= NMS_MATRIX_LIMIT:
         x1, y1, x2, y2, areas = x1[order], y1[order], x2[order], y2[order], areas[order]
-        w = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
-        h = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
-        inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-        union = areas[:, None] + areas[None, :] - inter
-        over = inter / np.maximum(union, np.float32(1e-9)) > iou  # (n, n), by score
+        # In place: the (n, n) temporaries are what this costs at a few hundred boxes.
+        inter = np.minimum(x2[:, None], x2[None, :])
+        inter -= np.maximum(x1[:, None], x1[None, :])
+        np.maximum(inter, 0.0, out=inter)
+        h = np.minimum(y2[:, None], y2[None, :])
+        h -= np.maximum(y1[:, None], y1[None, :])
+        np.maximum(h, 0.0, out=h)
+        inter *= h
+        union = np.add(areas[:, None], areas[None, :])
+        union -= inter
+        np.maximum(union, np.float32(1e-9), out=union)
+        inter /= union
+        over = inter > iou  # (n, n), rows and columns by descending score
         suppressed = np.zeros(n, dtype=bool)
         kept: list[int] = []
         for i in range(n):
