@@ -126,7 +126,7 @@ def test_timestamps_that_jump_lose_nothing(
         ids = [e["frame_id"] for e in d.detections()]
         if realtime:  # paced: it takes about 180/25 s, not 10 minutes, and keeps going
             # (newest frame wins: a busy machine drops some, so only the shape is checked)
-            assert len(ids) > n // 2 and max(ids) >= n - 10, f"{len(ids)} frames of {n}"
+            assert len(ids) > n // 4 and max(ids) >= n - 10, f"{len(ids)} frames of {n}"
         else:
             assert ids == list(range(n)), f"{len(ids)} detection events for {n} frames"
 
