@@ -37,6 +37,7 @@ import multiprocessing
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -175,18 +176,22 @@ def inference_ms(repeat: int) -> float | None:
     return (time.process_time() - start) / repeat * 1e3
 
 
-def _shard(frames: int, seconds: float, start: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    """One shard: ``full+det`` camera-frames for ``seconds`` from ``start`` (wall)."""
+def _shard(frames: int, seconds: float, ready: Any, go: Any, out: Any) -> None:
+    """One shard: builds its camera, says it is ready, waits for the start, then runs
+    ``full+det`` camera-frames for ``seconds``; puts its camera-frames per second."""
     records = traffic(frames)
     cam = CameraAnalytics(camera(True), COCO_NAMES, AnalyticsConfig(snapshots=False))
-    while time.time() < start:
-        time.sleep(0.001)
+    for rec in records[:30]:
+        cam.process(rec, True, 0.25)  # warm-up
+    ready.put(1)
+    go.wait()
+    start = time.perf_counter()
     done = 0
-    while time.time() - start < seconds:
+    while time.perf_counter() - start < seconds:
         for rec in records:
             cam.process(rec, True, 0.25)
         done += len(records)
-    out.put(done / (time.time() - start))
+    out.put(done / (time.perf_counter() - start))
 
 
 def shards_bench(counts: list[int], frames: int, seconds: float, rounds: int) -> dict[str, object]:
@@ -195,26 +200,30 @@ def shards_bench(counts: list[int], frames: int, seconds: float, rounds: int) ->
     rates: dict[int, list[float]] = {n: [] for n in counts}
     for r in range(rounds):
         for n in counts[r % len(counts) :] + counts[: r % len(counts)]:
-            q = ctx.Queue()
-            start = time.time() + 3.0  # every process built its camera by then
-            procs = [ctx.Process(target=_shard, args=(frames, seconds, start, q)) for _ in range(n)]
+            ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+            procs = [
+                ctx.Process(target=_shard, args=(frames, seconds, ready, go, out)) for _ in range(n)
+            ]
             for p in procs:
                 p.start()
-            total = sum(q.get(timeout=seconds + 120) for _ in procs)
+            for _ in procs:
+                ready.get(timeout=300)  # every shard built its camera: all start together
+            go.set()
+            total = sum(out.get(timeout=seconds + 120) for _ in procs)
             for p in procs:
                 p.join()
             rates[n].append(total)
             print(f"round {r + 1}: {n} shard(s) {total:8.1f} camera-frames/s", flush=True)
     base = statistics.median(rates[counts[0]])
-    out: dict[str, object] = {}
+    out_: dict[str, object] = {}
     for n in counts:
         med = statistics.median(rates[n])
-        out[str(n)] = {"camera_frames_per_s": round(med, 1), "ratio": round(med / base, 2)}
+        out_[str(n)] = {"camera_frames_per_s": round(med, 1), "ratio": round(med / base, 2)}
         print(
             f"{n} shard(s): {med:8.1f} camera-frames/s (x{med / base:.2f} of {counts[0]}) -> "
             f"{med / FPS:6.1f} cameras at {FPS:g} fps"
         )
-    return out
+    return out_
 
 
 def main() -> None:
