@@ -94,20 +94,11 @@ class TotalsStore:
         )
         if body == self._last:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            _replace(self.path, body, durable=True)
             self._last = body
         except OSError as err:
             log.error("camera %s: cannot save totals to %s: %s", self.camera_id, self.path, err)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def delete(self) -> None:
         """Forget the camera's totals (it was removed)."""
@@ -145,32 +136,43 @@ class SceneStore:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write atomically when it changed; errors are logged once, never raised."""
-        body = json.dumps(
-            {"version": VERSION, "camera": self.camera_id, "scene": state},
-            separators=(",", ":"),
-            allow_nan=False,
-        )
-        if body == self._last:
-            return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(body, encoding="utf-8")
-            os.replace(tmp, self.path)
+            body = json.dumps(
+                {"version": VERSION, "camera": self.camera_id, "scene": state},
+                separators=(",", ":"),
+                allow_nan=False,
+            )
+            if body == self._last:
+                return
+            _replace(self.path, body, durable=False)
             self._last = body
             self._warned = False
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError) as err:
             if not self._warned:
                 self._warned = True
                 log.error(
                     "camera %s: cannot save its scene to %s: %s", self.camera_id, self.path, err
                 )
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def delete(self) -> None:
         """Forget the camera's scene (it was removed, or closed cleanly)."""
         with contextlib.suppress(OSError):
             self.path.unlink()
         self._last = ""
+
+
+def _replace(path: Path, body: str, durable: bool) -> None:
+    """Write ``body`` to ``path`` atomically (temporary file, rename); ``durable``: fsync
+    first, so the file survives the machine's crash, not only the process's."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(body)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,19 @@ class Daemon:
 
     def detections(self) -> list[dict[str, Any]]:
         return [e for e in self.events() if e["event_type"] == "detection"]
+
+    def frames(self) -> dict[str, list[int]]:
+        """Frame ids of the detection events, by camera, in the order written."""
+        out: dict[str, list[int]] = {}
+        for e in self.detections():
+            out.setdefault(e["camera_id"], []).append(int(e["frame_id"]))
+        return out
+
+    def api_state(self) -> dict[str, Any]:
+        """The monitoring port's /api/state."""
+        url = f"http://127.0.0.1:{self.http_port}/api/state"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
 
     def cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -13,10 +13,8 @@ time).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
-import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -30,15 +28,11 @@ pytestmark = pytest.mark.slow
 
 
 def _state(d: Daemon) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/api/state", timeout=10) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
+    return d.api_state()
 
 
 def _frames(d: Daemon) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for e in d.detections():
-        out.setdefault(e["camera_id"], []).append(int(e["frame_id"]))
-    return out
+    return d.frames()
 
 
 def _shards(d: Daemon) -> dict[str, str]:

@@ -7,7 +7,6 @@ worker's cameras go on untouched; adding and removing cameras on either worker w
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import urllib.request
@@ -23,15 +22,11 @@ pytestmark = pytest.mark.slow
 
 
 def _state(d: Daemon) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/api/state", timeout=10) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
+    return d.api_state()
 
 
 def _frames(d: Daemon) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for e in d.detections():
-        out.setdefault(e["camera_id"], []).append(int(e["frame_id"]))
-    return out
+    return d.frames()
 
 
 def test_two_workers_share_the_cameras(start_daemon: Callable[..., Daemon]) -> None:

@@ -113,3 +113,15 @@ def test_the_scene_file_round_trips_and_survives_garbage(
     assert SceneStore(tmp_path, "cam/1").load() is None
     store.delete()
     assert not store.path.exists()
+
+
+def test_a_scene_that_cannot_be_written_is_logged_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SceneStore(tmp_path, "c")
+    store.save({"x": float("nan")})  # not JSON
+    store.save({"x": object()})  # not serialisable
+    assert not store.path.exists()
+    assert caplog.text.count("cannot save its scene") == 1  # said once
+    store.save({"x": 1.0})
+    assert SceneStore(tmp_path, "c").load() == {"x": 1.0}
