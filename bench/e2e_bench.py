@@ -33,7 +33,9 @@ a frame rate totalling half of (b)'s throughput; for (b) the time from each fram
 capture to its event being readable in the JSONL file gives p50/p95/p99, for (c) the
 time from each frame's capture time to its ``track`` result (no events to publish).
 
-It prints frames/s, the ratios (b)/(a), (b)/(c) and (b)/(c') and the latencies, writes a
+It prints frames/s, CPU ms per frame of (b), (c) and (c') (CPU time of the contender's
+processes, which other load on the machine bends far less than frames/s), the ratios
+(b)/(a), (b)/(c) and (b)/(c') and the latencies, writes a
 JSON report (``--json``) and a PNG bar chart (``--png``), for ``bench/README.md``.
 This benchmark must never install anything: the Ultralytics environment is made by
 ``bench/setup_ultralytics.sh``, by hand, outside the test command.
