@@ -103,8 +103,9 @@ def run_pipeline(
 ) -> tuple[list[dict[str, Any]], float]:
     """Run the daemon on ``cameras`` copies of the clip until they end.
 
-    Returns the detection events and the wall time from the first decoder's start to the
-    end of the last source.
+    Returns the detection events and the wall time from the first source opened (its
+    first frame follows; the raw loops are timed from their first frame too) to the end
+    of the last source.
     """
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -137,7 +138,8 @@ def run_pipeline(
         if proc.returncode != 0:
             raise SystemExit(f"itsd failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         log = proc.stderr.splitlines()
-        t0 = min(_log_time(x) for x in log if "started decode" in x)
+        opened = [_log_time(x) for x in log if "itsd.decode: camera " in x and ": opened " in x]
+        t0 = min(opened or [_log_time(x) for x in log if "started decode" in x])
         t1 = max(_log_time(x) for x in log if "every source has ended" in x)
         lines = (d / "events.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in lines]
