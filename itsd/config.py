@@ -287,8 +287,9 @@ class PerformanceConfig(_Model):
         ge=0,
         le=64,
         description=(
-            "Inference processes; each owns a share of the cameras (placed by hashing the "
-            "camera id). 0: one per core on the CPU (each single-threaded), one per listed GPU."
+            "Inference processes; each owns a share of the cameras (a new camera goes to the "
+            "one with the fewest). 0: one per core on the CPU (each single-threaded), one per "
+            "listed GPU."
         ),
     )
     cpu_threads: int = Field(

@@ -481,15 +481,20 @@ class Supervisor:
         return "analyze" if self.shards == 1 else f"analyze:{s}"
 
     def place(self, camera_id: str) -> int:
-        """The inference worker of a camera: rendezvous hashing of its id over the workers
-        not given up, so a camera stays on one worker across restarts and only the cameras
-        of a lost worker move."""
+        """The inference worker for a new camera: the one not given up with the fewest
+        cameras; ties go by rendezvous hashing of the camera's id, so a daemon restarted
+        with the same cameras places them alike. (Hashing alone put 3 of 4 cameras on one
+        of two workers, leaving a core idle.) A camera then stays on its worker; only the
+        cameras of a lost worker, and rebalancing, move one."""
         dead = {h.worker for h in self.core if h.kind == "infer" and h.given_up}
         candidates = [k for k in range(self.workers) if k not in dead] or list(range(self.workers))
-        return max(
-            candidates,
-            key=lambda k: hashlib.blake2b(f"{camera_id}/{k}".encode(), digest_size=8).digest(),
-        )
+        load = collections.Counter(e.worker for e in self.cameras.values() if not e.removing)
+
+        def rank(k: int) -> tuple[int, int]:
+            digest = hashlib.blake2b(f"{camera_id}/{k}".encode(), digest_size=8).digest()
+            return load[k], -int.from_bytes(digest, "big")
+
+        return min(candidates, key=rank)
 
     def _build_core(self) -> None:
         assert self.control is not None
