@@ -13,6 +13,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <errno.h>
+#include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static void *
 get_ptr(PyObject *obj, PyObject *off_obj, Py_ssize_t width, Py_buffer *view)
@@ -144,6 +151,78 @@ fence(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/*
+ * Doorbells. A bell is two u32 words: +0 the ring counter (the futex word), +4 the
+ * sleepers flag its one waiter sets while it may sleep. bell_ring adds one to the
+ * counter (seq_cst) and, only when the flag is set, wakes the waiter (FUTEX_WAKE, not
+ * private: the word lives in a shared mapping). bell_wait sleeps while the counter
+ * still equals `expected`, at most `timeout` seconds, without the GIL. Without futexes
+ * (not Linux) it sleeps for the shorter of the timeout and 2 ms: a poll, still correct.
+ */
+static PyObject *
+bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    CHECK_NARGS(2);
+    uint32_t *p = get_ptr(args[0], args[1], 8, &view);
+    if (p == NULL) return NULL;
+    __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST);
+    int woke = 0;
+    if (__atomic_load_n(p + 1, __ATOMIC_SEQ_CST) != 0) {
+#ifdef __linux__
+        long n = syscall(SYS_futex, p, FUTEX_WAKE, 1, NULL, NULL, 0);
+        woke = n > 0 ? (int)n : 0;
+#endif
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(woke);
+}
+
+static PyObject *
+bell_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    CHECK_NARGS(4);
+    unsigned long expected = PyLong_AsUnsignedLong(args[2]);
+    if (expected == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    if (expected > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[3]);
+    if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(timeout >= 0.0)) timeout = 0.0;
+    if (timeout > 3600.0) timeout = 3600.0;
+    uint32_t *p = get_ptr(args[0], args[1], 8, &view);
+    if (p == NULL) return NULL;
+    int rang = __atomic_load_n(p, __ATOMIC_SEQ_CST) != (uint32_t)expected;
+    if (!rang && timeout > 0.0) {
+        struct timespec ts;
+#ifdef __linux__
+        ts.tv_sec = (time_t)timeout;
+        ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+        long r;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        r = syscall(SYS_futex, p, FUTEX_WAIT, (uint32_t)expected, &ts, NULL, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        rang = (r == 0 || err == EAGAIN);  /* woken, or the counter had moved */
+#else
+        double nap = timeout < 0.002 ? timeout : 0.002;
+        ts.tv_sec = (time_t)nap;
+        ts.tv_nsec = (long)((nap - (double)ts.tv_sec) * 1e9);
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&ts, NULL);
+        Py_END_ALLOW_THREADS
+        rang = __atomic_load_n(p, __ATOMIC_SEQ_CST) != (uint32_t)expected;
+#endif
+    }
+    PyBuffer_Release(&view);
+    if (PyErr_CheckSignals() < 0) return NULL;  /* a handler raised (EINTR) */
+    return PyBool_FromLong(rang);
+}
+
 static PyMethodDef methods[] = {
     {"load_u64", (PyCFunction)(void (*)(void))load_u64, METH_FASTCALL,
      "load_u64(buf, off) -> int: 64-bit load with acquire semantics."},
@@ -158,6 +237,11 @@ static PyMethodDef methods[] = {
     {"cas_u32", (PyCFunction)(void (*)(void))cas_u32, METH_FASTCALL,
      "cas_u32(buf, off, expected, desired) -> bool: strong compare-and-swap (acq_rel)."},
     {"fence", fence, METH_NOARGS, "fence(): full sequentially consistent memory fence."},
+    {"bell_ring", (PyCFunction)(void (*)(void))bell_ring, METH_FASTCALL,
+     "bell_ring(buf, off) -> int: count a ring of the bell at off; wake its sleeper."},
+    {"bell_wait", (PyCFunction)(void (*)(void))bell_wait, METH_FASTCALL,
+     "bell_wait(buf, off, expected, timeout) -> bool: sleep while the bell's count is "
+     "`expected` (at most timeout s); True if it rang."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,6 +15,11 @@ Ordering of the primitives (implemented in ``_atomics.c`` with ``__atomic`` buil
   with acquire.
 - ``fetch_add_u64`` and ``cas_u32``: acquire+release read-modify-writes.
 - ``fence``: a full sequentially consistent fence.
+- ``bell_ring`` / ``bell_wait``: a doorbell, two u32 words at an 8-aligned offset (the
+  ring count, a futex word, then the sleeper flag). ``bell_ring`` adds one to the count
+  (seq_cst) and wakes the sleeper only when its flag is set (one syscall then, none
+  otherwise); ``bell_wait`` sleeps, without the GIL, while the count still equals the
+  value the waiter read, at most ``timeout`` seconds (Linux futex; elsewhere a 2 ms poll).
 
 Offsets are byte offsets into the buffer and must be naturally aligned (4 for 32-bit,
 8 for 64-bit words); a misaligned or out-of-range offset raises ``ValueError`` /
@@ -38,6 +43,8 @@ __all__ = [
     "U32_MASK",
     "U64_MASK",
     "add_u64",
+    "bell_ring",
+    "bell_wait",
     "cas_u32",
     "check_aligned",
     "clear_bits_u32",
@@ -60,6 +67,8 @@ load_u32 = _atomics.load_u32
 store_u32 = _atomics.store_u32
 cas_u32 = _atomics.cas_u32
 fence = _atomics.fence
+bell_ring = _atomics.bell_ring
+bell_wait = _atomics.bell_wait
 
 
 def add_u64(buf: WriteableBuffer, off: int, delta: int) -> int:

@@ -1,11 +1,12 @@
 """The supervisor's control block: one slot per stage process, plus global flags.
 
 Each stage process owns one ``StageSlot``: it bumps the heartbeat and publishes its pid,
-state and name. The supervisor watches heartbeats (a slot whose heartbeat stops moving
-belongs to a stuck stage). Counters do not live here: each stage keeps them by name in
-its own cell table (``itsd.shm.cells``). Every
-access is atomic (``itsd.shm.atomics``), so readers on weakly ordered CPUs see whole,
-ordered values. The name is guarded by a tiny seqlock (odd version = being written).
+state and name, and has a doorbell (``itsd.shm.bells``): a stage whose inputs are all
+empty sleeps on it until a producer rings it. The supervisor watches heartbeats (a slot
+whose heartbeat stops moving belongs to a stuck stage). Counters do not live here: each
+stage keeps them by name in its own cell table (``itsd.shm.cells``). Every access is
+atomic (``itsd.shm.atomics``), so readers on weakly ordered CPUs see whole, ordered
+values. The name is guarded by a tiny seqlock (odd version = being written).
 
 Layout (little-endian; offsets in bytes)::
 
@@ -18,10 +19,11 @@ Layout (little-endian; offsets in bytes)::
       | +0  u64 heartbeat       +8  u32 state (STATE_*)  +12 u32 pid   |
       | +16 u32 name version (seqlock)                                 |
       | +32 32 bytes name (UTF-8, NUL padded)                          |
-      | +64 .. +255 reserved                                           |
+      | +64 u32 doorbell count (futex word)  +68 u32 doorbell sleeper  |
+      | +72 .. +255 reserved                                           |
       +----------------------------------------------------------------+
 
-This module must never import anything else from ``itsd``.
+This module must never import anything from ``itsd`` outside ``itsd.shm``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ import os
 import struct
 from typing import Final, Self
 
+from itsd.shm import bells
 from itsd.shm.atomics import (
     U32_MASK,
     add_u64,
+    bell_ring,
+    bell_wait,
     clear_bits_u32,
     fence,
     load_u32,
@@ -94,6 +99,8 @@ _S_STATE = 8
 _S_PID = 12
 _S_NAME_VER = 16
 _S_NAME = 32
+_S_BELL = 64
+_S_SLEEPER = 68
 
 
 class StageSlot:
@@ -139,6 +146,33 @@ class StageSlot:
         """The stage's state (``STATE_*``)."""
         return load_u32(self._buf, self._base + _S_STATE)
 
+    # doorbell -------------------------------------------------------------------------
+    def arm_bell(self) -> int:
+        """Say this stage may sleep on its bell; returns the count to pass to ``wait_bell``.
+
+        Check the inputs after arming: a record put before it is seen there, one put
+        after it rings the bell (the flag and the count are sequentially consistent).
+        """
+        store_u32(self._buf, self._base + _S_SLEEPER, 1)
+        fence()
+        return load_u32(self._buf, self._base + _S_BELL)
+
+    def disarm_bell(self) -> None:
+        """The stage is awake again: producers stop waking it."""
+        store_u32(self._buf, self._base + _S_SLEEPER, 0)
+
+    def wait_bell(self, count: int, timeout: float) -> bool:
+        """Sleep until the bell rings after ``arm_bell`` returned ``count``, at most
+        ``timeout`` seconds; True if it rang. Disarms."""
+        try:
+            return bell_wait(self._buf, self._base + _S_BELL, count, timeout)
+        finally:
+            store_u32(self._buf, self._base + _S_SLEEPER, 0)
+
+    def ring_bell(self) -> None:
+        """Wake the stage if it sleeps on its bell (no system call when it does not)."""
+        bell_ring(self._buf, self._base + _S_BELL)
+
     # name -----------------------------------------------------------------------------
     def set_name(self, name: str) -> None:
         """Set the slot's name (at most 32 bytes of UTF-8). One writer at a time."""
@@ -173,6 +207,7 @@ class StageSlot:
         store_u64(self._buf, self._base + _S_HEARTBEAT, 0)
         store_u32(self._buf, self._base + _S_PID, 0)
         store_u32(self._buf, self._base + _S_STATE, STATE_EMPTY)
+        store_u32(self._buf, self._base + _S_SLEEPER, 0)
 
     def __repr__(self) -> str:
         return (
@@ -237,13 +272,29 @@ class ControlBlock(SegmentBacked):
             )
         return self._slots[index]
 
+    def _on_close(self) -> None:
+        bells.clear_control(self)
+
+    def ring_bell(self, index: int) -> None:
+        """Ring the doorbell of slot ``index``; an index out of range is ignored (a ring
+        header may name the slot of a reader from another run)."""
+        if 0 <= index < self.n_slots and not self._closed:
+            bell_ring(self._seg.buf, HEADER_SIZE + index * SLOT_SIZE + _S_BELL)
+
+    def ring_all_bells(self) -> None:
+        """Wake every sleeping stage (after a flag change they must see at once)."""
+        for i in range(self.n_slots):
+            self.ring_bell(i)
+
     def flags(self) -> int:
         """The global flags word (``FLAG_*`` bits)."""
         return load_u32(self._seg.buf, _H_FLAGS)
 
     def set_flags(self, mask: int) -> int:
-        """Set the bits of ``mask`` (atomic); return the previous flags."""
-        return set_bits_u32(self._seg.buf, _H_FLAGS, mask)
+        """Set the bits of ``mask`` (atomic) and wake every stage; return the previous flags."""
+        old = set_bits_u32(self._seg.buf, _H_FLAGS, mask)
+        self.ring_all_bells()
+        return old
 
     def clear_flags(self, mask: int) -> int:
         """Clear the bits of ``mask`` (atomic); return the previous flags."""

@@ -17,7 +17,7 @@ Layout (all integers little-endian; offsets in bytes)::
       | 32  u64 slot stride       40  u64 pixel offset in slot (4096)                      |
       | 48  u64 pixel capacity    56  u32 camera index      60  u32 creator pid            |
       | 128 writer line: u64 written | u64 dropped | u64 rejected | u64 last seq           |
-      | 256 reader line: u64 read    | u64 skipped | u64 last read seq                     |
+      | 256 reader line: u64 read    | u64 skipped | u64 last read seq | u32 reader bell   |
    4096 +---------------------------- slot 0 (stride bytes) -------------------------------+
       | +0  u32 state word = state (bits 0-7) | tag = seq & 0xFFFFFF (bits 8-31)           |
       | +4  u32 camera index      +8  u64 sequence number                                  |
@@ -104,6 +104,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 import numpy as np
 
+from itsd.shm import bells
 from itsd.shm.atomics import (
     cas_u32,
     fence,
@@ -185,6 +186,7 @@ _H_LAST_SEQ = 152
 _H_READ = 256
 _H_SKIPPED = 264
 _H_LAST_READ = 272
+_H_BELL = 280
 
 # slot header (after the u32 state word at +0)
 _S_SEQ = 8
@@ -693,6 +695,7 @@ class FrameRing(SegmentBacked):
                 "(recover_writer() called while this writer was alive?)"
             )
         fetch_add_u64(buf, _H_WRITTEN, 1)
+        bells.ring_reader(buf, _H_BELL)  # wake a reader sleeping on its empty inputs
         return seq
 
     def _unclaim(self, index: int, word: int) -> None:
@@ -889,6 +892,11 @@ class FrameRing(SegmentBacked):
             return
         word = slot._word
         cas_u32(self._buf, self._state_off[slot.index], word, (word & _KEEP_TAG) | SLOT_FREE)
+
+    def set_reader_bell(self, slot: int | None) -> None:
+        """Have the writer ring control slot ``slot``'s doorbell after each frame (None:
+        stop); a new reader of the camera re-stamps it."""
+        bells.set_reader(self._buf, _H_BELL, slot)
 
     def recover_reader(self) -> int:
         """After a reader crash: slots left READING become FREE; returns how many."""

@@ -13,7 +13,7 @@ Layout (little-endian; offsets in bytes)::
       | 24  u64 max record size (capacity - 8)                               |
       | 32  u32 creator pid                                                  |
       | 128 writer line: u64 head | u64 records put | u64 waits (full)       |
-      | 256 reader line: u64 tail | u64 records got                          |
+      | 256 reader line: u64 tail | u64 records got | u32 reader bell       |
    4096 +------------------------ data area (capacity bytes) -----------------+
       | record at (head % capacity):                                         |
       |   u32 length | u32 ~length (check) | payload | pad to 8 bytes         |
@@ -26,7 +26,8 @@ Layout (little-endian; offsets in bytes)::
 reader loads head with acquire, copies the record out, then stores the new tail with
 release, which hands the bytes back to the writer (it loads tail with acquire before it
 reuses them). Exactly one producer and one consumer process; an object is used by one
-thread.
+thread. The reader bell (0: none, else the reader's control slot + 1) is rung after each
+put (``itsd.shm.bells``), so a reader sleeping on empty inputs wakes at once.
 
 Back-pressure rule: the ring never drops or overwrites. ``try_put`` returns False when
 the record does not fit in the free space; ``put`` then waits (short sleeps, growing
@@ -66,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Self, TypeVar
 
+from itsd.shm import bells
 from itsd.shm._ringread import read_records as _read_records
 from itsd.shm.atomics import fetch_add_u64, load_u64, store_u64
 from itsd.shm.segments import Segment, SegmentBacked
@@ -87,6 +89,7 @@ _H_PUT = 136
 _H_WAITS = 144
 _H_TAIL = 256
 _H_GOT = 264
+_H_BELL = 272
 
 _PREFIX = struct.Struct("<II")
 _WAIT_MIN_S = 50e-6
@@ -240,6 +243,7 @@ class RecordRing(SegmentBacked):
             buf[HEADER_SIZE : HEADER_SIZE + n - first] = mv[first:]
         store_u64(buf, _H_HEAD, head + need)  # release: publishes the record
         fetch_add_u64(buf, _H_PUT, 1)
+        bells.ring_reader(buf, _H_BELL)
         return True
 
     def put(
@@ -259,6 +263,10 @@ class RecordRing(SegmentBacked):
         return _retry(lambda: self.try_put(payload) or None, timeout, should_abort) is not None
 
     # ------------------------------------------------------------------ reader
+
+    def set_reader_bell(self, slot: int | None) -> None:
+        """Have writers ring control slot ``slot``'s doorbell after each put (None: stop)."""
+        bells.set_reader(self._buf, _H_BELL, slot)
 
     def _read_at(self, tail: int, head: int) -> tuple[bytes, int]:
         buf = self._buf

@@ -126,7 +126,7 @@ from itsd.shm.board import Board
 from itsd.shm.frame_pixels import to_bgr
 from itsd.shm.frame_ring import PIXEL_FORMAT_BGR24, PIXEL_FORMAT_GRAY8, PIXEL_FORMAT_I420
 from itsd.shm.segments import parse_segment_name, segment_name
-from itsd.stages.runtime import StageContext, idle_pause
+from itsd.stages.runtime import Idle, StageContext
 
 log = logging.getLogger("itsd.analyze")
 
@@ -656,7 +656,10 @@ def run(ctx: StageContext) -> int:
     """Analyse detection records until stopped and drained."""
     names = ctx.spec.detection_rings or (ctx.spec.detection_ring,)
     det_rings = [RecordRing.attach(n) for n in names]
+    for r in det_rings:
+        r.set_reader_bell(ctx.spec.slot)  # inference wakes this stage when it puts
     evt_ring = RecordRing.attach(ctx.spec.event_ring)
+    idle = Idle(ctx.slot)
     state = _State(ctx)
     for b in ctx.spec.cameras:
         if b.shard == state.shard:
@@ -673,7 +676,7 @@ def run(ctx: StageContext) -> int:
         # crash here means those frames are analysed again (at least once).
         # One detection ring per inference worker; a camera's records all come from the
         # ring of its worker, so each camera is analysed in order.
-        while (batches := _next_batches(ctx, det_rings)) is not None:
+        while (batches := _next_batches(ctx, det_rings, idle)) is not None:
             for det_ring, batch in batches:
                 for data in batch:
                     if record_magic(data) == CMD_MAGIC:
@@ -717,28 +720,30 @@ def run(ctx: StageContext) -> int:
 
 
 def _next_batches(
-    ctx: StageContext, rings: list[RecordRing]
+    ctx: StageContext, rings: list[RecordRing], idle: Idle
 ) -> list[tuple[RecordRing, list[bytes]]] | None:
     """The oldest records of every ring that has some (peeked: advance after handling).
 
-    Waits (beating) while all are empty, for at most ``IDLE_RETURN_S`` (then an empty
-    list, so the caller's periodic work, such as closing the intervals of cameras that
-    went quiet, runs while no record arrives); None once draining and all are empty.
+    Waits (beating; asleep on the stage's doorbell, which inference rings) while all are
+    empty, for at most ``IDLE_RETURN_S`` (then an empty list, so the caller's periodic
+    work, such as closing the intervals of cameras that went quiet, runs while no record
+    arrives); None once draining and all are empty.
     """
     waited_since = time.monotonic()
-    empty = 0
     while True:
         draining = ctx.check_drain()
         out = [(r, b) for r in rings if (b := r.peek_many(BATCH_RECORDS))]
         if out:
+            idle.busy()
             return out
         if draining:
+            idle.busy()
             return None
         if time.monotonic() - waited_since >= IDLE_RETURN_S:
+            idle.busy()
             return []
         ctx.beat()
-        idle_pause(empty)
-        empty += 1
+        idle.pause()
 
 
 def _command(ctx: StageContext, state: _State, evt_ring: RecordRing, data: bytes) -> bool:

@@ -66,7 +66,7 @@ from itsd.runtime.metrics import Cell, MetricWriter
 from itsd.shm import FrameRing, FrameSlot, RecordRing
 from itsd.shm.frame_pixels import to_rgb
 from itsd.shm.frame_ring import PIXEL_FORMAT_RGB24
-from itsd.stages.runtime import StageContext, idle_pause
+from itsd.stages.runtime import Idle, StageContext
 
 log = logging.getLogger("itsd.infer")
 COMMANDS_PER_ROUND = 16
@@ -93,9 +93,12 @@ class _Camera:
 class _Cameras:
     """The rings this stage reads, keyed by camera key; the batcher knows their lanes."""
 
-    def __init__(self, metrics: MetricWriter, batcher: Batcher[int]) -> None:
+    def __init__(
+        self, metrics: MetricWriter, batcher: Batcher[int], bell_slot: int | None = None
+    ) -> None:
         self.metrics = metrics
         self.batcher = batcher
+        self.bell_slot = bell_slot  # the control slot whose doorbell a new frame rings
         self.by_key: dict[int, _Camera] = {}
         self.cameras_gauge = metrics.cell(m.INFER_CAMERAS)
 
@@ -111,6 +114,7 @@ class _Cameras:
             self.update(binding)
             return
         ring = FrameRing.attach(binding.ring)
+        ring.set_reader_bell(self.bell_slot)  # its decoder wakes this worker per frame
         n = ring.recover_reader()
         if n:
             log.info("camera %s: recovered %d slot(s) left by a previous run", binding.camera_id, n)
@@ -329,7 +333,7 @@ def run(ctx: StageContext) -> int:
     assert ctx.metrics is not None
     metrics = ctx.metrics
     batcher: Batcher[int] = Batcher(_policy(ctx.config))
-    cams = _Cameras(metrics, batcher)
+    cams = _Cameras(metrics, batcher, ctx.spec.slot)
     for binding in ctx.spec.cameras:
         cams.attach(binding)
     runner = _Runner(ctx, engine, metrics)
@@ -338,6 +342,8 @@ def run(ctx: StageContext) -> int:
         RecordRing.attach(n) for n in (ctx.spec.detection_rings or (ctx.spec.detection_ring,))
     ]
     cmd_ring = RecordRing.attach(ctx.spec.command_ring) if ctx.spec.command_ring else None
+    if cmd_ring is not None:
+        cmd_ring.set_reader_bell(ctx.spec.slot)  # a command wakes a sleeping worker
     info = ModelInfoRecord(tuple(engine.class_names), engine.name, ctx.spec.model_path)
     base_seq = ctx.spec.cmd_seq
     # Tell the next stages (every shard) the camera table this process starts from.
@@ -352,7 +358,7 @@ def run(ctx: StageContext) -> int:
     limit_gauge.set(batcher.size.limit)
     slot = ctx.slot
     n_frames = 0
-    idle = 0
+    idle = Idle(slot)
     ctx.set_running()
     try:
         while True:
@@ -366,12 +372,12 @@ def run(ctx: StageContext) -> int:
                 if draining or ctx.parent_gone():
                     break
                 slot.beat()
-                # Poll briskly right after work, then more gently: an idle worker polled
-                # its rings 500 times a second (about 4% of a core with 4 cameras).
-                idle += 1
-                idle_pause(idle)
+                # Asleep until a decoder commits a frame (or a command comes): an idle
+                # worker that polled its rings 500 times a second spent about 4% of a
+                # core with 4 cameras.
+                idle.pause()
                 continue
-            idle = 0
+            idle.busy()
             records, busy_us = _infer(runner, taken)
             n_frames += len(taken)
             batches.inc()

@@ -64,7 +64,7 @@ from itsd.shm.cells import CellTable
 from itsd.shm.segments import parse_segment_name, shm_dir
 from itsd.sinks import Sink, SinkError
 from itsd.sinks.jsonl import JsonlSink
-from itsd.stages.runtime import StageContext, idle_pause
+from itsd.stages.runtime import Idle, StageContext
 
 log = logging.getLogger("itsd.publish")
 
@@ -518,6 +518,8 @@ def run(ctx: StageContext) -> int:
     # One event ring per analytics shard; a camera's events all come through its
     # shard's ring, so each camera's events stay in order.
     rings = [RecordRing.attach(n) for n in (ctx.spec.event_rings or (ctx.spec.event_ring,))]
+    for ring in rings:
+        ring.set_reader_bell(ctx.spec.slot)  # analytics wakes this stage when it puts
     assert ctx.metrics is not None
     w: MetricWriter = ctx.metrics
     extra = _Extra()
@@ -585,20 +587,19 @@ def run(ctx: StageContext) -> int:
     try:
         # Events leave the ring only once every sink accepted them: a failed write or a
         # crash means they are written again later (at least once), never lost.
-        empty = 0
+        idle = Idle(slot)
         while True:
             draining = ctx.check_drain()
             if sum(p.step() for p in pumps):
+                idle.busy()
                 housekeeping()
                 slot.beat()
-                empty = 0
                 continue
             if any(p.gave_up for p in pumps) or draining:
                 break
             housekeeping()
             slot.beat()
-            idle_pause(empty)
-            empty += 1
+            idle.pause()
     finally:
         if extra.events:  # alerts raised by the last batches
             _offer(ctx, outs, extra.events, [False] * len(outs))

@@ -37,7 +37,7 @@ from itsd.logutil import setup_logging
 from itsd.records import CameraBinding
 from itsd.runtime import memtrace
 from itsd.runtime.metrics import STAGE_COMMAND_SEQ, MetricWriter
-from itsd.shm import ControlBlock, RecordRing, StageSlot
+from itsd.shm import ControlBlock, RecordRing, StageSlot, bells
 from itsd.shm.board import Board
 from itsd.shm.cells import CellTable
 from itsd.shm.control import (
@@ -51,17 +51,43 @@ from itsd.shm.control import (
 log = logging.getLogger("itsd.stage")
 
 PR_SET_PDEATHSIG = 1
-IDLE_SLEEP_S = 0.002  # poll period of a stage whose input is empty
-#: Empty polls at IDLE_SLEEP_S before an idle stage polls every IDLE_SLOW_SLEEP_S: right
-#: after work the next record is likely close, later a few milliseconds' delay costs
-#: nothing, while each wake-up costs CPU (500 a second cost 2% of a core per stage).
-IDLE_BRISK_POLLS = 25
-IDLE_SLOW_SLEEP_S = 0.005
+#: Longest sleep on the doorbell: a stage with nothing to read still wakes this often for
+#: its periodic work (heartbeat, drain check, sink polls), and a writer without a bell
+#: is seen this late at worst.
+BELL_WAIT_S = 0.05
 
 
-def idle_pause(empty_polls: int) -> None:
-    """Sleep between polls of an empty input: ``empty_polls`` polls found nothing so far."""
-    time.sleep(IDLE_SLEEP_S if empty_polls < IDLE_BRISK_POLLS else IDLE_SLOW_SLEEP_S)
+class Idle:
+    """How a stage waits while all its inputs are empty: on its doorbell.
+
+    Use: each time the inputs had nothing, call ``pause()``; each time they had work,
+    ``busy()``. The first empty look only arms the bell and returns at once, so the
+    caller looks again: a record put before the arming is found then, one put after it
+    rings the bell. The second ``pause()`` sleeps until a writer rings (its readers'
+    rings carry this stage's slot, ``set_reader_bell``) or ``BELL_WAIT_S`` passes. A
+    stage that waits this way never polls: it works or it sleeps.
+    """
+
+    __slots__ = ("_count", "_slot", "timeout")
+
+    def __init__(self, slot: StageSlot, timeout: float = BELL_WAIT_S) -> None:
+        self._slot = slot
+        self._count: int | None = None
+        self.timeout = timeout
+
+    def busy(self) -> None:
+        """The inputs had work: stop asking writers to wake this stage."""
+        if self._count is not None:
+            self._count = None
+            self._slot.disarm_bell()
+
+    def pause(self, timeout: float | None = None) -> bool:
+        """Arm the bell (first call: returns at once) or sleep on it; True if it rang."""
+        if self._count is None:
+            self._count = self._slot.arm_bell()
+            return True
+        count, self._count = self._count, None
+        return self._slot.wait_bell(count, self.timeout if timeout is None else timeout)
 
 
 ORPHAN_GRACE_S = 5  # seconds a stage may take to exit once the supervisor is gone
@@ -176,18 +202,22 @@ class StageContext:
     def next_records(self, ring: RecordRing, max_records: int) -> list[bytes] | None:
         """The oldest records of ``ring``, peeked (take them with ``ring.advance``).
 
-        Waits (beating) while the ring is empty; None once the stage is draining and the
-        ring is empty: time to exit.
+        Waits (beating, on the stage's doorbell) while the ring is empty; None once the
+        stage is draining and the ring is empty: time to exit.
         """
+        ring.set_reader_bell(self.spec.slot)
+        idle = Idle(self.slot)
         while True:
             draining = self.check_drain()
             batch = ring.peek_many(max_records)
             if batch:
+                idle.busy()
                 return batch
             if draining:
+                idle.busy()
                 return None
             self.beat()
-            time.sleep(IDLE_SLEEP_S)
+            idle.pause()
 
     def put(self, ring: RecordRing, payload: bytes) -> bool:
         """Put a record on a lossless ring, waiting (and beating) while it is full.
@@ -234,6 +264,7 @@ def stage_main(spec: StageSpec) -> None:
     if os.environ.get(memtrace.ENV_DIR):  # a memory hunt: off unless asked for
         memtrace.start(spec.name)
     control = ControlBlock.attach(spec.control_name)
+    bells.use_control(control)  # rings put here wake their readers
     ctx = StageContext(spec, config, control)
 
     def _on_term(signum: int, frame: FrameType | None) -> None:

@@ -89,6 +89,7 @@ from itsd.shm import (
     FrameRing,
     RecordRing,
     ShmSpaceError,
+    bells,
     check_free_space,
     new_run_id,
     segment_name,
@@ -330,6 +331,7 @@ class Supervisor:
         rid = self.run_id
         try:
             self.control = ControlBlock.create(segment_name(rid, "ctl", "main"), n_slots)
+            bells.use_control(self.control)  # commands and pushed frames wake their readers
             one = self.shards == 1  # the names of a daemon without shards stay as they were
             for k in range(self.workers):
                 row = []
