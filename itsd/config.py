@@ -52,9 +52,7 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 #: Key syntax: a dotted path; ``name[]`` steps into every item of a list (messages show the
 #: item's index, ``cameras[2].zones``); ``*`` stands for every key of a section, down to
 #: its leaves, except the keys in ``_WILDCARD_EXEMPT``.
-NOT_YET_AVAILABLE: dict[str, str] = {
-    "model.tensorrt": "TensorRT engines are not built yet",
-}
+NOT_YET_AVAILABLE: dict[str, str] = {}
 
 #: Keys a wildcard in NOT_YET_AVAILABLE does not cover.
 _WILDCARD_EXEMPT: frozenset[str] = frozenset()
@@ -226,7 +224,12 @@ class ModelConfig(_Model):
         description="Numeric precision on GPUs (TensorRT/PyTorch); the CPU runs the file as is.",
     )
     tensorrt: bool = Field(
-        True, description="Build and use a TensorRT engine when a GPU and TensorRT are present."
+        True,
+        description=(
+            "Build and use a TensorRT engine when a GPU and TensorRT are present (an ONNX "
+            "or .pt model; built once, cached by model hash, GPU, TensorRT version and "
+            "precision; int8 engines need `itsd models export --calibration`)."
+        ),
     )
     classes: list[int] | None = Field(
         None, description="Keep only these class ids (COCO numbering); null keeps all."

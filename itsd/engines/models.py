@@ -504,3 +504,72 @@ def _calibrator(
             cache_file.write_bytes(bytes(data))
 
     return Calibrator()
+
+
+# -- the daemon's own preparation (model.tensorrt) -----------------------------------
+def prepare_for_gpu(
+    model: Path,
+    backend: str,
+    precision: str,
+    gpu: int | None,
+    max_batch: int,
+    enabled: bool = True,
+    cache: Path | None = None,
+    progress: Progress = _quiet,
+) -> tuple[Path, str]:
+    """The model file and backend an inference worker runs: with ``model.tensorrt`` on,
+    a GPU given and TensorRT installed, an ONNX model (or a ``.pt``, exported to ONNX
+    first) becomes a TensorRT engine built once and cached (`export_model`, keyed by
+    model hash, GPU, TensorRT version, precision, batch and size); otherwise the model as
+    it is, with ``backend``.
+
+    Never raises for a failed build: the error is logged and the worker runs the file
+    it was given with its own backend (the CPU or PyTorch path still works). int8 without
+    calibration frames builds fp16 (calibration needs `itsd models export`).
+    """
+    if (
+        not enabled
+        or gpu is None
+        or backend not in ("auto", "tensorrt")
+        or model.suffix not in (".onnx", ".pt")
+    ):
+        return model, backend
+    from itsd.engines.registry import missing_packages
+
+    missing = missing_packages("tensorrt")
+    if missing:
+        log.info(
+            "model.tensorrt: TensorRT is not installed here (missing %s); %s runs with backend %s",
+            ", ".join(missing),
+            model.name,
+            backend,
+        )
+        return model, backend
+    if precision == "int8":
+        log.warning(
+            "model.tensorrt: an int8 engine needs calibration frames; building fp16 "
+            "(for int8: itsd models export %s --format engine --precision int8 "
+            "--calibration VIDEO)",
+            model.name,
+        )
+        precision = "fp16"
+    try:
+        onnx = model
+        if model.suffix == ".pt":
+            progress(f"exporting {model.name} to ONNX for TensorRT")
+            pt = inspect_model(model)
+            side = pt.input_size[0] if pt.input_size else 640
+            made = export_model(str(model), "onnx", "fp32", side, 0, cache=cache, progress=progress)
+            onnx = (cache or default_model_dir()) / made.file
+        info = inspect_model(onnx)
+        size = info.input_size[0] if info.input_size else 640
+        batch = info.batch or max_batch  # a static-batch model keeps its own
+        built = export_model(
+            str(onnx), "engine", precision, size, batch, cache=cache, progress=progress
+        )
+    except ModelError as err:
+        log.error("model.tensorrt: no engine for %s (%s); running it as it is", model, err)
+        return model, backend
+    engine = (cache or default_model_dir()) / built.file
+    log.info("model.tensorrt: %s runs as TensorRT engine %s", model.name, engine.name)
+    return engine, "tensorrt"

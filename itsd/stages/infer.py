@@ -52,6 +52,7 @@ from itsd.engines import EngineOptions, create_cpu_fallback, create_engine
 from itsd.engines.base import Detections, Engine
 from itsd.engines.batcher import Batcher, BatchPolicy
 from itsd.engines.breaker import BreakerState, CircuitBreaker
+from itsd.engines.models import prepare_for_gpu
 from itsd.errors import EXIT_OK, ItsdError
 from itsd.records import (
     CameraBinding,
@@ -190,7 +191,18 @@ def _engine(ctx: StageContext) -> Engine:
     config = ctx.config
     options = _options(config, ctx.spec.worker)
     t_load = time.monotonic()
-    engine = create_engine(Path(ctx.spec.model_path), config.model.backend, options)
+    # On a GPU with TensorRT, an ONNX/.pt model runs as an engine built once and cached;
+    # the CPU fallback keeps using the file itself (ctx.spec.model_path).
+    model, backend = prepare_for_gpu(
+        Path(ctx.spec.model_path),
+        config.model.backend,
+        options.precision,
+        options.gpu,
+        options.max_batch,
+        enabled=config.model.tensorrt,
+        progress=lambda line: log.info("model.tensorrt: %s", line),
+    )
+    engine = create_engine(model, backend, options)
     log.info(
         "model %s loaded on %s in %.2f s (input %dx%d, %d classes%s)",
         ctx.spec.model_path,

@@ -26,8 +26,12 @@ CALIBRATION = {
     "image_points": [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]],
     "world_points": [[0, 30], [7, 30], [7, 0], [0, 0]],
 }
-#: Camera keys are all available now; the machinery is checked with a stand-in entry.
-STAND_IN = {"cameras[].calibration": "stand-in reason", "cameras[].zones": "stand-in reason"}
+#: Every key is available now; the machinery is checked with stand-in entries.
+STAND_IN = {
+    "cameras[].calibration": "stand-in reason",
+    "cameras[].zones": "stand-in reason",
+    "model.tensorrt": "stand-in reason",
+}
 
 
 @pytest.fixture
@@ -51,6 +55,7 @@ def line(key: str) -> str:
     return f"f.yaml: {key}: not available in this version ({reason}); remove the key"
 
 
+@pytest.mark.usefixtures("camera_keys_refused")
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -116,6 +121,7 @@ def test_load_config_refuses(tmp_path: Path) -> None:
         load_config(p)
 
 
+@pytest.mark.usefixtures("camera_keys_refused")
 def test_overrides_refuse() -> None:
     with pytest.raises(ConfigError, match=r"^command line: model\.tensorrt: not available"):
         apply_overrides(Config(), {"model.tensorrt": False})
@@ -124,6 +130,7 @@ def test_overrides_refuse() -> None:
     assert apply_overrides(Config(), {"performance.batch_size": None}).performance.batch_size == 8
 
 
+@pytest.mark.usefixtures("camera_keys_refused")
 def test_direct_construction_still_works() -> None:
     c = Config(model=ModelConfig(tensorrt=False))
     assert c.model.tensorrt is False
@@ -171,6 +178,11 @@ def test_a_camera_registered_at_run_time_is_checked_alone() -> None:
         f"config: zones: not available in this version ({reasons[1]}); remove the key",
     ]
     assert unavailable_camera_keys(CameraConfig.model_validate(CAMERA)) == []
+
+
+def test_model_tensorrt_is_available() -> None:
+    assert parse_config({"model": {"tensorrt": False}}).model.tensorrt is False
+    assert unavailable_keys(Config(model=ModelConfig(tensorrt=False))) == []
 
 
 def test_zones_and_calibration_are_available() -> None:
