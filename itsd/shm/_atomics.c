@@ -154,8 +154,9 @@ fence(PyObject *self, PyObject *unused)
 /*
  * Doorbells. A bell is two u32 words: +0 the ring counter (the futex word), +4 the
  * sleepers flag its one waiter sets while it may sleep. bell_ring adds one to the
- * counter (seq_cst) and, only when the flag is set, wakes the waiter (FUTEX_WAKE, not
- * private: the word lives in a shared mapping). bell_wait sleeps while the counter
+ * counter (seq_cst) and, only when the flag is set, clears it and wakes the waiter
+ * (FUTEX_WAKE, not private: the word lives in a shared mapping); the waiter sets the
+ * flag again before its next sleep. bell_wait sleeps while the counter
  * still equals `expected`, at most `timeout` seconds, without the GIL. Without futexes
  * (not Linux) it sleeps for the shorter of the timeout and 2 ms: a poll, still correct.
  */
@@ -168,7 +169,9 @@ bell_ring(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (p == NULL) return NULL;
     __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST);
     int woke = 0;
-    if (__atomic_load_n(p + 1, __ATOMIC_SEQ_CST) != 0) {
+    /* Take the flag: of a burst of rings only the first makes the system call. */
+    if (__atomic_load_n(p + 1, __ATOMIC_SEQ_CST) != 0
+        && __atomic_exchange_n(p + 1, 0, __ATOMIC_SEQ_CST) != 0) {
 #ifdef __linux__
         long n = syscall(SYS_futex, p, FUTEX_WAKE, 1, NULL, NULL, 0);
         woke = n > 0 ? (int)n : 0;

@@ -17,9 +17,10 @@ Ordering of the primitives (implemented in ``_atomics.c`` with ``__atomic`` buil
 - ``fence``: a full sequentially consistent fence.
 - ``bell_ring`` / ``bell_wait``: a doorbell, two u32 words at an 8-aligned offset (the
   ring count, a futex word, then the sleeper flag). ``bell_ring`` adds one to the count
-  (seq_cst) and wakes the sleeper only when its flag is set (one syscall then, none
-  otherwise); ``bell_wait`` sleeps, without the GIL, while the count still equals the
-  value the waiter read, at most ``timeout`` seconds (Linux futex; elsewhere a 2 ms poll).
+  (seq_cst) and, when the flag is set, clears it and wakes the sleeper (one syscall per
+  sleep however many ring, none while it is awake); ``bell_wait`` sleeps, without the
+  GIL, while the count still equals the value the waiter read, at most ``timeout``
+  seconds (Linux futex; elsewhere a 2 ms poll).
 
 Offsets are byte offsets into the buffer and must be naturally aligned (4 for 32-bit,
 8 for 64-bit words); a misaligned or out-of-range offset raises ``ValueError`` /

@@ -170,6 +170,10 @@ class RecordRing(SegmentBacked):
         self.capacity_bytes: int = capacity
         self.max_record_size: int = max_record
         self.creator_pid: int = pid
+        #: Ring the reader's doorbell after each put; a writer that puts in bursts turns
+        #: it off and calls ``wake_reader`` after each burst (the reader then wakes once,
+        #: not in the middle of the burst). A full ring always wakes the reader.
+        self.wake_on_put = True
         self._closed = False
 
     # ------------------------------------------------------------------ construction
@@ -243,7 +247,8 @@ class RecordRing(SegmentBacked):
             buf[HEADER_SIZE : HEADER_SIZE + n - first] = mv[first:]
         store_u64(buf, _H_HEAD, head + need)  # release: publishes the record
         fetch_add_u64(buf, _H_PUT, 1)
-        bells.ring_reader(buf, _H_BELL)
+        if self.wake_on_put:
+            bells.ring_reader(buf, _H_BELL)
         return True
 
     def put(
@@ -259,6 +264,7 @@ class RecordRing(SegmentBacked):
         """
         if self.try_put(payload):
             return True
+        bells.ring_reader(self._buf, _H_BELL)  # a full ring: its reader must be awake
         fetch_add_u64(self._buf, _H_WAITS, 1)
         return _retry(lambda: self.try_put(payload) or None, timeout, should_abort) is not None
 
@@ -267,6 +273,10 @@ class RecordRing(SegmentBacked):
     def set_reader_bell(self, slot: int | None) -> None:
         """Have writers ring control slot ``slot``'s doorbell after each put (None: stop)."""
         bells.set_reader(self._buf, _H_BELL, slot)
+
+    def wake_reader(self) -> None:
+        """Ring the reader's doorbell now (a writer with ``wake_on_put`` off, after a burst)."""
+        bells.ring_reader(self._buf, _H_BELL)
 
     def _read_at(self, tail: int, head: int) -> tuple[bytes, int]:
         buf = self._buf

@@ -659,6 +659,9 @@ def run(ctx: StageContext) -> int:
     for r in det_rings:
         r.set_reader_bell(ctx.spec.slot)  # inference wakes this stage when it puts
     evt_ring = RecordRing.attach(ctx.spec.event_ring)
+    # A frame gives several events: the publisher is woken once per round of batches,
+    # not at the first of them (it would take the CPU from this stage mid-round).
+    evt_ring.wake_on_put = False
     idle = Idle(ctx.slot)
     state = _State(ctx)
     for b in ctx.spec.cameras:
@@ -693,6 +696,7 @@ def run(ctx: StageContext) -> int:
             for ev in pending + state.idle_flush():
                 if not ctx.put(evt_ring, ev.pack()):
                     return EXIT_OK
+            evt_ring.wake_reader()
             slot.beat()
             now = time.monotonic()
             if board is not None and now - last_board >= BOARD_PERIOD_S:
@@ -706,6 +710,7 @@ def run(ctx: StageContext) -> int:
             if not ctx.put(evt_ring, ev.pack()):
                 return EXIT_OK
     finally:
+        evt_ring.wake_reader()
         state.save_all(force=True)
         if board is not None:
             _publish_board(board, state)

@@ -130,3 +130,25 @@ def test_wakes_a_reader_in_another_process(block: ControlBlock, records: RecordR
         assert records.peek_many(1) == [b"from another process"]
     finally:
         proc.join(30)
+
+
+def test_of_a_burst_only_the_first_ring_wakes(block: ControlBlock) -> None:
+    """The first ring clears the sleeper flag as it wakes the sleeper, so the rest of
+    a burst makes no system call (and does not wake it again)."""
+    import threading
+
+    from itsd.shm import atomics
+    from itsd.shm.control import HEADER_SIZE, SLOT_SIZE
+
+    slot = block.slot(2)
+    count = slot.arm_bell()
+    results: list[bool] = []
+    sleeper = threading.Thread(target=lambda: results.append(slot.wait_bell(count, 30.0)))
+    sleeper.start()
+    time.sleep(0.3)  # asleep in the kernel by now
+    off = HEADER_SIZE + 2 * SLOT_SIZE + 64
+    woken = [atomics.bell_ring(block.segment.buf, off) for _ in range(3)]
+    sleeper.join(30)
+    assert results == [True]
+    assert woken[1:] == [0, 0]
+    assert woken[0] in (0, 1)  # 1 unless the sleeper had not reached the kernel yet
