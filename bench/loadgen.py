@@ -7,7 +7,8 @@ What it does:
 
 1. Starts one real GStreamer RTSP server (``tools/rtsp_server.py --mounts N``, Debian's
    python3) serving the clip at ``/cam0`` ... ``/cam<N-1>``; ``--resolution WxH`` first
-   makes a scaled H.264 copy of the clip with ffmpeg (cached under ``~/.cache/itsd``).
+   makes a scaled H.264 copy of the clip with ffmpeg, ``--source-fps F`` one re-timed to
+   F frames a second (cached under ``~/.cache/itsd``).
 2. Registers the N cameras (``loadgen-000`` ...) with the daemon's ``RegisterStream`` at
    ``--fps``, runs for ``--duration`` seconds, then removes them again.
 3. Reads the daemon's detection events as they are published (tailing the JSONL file of
@@ -72,18 +73,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scaled_clip(clip: Path, resolution: str | None) -> Path:
-    """The clip itself, or an H.264 copy scaled to ``WxH`` (made once, cached)."""
-    if not resolution:
+def scaled_clip(clip: Path, resolution: str | None, fps: float | None = None) -> Path:
+    """The clip itself, or an H.264 copy scaled to ``WxH`` and/or re-timed to ``fps``
+    frames a second (a camera whose stream runs at the analysis rate), made once and
+    cached."""
+    if not resolution and not fps:
         return clip
-    w, h = (int(x) for x in resolution.lower().split("x"))
+    filters, tags = [], []
+    if resolution:
+        w, h = (int(x) for x in resolution.lower().split("x"))
+        filters.append(f"scale={w}:{h}")
+        tags.append(f"{w}x{h}")
+    if fps:
+        filters.append(f"fps={fps:g}")
+        tags.append(f"{fps:g}fps")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "itsd" / "loadgen"
     cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"{clip.stem}_{w}x{h}.mp4"
+    out = cache / f"{clip.stem}_{'_'.join(tags)}.mp4"
     if not out.exists():
         if shutil.which("ffmpeg") is None:
-            raise SystemExit("loadgen: --resolution needs ffmpeg on PATH")
+            raise SystemExit("loadgen: --resolution and --source-fps need ffmpeg on PATH")
         tmp = out.with_suffix(".tmp.mp4")
+        gop = str(max(1, round(2 * fps))) if fps else "50"  # a key frame every 2 s
         subprocess.run(
             [
                 "ffmpeg",
@@ -93,13 +104,13 @@ def scaled_clip(clip: Path, resolution: str | None) -> Path:
                 "-i",
                 str(clip),
                 "-vf",
-                f"scale={w}:{h}",
+                ",".join(filters),
                 "-c:v",
                 "libx264",
                 "-preset",
                 "veryfast",
                 "-g",
-                "50",
+                gop,
                 "-an",
                 str(tmp),
             ],
@@ -402,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     ap.add_argument("--resolution", help="WxH: serve an ffmpeg-scaled copy of the clip")
     ap.add_argument(
+        "--source-fps",
+        type=float,
+        help="rtsp: serve a copy of the clip re-timed to this rate (a camera sending at "
+        "the analysis rate; default: the clip's own rate)",
+    )
+    ap.add_argument(
         "--mode",
         choices=("rtsp", "push"),
         default="rtsp",
@@ -437,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = args.clip
         jpegs = push_frames(args.clip, args.resolution, args.push_frames)
     else:
-        clip = scaled_clip(args.clip, args.resolution)
+        clip = scaled_clip(args.clip, args.resolution, args.source_fps)
         port = _free_port()
         server = start_rtsp(clip, args.cameras, port)
     pushers: list[PushCamera] = []
@@ -459,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "clip": clip.name,
         "mode": args.mode,
         "resolution": args.resolution or "native",
+        "source_fps": args.source_fps or "native",
         "machine": {"cores": os.cpu_count()},
         "date": datetime.now().isoformat(timespec="seconds"),
     }
