@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from e2e_bench import ULTRALYTICS_VENV, ultralytics_track  # noqa: E402
 from loadgen import Latencies, pct, scaled_clip, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores  # noqa: E402
 from soak import wait_ready  # noqa: E402
@@ -219,6 +220,13 @@ def main() -> int:
         help="file: looping file cameras paced at --fps (nothing else on the machine); "
         "rtsp: bench/loadgen.py's RTSP cameras (its server and reader take CPU too)",
     )
+    ap.add_argument(
+        "--ultralytics-python",
+        type=Path,
+        default=ULTRALYTICS_VENV / "bin" / "python",
+        help="(c): Ultralytics track, one thread per camera, at the model's count of "
+        "cameras on the same clip (left out without bench/setup_ultralytics.sh's venv)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     clip = scaled_clip(args.clip, None, args.fps)
@@ -254,6 +262,12 @@ def main() -> int:
     limit.append(raw_all_cores(args.model, args.clip))
     limit_fps = statistics.median(limit)
     allows = int(limit_fps // args.fps)
+    track: dict[str, Any] | None = None
+    if args.ultralytics_python.exists():
+        # Every frame of the clip, as fast as it goes: at this count it cannot keep up
+        # with 5 fps, so its frames/s is what it analyses.
+        track = ultralytics_track(args.ultralytics_python, args.model, clip, allows)
+        print(f"(c) Ultralytics track, {allows} cameras: {track['fps']:.1f} frames/s", flush=True)
     rows = []
     for n in counts:
         reps = results[n]
@@ -283,6 +297,16 @@ def main() -> int:
         f"({best / allows if allows else 0:.2f} of the model's count; "
         f"{best * args.fps / limit_fps:.2f} of its frames/s)"
     )
+    at = next((row for row in rows if row["cameras"] == allows), None)
+    if at is not None:
+        line = (
+            f"at the model's count ({allows} cameras, {allows * args.fps:g} frames/s offered):"
+            f" (b) itsd {at['events_per_s']:.1f} frames/s, (b)/(a) "
+            f"{at['events_per_s'] / limit_fps:.2f}"
+        )
+        if track is not None:
+            line += f", (b)/(c) {at['events_per_s'] / track['fps']:.2f}"
+        print(line)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -296,6 +320,7 @@ def main() -> int:
                     "limit_fps": limit,
                     "model_allows": allows,
                     "kept_up_with": best,
+                    "ultralytics_track": track,
                     "rows": rows,
                     "runs": {str(k): v for k, v in results.items()},
                 },

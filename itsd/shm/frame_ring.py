@@ -17,6 +17,7 @@ Layout (all integers little-endian; offsets in bytes)::
       | 32  u64 slot stride       40  u64 pixel offset in slot (4096)                      |
       | 48  u64 pixel capacity    56  u32 camera index      60  u32 creator pid            |
       | 128 writer line: u64 written | u64 dropped | u64 rejected | u64 last seq           |
+      |     160 writer bell: u32 count | u32 sleeper (a lossless writer waiting for a slot)  |
       | 256 reader line: u64 read    | u64 skipped | u64 last read seq | u32 reader bell   |
    4096 +---------------------------- slot 0 (stride bytes) -------------------------------+
       | +0  u32 state word = state (bits 0-7) | tag = seq & 0xFFFFFF (bits 8-31)           |
@@ -106,6 +107,8 @@ import numpy as np
 
 from itsd.shm import bells
 from itsd.shm.atomics import (
+    bell_ring,
+    bell_wait,
     cas_u32,
     fence,
     fetch_add_u64,
@@ -183,6 +186,7 @@ _H_WRITTEN = 128
 _H_DROPPED = 136
 _H_REJECTED = 144
 _H_LAST_SEQ = 152
+_H_WBELL = 160  # the writer's bell: u32 count (futex word), u32 sleeper flag
 _H_READ = 256
 _H_SKIPPED = 264
 _H_LAST_READ = 272
@@ -884,6 +888,7 @@ class FrameRing(SegmentBacked):
                 n += 1
         if n:
             fetch_add_u64(buf, _H_SKIPPED, n)
+            bell_ring(buf, _H_WBELL)
 
     def _release(self, slot: FrameSlot) -> None:
         if self._held.get(slot.index) is slot:
@@ -892,6 +897,23 @@ class FrameRing(SegmentBacked):
             return
         word = slot._word
         cas_u32(self._buf, self._state_off[slot.index], word, (word & _KEEP_TAG) | SLOT_FREE)
+        bell_ring(self._buf, _H_WBELL)  # a system call only while the writer sleeps
+
+    def wait_free_slot(self, timeout: float) -> bool:
+        """Writer: sleep until the reader frees a slot, at most ``timeout`` seconds; True
+        when a slot is FREE (a lossless source waits here instead of overwriting)."""
+        buf = self._buf
+        if self.has_free_slot():
+            return True
+        store_u32(buf, _H_WBELL + 4, 1)
+        fence()
+        count = load_u32(buf, _H_WBELL)
+        try:
+            if not self.has_free_slot():
+                bell_wait(buf, _H_WBELL, count, timeout)
+        finally:
+            store_u32(buf, _H_WBELL + 4, 0)
+        return self.has_free_slot()
 
     def set_reader_bell(self, slot: int | None) -> None:
         """Have the writer ring control slot ``slot``'s doorbell after each frame (None:
@@ -910,6 +932,8 @@ class FrameRing(SegmentBacked):
                 self._buf, off, word, (word & _KEEP_TAG) | SLOT_FREE
             ):
                 n += 1
+        if n and not self._closed:
+            bell_ring(self._buf, _H_WBELL)
         return n
 
     # ------------------------------------------------------------------ peeking

@@ -152,3 +152,30 @@ def test_of_a_burst_only_the_first_ring_wakes(block: ControlBlock) -> None:
     assert results == [True]
     assert woken[1:] == [0, 0]
     assert woken[0] in (0, 1)  # 1 unless the sleeper had not reached the kernel yet
+
+
+def test_a_lossless_writer_sleeps_until_the_reader_frees_a_slot(run_id: str) -> None:
+    import threading
+
+    ring = FrameRing.create(
+        segment_name(run_id, "frame", "cam2"), camera_key=2, slot_count=2, max_width=8, max_height=4
+    )
+    try:
+        pixels = np.zeros((4, 8, 3), np.uint8)
+        for i in range(2):
+            assert ring.write(
+                pixels, frame_id=i, capture_ts_ns=1, pts=0, pixel_format=PIXEL_FORMAT_RGB24
+            )
+        assert not ring.has_free_slot()
+        t0 = time.monotonic()
+        assert ring.wait_free_slot(0.05) is False  # nobody reads: the timeout
+        assert time.monotonic() - t0 >= 0.04
+        slot = ring.acquire_oldest()
+        assert slot is not None
+        threading.Timer(0.2, slot.release).start()
+        t0 = time.monotonic()
+        assert ring.wait_free_slot(30.0) is True  # woken by the release
+        assert time.monotonic() - t0 < 20.0
+    finally:
+        ring.close()
+        ring.unlink()
