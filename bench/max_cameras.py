@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from e2e_bench import ULTRALYTICS_VENV, ultralytics_track  # noqa: E402
 from loadgen import Latencies, pct, scaled_clip, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores  # noqa: E402
-from soak import wait_ready  # noqa: E402
+from soak import stop_daemon, wait_ready  # noqa: E402
 
 
 def _free_port() -> int:
@@ -87,15 +86,6 @@ def _daemon(d: Path, cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str, Any]:
     """N looping file cameras of the re-timed clip, paced at its rate, set in the config:
     no load generator shares the machine. Latency from the events as they are written."""
@@ -120,7 +110,7 @@ def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str
         run = lat.snapshot()[0][base:]
     finally:
         lat.stop.set()
-        _stop(proc)
+        stop_daemon(proc)
     return {
         "measured_s": round(dt, 1),
         "events_per_s": round(len(run) / dt, 1),
@@ -167,7 +157,7 @@ def run_rtsp(n: int, args: argparse.Namespace, d: Path) -> dict[str, Any]:
             raise SystemExit(f"loadgen failed ({out.returncode}):\n{out.stderr[-3000:]}")
         report: dict[str, Any] = json.loads((d / "report.json").read_text())
     finally:
-        _stop(proc)
+        stop_daemon(proc)
     return report
 
 

@@ -251,6 +251,16 @@ def stage_pids(target: str) -> dict[str, int]:
     return {st.name: st.pid for st in health.stages if st.pid}
 
 
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, up to a minute to drain and exit, then SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_ready(target: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
     """Until every stage has a pid and the daemon serves (or it died: SystemExit)."""
     from itsd.control import client
@@ -522,12 +532,7 @@ def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict
                 )
             dt = time.monotonic() - t0
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_daemon(proc)
             lat.stop.set()
     n_events = len(lat.snapshot()[0])
     return {
