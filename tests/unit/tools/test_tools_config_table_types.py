@@ -86,8 +86,13 @@ def test_rows_in_the_readme() -> None:
     assert row("supervisor.max_cameras")[2] == "`256`"
 
 
-def test_unavailable_keys_say_so() -> None:
-    assert "Not available in this version" in row("model.tensorrt")[3]
+def test_unavailable_keys_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from itsd.config import NOT_YET_AVAILABLE
+
+    monkeypatch.setitem(NOT_YET_AVAILABLE, "model.tensorrt", "stand-in reason")
+    line = next(x for x in tool.table().splitlines() if x.startswith("| `model.tensorrt` |"))
+    assert "Not available in this version (stand-in reason); refused when set." in line
+    assert "Not available" not in row("model.tensorrt")[3]  # every key is available now
     assert "Not available" not in row("kafka.topic_prefix")[3]
     assert "Not available" not in row("kafka.enabled")[3]
     assert "Not available" not in row("performance.max_batch_size")[3]
