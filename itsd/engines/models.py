@@ -553,23 +553,26 @@ def prepare_for_gpu(
             model.name,
         )
         precision = "fp16"
+    folder = cache or default_model_dir()
     try:
         onnx = model
         if model.suffix == ".pt":
             progress(f"exporting {model.name} to ONNX for TensorRT")
             pt = inspect_model(model)
             side = pt.input_size[0] if pt.input_size else 640
-            made = export_model(str(model), "onnx", "fp32", side, 0, cache=cache, progress=progress)
-            onnx = (cache or default_model_dir()) / made.file
+            made = export_model(
+                str(model), "onnx", "fp32", side, 0, cache=folder, progress=progress
+            )
+            onnx = folder / made.file
         info = inspect_model(onnx)
         size = info.input_size[0] if info.input_size else 640
         batch = info.batch or max_batch  # a static-batch model keeps its own
         built = export_model(
-            str(onnx), "engine", precision, size, batch, cache=cache, progress=progress
+            str(onnx), "engine", precision, size, batch, cache=folder, progress=progress
         )
     except ModelError as err:
         log.error("model.tensorrt: no engine for %s (%s); running it as it is", model, err)
         return model, backend
-    engine = (cache or default_model_dir()) / built.file
+    engine = folder / built.file
     log.info("model.tensorrt: %s runs as TensorRT engine %s", model.name, engine.name)
     return engine, "tensorrt"

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from itsd.shm.atomics import load_u32, store_u32
+from itsd.shm.atomics import bell_wait, fence, load_u32, store_u32
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["clear_control", "ring_reader", "set_reader", "use_control"]
+__all__ = ["arm", "clear_control", "disarm", "ring_reader", "set_reader", "use_control", "wait"]
 
 
 class _Ringer(Protocol):
@@ -61,3 +61,25 @@ def ring_reader(buf: WriteableBuffer, off: int) -> None:
         index = load_u32(buf, off)
         if index:
             _control.ring_bell(index - 1)
+
+
+def arm(buf: WriteableBuffer, off: int) -> int:
+    """Set the sleeper flag of the bell at ``off``; the count to pass to ``wait``. Look
+    at the inputs after arming: a commit before it is seen there, one after it rings."""
+    store_u32(buf, off + 4, 1)
+    fence()
+    return load_u32(buf, off)
+
+
+def disarm(buf: WriteableBuffer, off: int) -> None:
+    """Clear the sleeper flag: the waiter is awake, ringers make no system call."""
+    store_u32(buf, off + 4, 0)
+
+
+def wait(buf: WriteableBuffer, off: int, count: int, timeout: float) -> bool:
+    """Sleep until the bell rings after ``arm`` returned ``count`` (at most ``timeout``
+    seconds), then disarm; True if it rang."""
+    try:
+        return bell_wait(buf, off, count, timeout)
+    finally:
+        disarm(buf, off)

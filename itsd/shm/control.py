@@ -38,7 +38,6 @@ from itsd.shm.atomics import (
     U32_MASK,
     add_u64,
     bell_ring,
-    bell_wait,
     clear_bits_u32,
     fence,
     load_u32,
@@ -99,8 +98,7 @@ _S_STATE = 8
 _S_PID = 12
 _S_NAME_VER = 16
 _S_NAME = 32
-_S_BELL = 64
-_S_SLEEPER = 68
+_S_BELL = 64  # the doorbell: u32 count at +64, u32 sleeper flag at +68 (itsd.shm.bells)
 
 
 class StageSlot:
@@ -153,21 +151,16 @@ class StageSlot:
         Check the inputs after arming: a record put before it is seen there, one put
         after it rings the bell (the flag and the count are sequentially consistent).
         """
-        store_u32(self._buf, self._base + _S_SLEEPER, 1)
-        fence()
-        return load_u32(self._buf, self._base + _S_BELL)
+        return bells.arm(self._buf, self._base + _S_BELL)
 
     def disarm_bell(self) -> None:
         """The stage is awake again: producers stop waking it."""
-        store_u32(self._buf, self._base + _S_SLEEPER, 0)
+        bells.disarm(self._buf, self._base + _S_BELL)
 
     def wait_bell(self, count: int, timeout: float) -> bool:
         """Sleep until the bell rings after ``arm_bell`` returned ``count``, at most
         ``timeout`` seconds; True if it rang. Disarms."""
-        try:
-            return bell_wait(self._buf, self._base + _S_BELL, count, timeout)
-        finally:
-            store_u32(self._buf, self._base + _S_SLEEPER, 0)
+        return bells.wait(self._buf, self._base + _S_BELL, count, timeout)
 
     def ring_bell(self) -> None:
         """Wake the stage if it sleeps on its bell (no system call when it does not)."""
@@ -207,7 +200,7 @@ class StageSlot:
         store_u64(self._buf, self._base + _S_HEARTBEAT, 0)
         store_u32(self._buf, self._base + _S_PID, 0)
         store_u32(self._buf, self._base + _S_STATE, STATE_EMPTY)
-        store_u32(self._buf, self._base + _S_SLEEPER, 0)
+        bells.disarm(self._buf, self._base + _S_BELL)
 
     def __repr__(self) -> str:
         return (

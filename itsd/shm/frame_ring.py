@@ -108,7 +108,6 @@ import numpy as np
 from itsd.shm import bells
 from itsd.shm.atomics import (
     bell_ring,
-    bell_wait,
     cas_u32,
     fence,
     fetch_add_u64,
@@ -902,17 +901,13 @@ class FrameRing(SegmentBacked):
     def wait_free_slot(self, timeout: float) -> bool:
         """Writer: sleep until the reader frees a slot, at most ``timeout`` seconds; True
         when a slot is FREE (a lossless source waits here instead of overwriting)."""
-        buf = self._buf
         if self.has_free_slot():
             return True
-        store_u32(buf, _H_WBELL + 4, 1)
-        fence()
-        count = load_u32(buf, _H_WBELL)
-        try:
-            if not self.has_free_slot():
-                bell_wait(buf, _H_WBELL, count, timeout)
-        finally:
-            store_u32(buf, _H_WBELL + 4, 0)
+        count = bells.arm(self._buf, _H_WBELL)
+        if self.has_free_slot():
+            bells.disarm(self._buf, _H_WBELL)
+            return True
+        bells.wait(self._buf, _H_WBELL, count, timeout)
         return self.has_free_slot()
 
     def set_reader_bell(self, slot: int | None) -> None:
