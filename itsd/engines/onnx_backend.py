@@ -3,7 +3,10 @@
 Takes any Ultralytics YOLOv8/YOLO11 detection export: static or dynamic batch, fixed or
 dynamic image size, fp32/fp16 input, int8-quantized graphs. A static-batch model is run
 in chunks of its batch size through one reused input buffer; a dynamic-batch model gets
-one run per call of up to `EngineOptions.max_batch` frames (default 32). The frame path
+one run per call of up to `EngineOptions.max_batch` frames (default 32). On the CUDA
+provider the letterbox runs on the GPU (`itsd.engines.gpu_letterbox`: uint8 frames up,
+one kernel for the batch) into a device buffer the session reads through an IOBinding;
+where that kernel cannot start (no cuda-python; logged) it runs on the CPU. The frame path
 (letterbox, output checks, decode and NMS) is the shared one of `yolo.YoloEngine`; this
 module adds only the session and its forward pass, so results match the other backends.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,9 @@ import numpy as np
 import onnxruntime as ort
 
 from itsd.engines.base import COCO_NAMES, EngineOptions
-from itsd.engines.yolo import YoloEngine, check_yolo_output
+from itsd.engines.gpu_letterbox import DeviceInput, try_gpu_letterbox
+from itsd.engines.preprocess import Letterbox
+from itsd.engines.yolo import DeviceBatch, YoloEngine, check_yolo_output
 from itsd.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,7 @@ class OnnxEngine(YoloEngine):
         model_path: str | Path,
         options: EngineOptions = DEFAULT_OPTIONS,
         providers: list[str] | None = None,
+        device_letterbox: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.options = options
@@ -261,6 +268,10 @@ class OnnxEngine(YoloEngine):
                 f"{num_classes} classes ({where})"
             )
 
+        self._device_input: DeviceInput | None = None
+        if device_letterbox and self.provider == "CUDAExecutionProvider":
+            self._device_input = self._gpu_input(where)
+
         self.precision: str = self._model_precision(meta)
         # fp32 is the default ("no conversion asked for"): only a request for a reduced
         # precision that the file does not have deserves a warning.
@@ -274,7 +285,7 @@ class OnnxEngine(YoloEngine):
             )
         log.info(
             "onnxruntime %s: %s on %s, input %dx%d, %s batch %s, %d classes, %s, "
-            "%d intra-op thread(s)",
+            "%d intra-op thread(s), letterbox on the %s",
             ort.__version__,
             self.model_path.name,
             self.provider,
@@ -285,7 +296,22 @@ class OnnxEngine(YoloEngine):
             num_classes,
             self.precision,
             options.intra_op_threads,
+            "CPU" if self._device_input is None else "GPU",
         )
+
+    def _gpu_input(self, where: str) -> DeviceInput | None:
+        """The device input buffer the GPU letterbox writes, or None (CPU letterbox)."""
+        gpu = self.options.gpu if self.options.gpu is not None else 0
+        half = self._input_dtype == np.float16
+        kernel = try_gpu_letterbox(gpu, self.input_size, half, where)
+        if kernel is None:
+            return None
+        try:
+            return DeviceInput(kernel, self.max_batch, np.dtype(self._input_dtype).itemsize)
+        except Exception as exc:
+            kernel.close()
+            log.warning("%s: letterboxing on the CPU: no device input buffer: %s", where, exc)
+            return None
 
     def _model_precision(self, meta: dict[str, str]) -> str:
         if self._input_dtype == np.float16:
@@ -294,15 +320,39 @@ class OnnxEngine(YoloEngine):
             return "int8"
         return "fp32"
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _prepare(self, chunk: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
+        """On the GPU when the device input is there (the kernel has finished on return)."""
+        if self._device_input is None:
+            return super()._prepare(chunk)
+        boxes = self._device_input.letterbox(chunk)
+        return DeviceBatch(self.static_batch or len(chunk)), boxes
+
+    def _forward(self, batch: Any) -> np.ndarray:
         if self._session is None:
             raise RuntimeError(f"OnnxEngine for {self.model_path} is closed")
+        if isinstance(batch, DeviceBatch) and self._device_input is not None:
+            h, w = self.input_size
+            io = self._session.io_binding()
+            io.bind_input(
+                self._input_name,
+                self._device_input.device_type,
+                self._device_input.gpu,
+                self._input_dtype,
+                (batch.n, 3, h, w),
+                self._device_input.ptr,
+            )
+            io.bind_output(self._output_name)
+            self._session.run_with_iobinding(io)
+            return np.asarray(io.copy_outputs_to_cpu()[0])
         feed = batch if self._input_dtype == np.float32 else batch.astype(self._input_dtype)
         result = self._session.run([self._output_name], {self._input_name: feed})[0]
         return np.asarray(result)
 
     def _close(self) -> None:
         self._session = None
+        if self._device_input is not None:
+            self._device_input.close()
+            self._device_input = None
 
     def __repr__(self) -> str:
         state = "closed" if self._session is None else self.provider

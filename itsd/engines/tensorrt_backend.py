@@ -7,10 +7,13 @@ cache keys, binding shapes, buffer plans) is unit-tested.
 
 How it runs: the engine is deserialized once; its input and output bindings are read
 (`BindingSpec`); `plan_buffers` sizes every device buffer for ``max_batch`` frames, and
-they are allocated once (``cudaMalloc``). The host batch buffer is page-locked: the
-letterbox writes into a ``cudaHostAlloc`` staging buffer (frames in ring slots may
-instead be registered with ``cudaHostRegister`` by the caller), so the copy to the
-device is one asynchronous DMA on the batch's stream. ``IN_FLIGHT`` streams with their
+they are allocated once (``cudaMalloc``). The letterbox runs on the GPU
+(`itsd.engines.gpu_letterbox`): the batch's uint8 frames go up through one page-locked
+staging buffer in one asynchronous copy on the batch's stream, and one kernel writes the
+whole (N, 3, H, W) input straight into the engine's input buffer. Where that kernel
+cannot start (no NVRTC, a driver too old for its PTX; logged) or ``device_letterbox`` is
+False, the letterbox runs on the CPU into a ``cudaHostAlloc`` page-locked batch buffer
+and the copy to the device is one asynchronous DMA. ``IN_FLIGHT`` streams with their
 own buffers let one batch copy while another computes; events time each batch on the
 GPU. Engines are cached by `engine_cache_key` (model sha256, GPU name and compute
 capability, TensorRT version, precision, batch and input size) and rebuilt when any of
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from itsd.engines.base import COCO_NAMES, EngineOptions
-from itsd.engines.yolo import YoloEngine, check_yolo_output
+from itsd.engines.gpu_letterbox import GpuLetterbox, try_gpu_letterbox
+from itsd.engines.preprocess import Letterbox
+from itsd.engines.yolo import DeviceBatch, YoloEngine, check_yolo_output
 from itsd.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -170,7 +176,13 @@ class TensorRTEngine(YoloEngine):
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, options: EngineOptions, max_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: EngineOptions,
+        max_batch: int | None = None,
+        device_letterbox: bool = True,
+    ) -> None:
         trt, cudart = _imports()
         self._trt, self._cudart = trt, cudart
         self.options = options
@@ -224,8 +236,19 @@ class TensorRTEngine(YoloEngine):
         nc = check_yolo_output(tuple(probe.shape), self.input_size, where)
         self.class_names = list(COCO_NAMES) if nc == 80 else [f"class_{i}" for i in range(nc)]
         self.last_gpu_ms = 0.0
+        self._gpu_lb: GpuLetterbox | None = None
+        if device_letterbox and inp.np_dtype in (np.float32, np.float16):
+            self._gpu_lb = try_gpu_letterbox(
+                gpu, self.input_size, inp.np_dtype == np.float16, where
+            )
         log.info(
-            "TensorRT %s: %s, input %dx%d, batch %d", trt.__version__, path, h, w, self.max_batch
+            "TensorRT %s: %s, input %dx%d, batch %d, letterbox on the %s",
+            trt.__version__,
+            path,
+            h,
+            w,
+            self.max_batch,
+            "GPU" if self._gpu_lb is not None else "CPU",
         )
 
     def _alloc_slot(self) -> dict[str, Any]:
@@ -244,27 +267,37 @@ class TensorRTEngine(YoloEngine):
         slot["host_out"] = np.empty(out, dtype=self._output.np_dtype)
         return slot
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _prepare(self, chunk: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
+        """On the GPU when the letterbox kernel runs: queued on the stream of the slot
+        the next `_forward` takes, into that slot's input buffer."""
+        if self._gpu_lb is None:
+            return super()._prepare(chunk)
+        slot = self._slots[self._next]
+        boxes = self._gpu_lb.run(chunk, int(slot["device"][self._input.name]), slot["stream"])
+        return DeviceBatch(self.static_batch or len(chunk)), boxes
+
+    def _forward(self, batch: Any) -> np.ndarray:
         cudart = self._cudart
         kind = cudart.cudaMemcpyKind
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
-        n = int(batch.shape[0])
+        n = int(batch.n if isinstance(batch, DeviceBatch) else batch.shape[0])
         ctx, stream = slot["context"], slot["stream"]
         shape = resolve_shape(self._input, n, self.input_size)
         ctx.set_input_shape(self._input.name, shape)
-        src = batch if self._input.np_dtype == np.float32 else batch.astype(self._input.np_dtype)
-        in_bytes = src.nbytes
-        _check(
-            cudart.cudaMemcpyAsync(
-                slot["device"][self._input.name],
-                src.ctypes.data,
-                in_bytes,
-                kind.cudaMemcpyHostToDevice,
-                stream,
-            ),
-            "cudaMemcpyAsync H2D",
-        )
+        if not isinstance(batch, DeviceBatch):  # letterboxed on the CPU: one DMA up
+            dtype = self._input.np_dtype
+            src = batch if dtype == np.float32 else batch.astype(dtype)
+            _check(
+                cudart.cudaMemcpyAsync(
+                    slot["device"][self._input.name],
+                    src.ctypes.data,
+                    src.nbytes,
+                    kind.cudaMemcpyHostToDevice,
+                    stream,
+                ),
+                "cudaMemcpyAsync H2D",
+            )
         _check(cudart.cudaEventRecord(slot["start"], stream), "cudaEventRecord")
         if not ctx.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
@@ -292,6 +325,9 @@ class TensorRTEngine(YoloEngine):
 
     def _close(self) -> None:
         cudart = self._cudart
+        if self._gpu_lb is not None:
+            self._gpu_lb.close()
+            self._gpu_lb = None
         for slot in self._slots:
             for ptr in slot["device"].values():
                 cudart.cudaFree(ptr)

@@ -1,11 +1,13 @@
 """What every YOLO backend shares: the frame path around a backend's own forward pass.
 
-`YoloEngine.infer` checks the frames, letterboxes them into a reused (N, 3, H, W) float32
-batch buffer, calls the backend's `_forward` once per chunk of at most `max_batch`
-frames and decodes each image's raw head output with the one shared `decode_yolo`
-(confidence filter, class-aware NMS, boxes back to frame pixels). A backend subclass sets
-`name`, `input_size`, `class_names`, `max_batch`, `static_batch` and implements
-`_forward` (and may override `_close`); nothing else. `check_yolo_output` is the one
+`YoloEngine.infer` checks the frames, letterboxes them (`_prepare`: into a reused
+(N, 3, H, W) float32 batch buffer on the CPU, or on the GPU into the backend's device
+input for the TensorRT and ONNX Runtime CUDA backends), calls the backend's `_forward`
+once per chunk of at most `max_batch` frames and decodes each image's raw head output
+with the one shared `decode_yolo` (confidence filter, class-aware NMS, boxes back to
+frame pixels). A backend subclass sets `name`, `input_size`, `class_names`, `max_batch`,
+`static_batch` and implements `_forward` (and may override `_prepare` and `_close`);
+nothing else. `check_yolo_output` is the one
 check of a YOLOv8/YOLO11 detection head's output layout that every backend runs on its
 probe output at load time.
 
@@ -16,13 +18,15 @@ anything from itsd outside `itsd.engines` and `itsd.errors`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from itsd.engines.base import Detections, EngineOptions
 from itsd.engines.postprocess import decode_yolo
-from itsd.engines.preprocess import check_frame, letterbox_into, letterbox_params
+from itsd.engines.preprocess import Letterbox, check_frame, letterbox_into, letterbox_params
 from itsd.errors import ModelError
 
 #: Detection head strides of YOLOv8/YOLO11 (anchors = sum of (H/s) * (W/s)).
@@ -52,6 +56,15 @@ def check_yolo_output(shape: tuple[int, ...], input_size: tuple[int, int], where
     return int(shape[1]) - 4
 
 
+@dataclass(frozen=True)
+class DeviceBatch:
+    """What `_prepare` gives when the batch was letterboxed on the GPU, straight into the
+    backend's device input buffer: only its size travels (`n` frames, the static batch
+    size for a static-batch model)."""
+
+    n: int
+
+
 class YoloEngine:
     """Base of the YOLO backends; implements `itsd.engines.base.Engine` around `_forward`.
 
@@ -68,9 +81,25 @@ class YoloEngine:
     _buffer: np.ndarray
     _closed: bool = False
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a (n, 3, H, W) float32 batch; (n, 4 + classes, anchors) out."""
+    def _forward(self, batch: Any) -> np.ndarray:
+        """Run the model on what `_prepare` gave (a (n, 3, H, W) float32 host batch, or
+        a `DeviceBatch` for a backend that letterboxes on its GPU); (n, 4 + classes,
+        anchors) out."""
         raise NotImplementedError
+
+    def _prepare(self, chunk: Sequence[np.ndarray]) -> tuple[Any, list[Letterbox]]:
+        """The model input for at most `max_batch` frames, and their Letterboxes: here
+        the frames letterboxed on the CPU into the reused batch buffer (a static-batch
+        model's unused slots keep old pixels). A GPU backend overrides this to letterbox
+        on its device (`itsd.engines.gpu_letterbox`)."""
+        dst_h, dst_w = self.input_size
+        batch = self._batch_buffer(self.static_batch or len(chunk))
+        boxes = []
+        for slot, frame in enumerate(chunk):
+            lb = letterbox_params(frame.shape[0], frame.shape[1], dst_h, dst_w)
+            letterbox_into(frame, batch[slot], lb)
+            boxes.append(lb)
+        return batch, boxes
 
     def _close(self) -> None:
         """Release what the backend holds (session, device memory)."""
@@ -94,15 +123,8 @@ class YoloEngine:
         for i, frame in enumerate(frames):
             check_frame(frame, f"frame {i}")
         results: list[Detections] = []
-        dst_h, dst_w = self.input_size
         for start in range(0, len(frames), self.max_batch):
-            chunk = frames[start : start + self.max_batch]
-            batch = self._batch_buffer(self.static_batch or len(chunk))
-            boxes = []
-            for slot, frame in enumerate(chunk):
-                lb = letterbox_params(frame.shape[0], frame.shape[1], dst_h, dst_w)
-                letterbox_into(frame, batch[slot], lb)
-                boxes.append(lb)
+            batch, boxes = self._prepare(frames[start : start + self.max_batch])
             output = self._forward(batch)
             for slot, lb in enumerate(boxes):
                 results.append(decode_yolo(output[slot], lb, lb.src_h, lb.src_w, self.options))
