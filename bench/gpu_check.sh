@@ -11,7 +11,9 @@
 #   0. unpack .whl/site.tar.xz into /tmp/site, build the C extensions in place, nvidia-smi -L
 #   a. the GPU tests: pytest -m gpu on tests/**/test_*_gpu.py
 #   b. bench/infer_backend_bench.py --backend torch --gpu 0 --precision fp16, with and
-#      without CUDA graphs, batch 1/8/32/64, YOLO11n from the yaml (issue 10)
+#      without CUDA graphs, batch 1/8/32/64, YOLO11n from the yaml (issue 10); and
+#      bench/letterbox_bench.py: the TensorRT / ONNX Runtime CUDA letterbox kernel
+#      beside the bare upload of the same bytes
 #   c. bench/nvdec_bench.py on 1080p H.264, 1/4/8 streams (issue 9)
 #   d. bench/gpu_e2e.py at 1080p and 640x360 while time remains (issue 13)
 # It ends with one table of every number, printed and written to $OUT/gpu_check.md.
@@ -176,6 +178,13 @@ else
         --batches 1 --seconds 0.3 --rounds 1 --clip "$CLIP360" --json "$OUT/infer_graphs.json"
 fi
 
+# -- b2. the TensorRT / ONNX Runtime CUDA letterbox kernel beside the bare upload (issue 10)
+if want infer; then
+    LB=(--clip "$CLIP360" --imgsz 640 --batches 1,16,64 --seconds 0.5 --rounds 2)
+    [ -n "$DRY" ] && LB=(--clip "$CLIP360" --imgsz 320 --batches 1 --seconds 0.2 --rounds 1 --dry)
+    step letterbox 45 "$PY" bench/letterbox_bench.py "${LB[@]}" --json "$OUT/letterbox.json"
+fi
+
 # -- c. NVDEC beside raw PyNvVideoCodec, CPU+NVDEC (issue 9) -----------------------------
 if ! want nvdec; then
     :
@@ -236,6 +245,14 @@ for name in ("infer_graphs", "infer_nographs"):
         row(f"{tag} b{b}: worker / raw img/s, p50/p99 ms at half load",
             f"{f(v['worker_img_s'])} / {f(v['raw_img_s'])} = **{f(v['ratio'], '.2f')}**, "
             f"{f(v['p50_ms'], '.1f')}/{f(v['p99_ms'], '.1f')}", ">= 0.80 (issue 10)")
+r = load("letterbox")
+for v in (r or {}).get("results", []):
+    gpu = (f"gpu {f(v.get('gpu'))} / upload {f(v.get('upload'))} = "
+           f"**{f(v.get('gpu_over_upload'), '.2f')}**" if "gpu" in v else "gpu -")
+    row(f"letterbox {v['frames']} b{v['batch']} to {r['imgsz']}: frames/s",
+        f"{gpu}; cpu {f(v.get('cpu'))}", "")
+if r is None:
+    row("letterbox", "no result")
 r = load("nvdec")
 if r:
     if r.get("skipped"):
