@@ -5,6 +5,7 @@ valid as the configuration grows, RGBP frames come out planar, and the shell scr
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -45,3 +46,23 @@ def test_the_scripts_parse(script: str) -> None:
     bash = shutil.which("bash")
     assert bash is not None
     subprocess.run([bash, "-n", str(BENCH / script)], check=True)
+
+
+def test_letterbox_bench_dry_run_measures_the_cpu_and_says_why_not_the_gpu(
+    tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "lb.json"
+    cmd = [sys.executable, str(BENCH / "letterbox_bench.py"), "--clip"]
+    cmd += [str(media_dir / "street_overhead_dusk.mp4"), "--imgsz", "320", "--batches", "1,2"]
+    cmd += ["--seconds", "0.05", "--rounds", "1", "--dry", "--json", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    report = json.loads(out.read_text())
+    assert [(r["frames"], r["batch"]) for r in report["results"]] == [
+        ("640x360", 1),
+        ("640x360", 2),
+        ("1920x1080", 1),
+        ("1920x1080", 2),
+    ]
+    assert all(r["cpu"] > 0 for r in report["results"])
+    if not report["gpu"]:
+        assert report["why_not"] and all("gpu" not in r for r in report["results"])
