@@ -7,8 +7,9 @@ One run, the same machine, model and clip; the contenders run in rotation, ``--r
 times, and the medians are reported (these machines are noisy):
 
 * **(a) limit**: one single-threaded ONNX Runtime session per core, in parallel
-  processes, on pre-decoded, pre-letterboxed frames: the most frames/s this machine's
-  CPU gives the model (from ``bench/pipeline_bench.py``);
+  processes, on pre-decoded, pre-letterboxed frames, every loop started together and run
+  for the same 8 s: the most frames/s this machine's CPU gives the model (from
+  ``bench/pipeline_bench.py``);
 * **(b) itsd**: ``itsd start`` with ``--cameras`` copies of the clip as lossless file
   sources (every frame, as fast as the machine allows): decode, inference, tracking,
   counting lines and events written to a JSONL file; frames/s = detection events / wall

@@ -71,19 +71,34 @@ def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
-def _raw_worker(model: str, clip: str, frames: int, q: Any) -> None:
-    q.put(raw_fps(Path(model), Path(clip), frames))
+def _raw_worker(model: str, clip: str, frames: int, seconds: float, start: Any, q: Any) -> None:
+    sess, name, tensors = _tensors(Path(model), Path(clip), frames)
+    sess.run(None, {name: tensors[0]})
+    start.wait()  # every core's loop starts together and runs for the same time
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {name: tensors[n % len(tensors)]})
+        n += 1
+    q.put(n / (time.perf_counter() - t0))
 
 
-def raw_all_cores(model: Path, clip: Path, frames: int = 120) -> float:
-    """Sum of frames/s of one raw loop per core, run at the same time."""
+def raw_all_cores(model: Path, clip: Path, frames: int = 120, seconds: float = 8.0) -> float:
+    """Sum of frames/s of one raw loop per core, all running at the same time.
+
+    Each process letterboxes its `frames` first; then every loop starts together (a
+    barrier) and runs for `seconds`, so the cores are busy together the whole time, as
+    they are under the pipeline: a loop that ran while another was still preparing would
+    have the machine's shared caches and memory bandwidth to itself and count high.
+    """
     import multiprocessing as mp
 
     n = len(os.sched_getaffinity(0))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
+    start = ctx.Barrier(n)
     procs = [
-        ctx.Process(target=_raw_worker, args=(str(model), str(clip), frames, q)) for _ in range(n)
+        ctx.Process(target=_raw_worker, args=(str(model), str(clip), frames, seconds, start, q))
+        for _ in range(n)
     ]
     for p in procs:
         p.start()
