@@ -8,8 +8,11 @@ model fail instead of skipping, so CI cannot go green without running them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,3 +44,25 @@ def media_dir() -> Path:
             pytest.fail(f"test media folder {path} is missing")
         pytest.skip(f"no test media at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def clip_frames(media_dir: Path) -> Callable[[str, int, int], list[np.ndarray]]:
+    """``clip_frames(name, every, count)``: `count` RGB frames of a clip of the media
+    folder, one in `every` from the first (decoded once per session and arguments)."""
+    cache: dict[tuple[str, int, int], list[np.ndarray]] = {}
+
+    def frames(name: str, every: int, count: int) -> list[np.ndarray]:
+        key = (name, every, count)
+        if key not in cache:
+            out: list[np.ndarray] = []
+            with av.open(str(media_dir / name)) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    if i % every == 0:
+                        out.append(np.asarray(frame.to_ndarray(format="rgb24")))
+                    if len(out) == count:
+                        break
+            cache[key] = out
+        return [f.copy() for f in cache[key]]
+
+    return frames

@@ -116,32 +116,38 @@ ITSD_FN itsd_i64 itsd_pixel(const unsigned char* frames, const itsd_i64* table,
     return b;
 }
 
-#ifdef __CUDACC__
-#define ITSD_INDEX ((itsd_i64)blockIdx.x * blockDim.x + threadIdx.x)
+/* Output pixel i of the batch, its three channels as model input values in vals, and
+   where its first channel goes in the (N, 3, H, W) output (the others follow a plane
+   apart). */
+ITSD_FN itsd_i64 itsd_values(const unsigned char* frames, const itsd_i64* table,
+                             int dst_h, int dst_w, itsd_i64 i, float* vals) {
+    itsd_i64 plane = (itsd_i64)dst_h * dst_w;
+    itsd_i64 b = itsd_pixel(frames, table, dst_h, dst_w, i, vals);
+    for (int c = 0; c < 3; c++) vals[c] = itsd_unit(vals[c]);
+    return b * 3 * plane + (i - b * plane);
+}
 
+#ifdef __CUDACC__
 extern "C" __global__ void itsd_letterbox_f32(const unsigned char* frames,
         const itsd_i64* table, int n, int dst_h, int dst_w, float* out) {
-    itsd_i64 i = ITSD_INDEX;
+    itsd_i64 i = (itsd_i64)blockIdx.x * blockDim.x + threadIdx.x;
     itsd_i64 plane = (itsd_i64)dst_h * dst_w;
     if (i >= n * plane) return;
-    float rgb[3];
-    itsd_i64 b = itsd_pixel(frames, table, dst_h, dst_w, i, rgb);
-    itsd_i64 at = b * 3 * plane + (i - b * plane);
-    for (int c = 0; c < 3; c++) out[at + c * plane] = itsd_unit(rgb[c]);
+    float v[3];
+    itsd_i64 at = itsd_values(frames, table, dst_h, dst_w, i, v);
+    for (int c = 0; c < 3; c++) out[at + c * plane] = v[c];
 }
 
 extern "C" __global__ void itsd_letterbox_f16(const unsigned char* frames,
         const itsd_i64* table, int n, int dst_h, int dst_w, unsigned short* out) {
-    itsd_i64 i = ITSD_INDEX;
+    itsd_i64 i = (itsd_i64)blockIdx.x * blockDim.x + threadIdx.x;
     itsd_i64 plane = (itsd_i64)dst_h * dst_w;
     if (i >= n * plane) return;
-    float rgb[3];
-    itsd_i64 b = itsd_pixel(frames, table, dst_h, dst_w, i, rgb);
-    itsd_i64 at = b * 3 * plane + (i - b * plane);
+    float v[3];
+    itsd_i64 at = itsd_values(frames, table, dst_h, dst_w, i, v);
     for (int c = 0; c < 3; c++) {
         unsigned short h;
-        float v = itsd_unit(rgb[c]);
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v[c]));  /* round to nearest even */
         out[at + c * plane] = h;
     }
 }
@@ -154,10 +160,9 @@ void itsd_letterbox_cpu(const unsigned char* frames, const itsd_i64* table, int 
                         int dst_h, int dst_w, float* out) {
     itsd_i64 plane = (itsd_i64)dst_h * dst_w;
     for (itsd_i64 i = 0; i < n * plane; i++) {
-        float rgb[3];
-        itsd_i64 b = itsd_pixel(frames, table, dst_h, dst_w, i, rgb);
-        itsd_i64 at = b * 3 * plane + (i - b * plane);
-        for (int c = 0; c < 3; c++) out[at + c * plane] = itsd_unit(rgb[c]);
+        float v[3];
+        itsd_i64 at = itsd_values(frames, table, dst_h, dst_w, i, v);
+        for (int c = 0; c < 3; c++) out[at + c * plane] = v[c];
     }
 }
 """

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 
@@ -39,15 +39,8 @@ IMGSZ = 320
 
 
 @pytest.fixture(scope="module")
-def frames(media_dir: Path) -> list[np.ndarray]:
-    out = []
-    with av.open(str(media_dir / "street_overhead_dusk.mp4")) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % 40 == 0:
-                out.append(np.asarray(frame.to_ndarray(format="rgb24")))
-            if len(out) == 6:
-                break
-    return out
+def frames(clip_frames: Callable[[str, int, int], list[np.ndarray]]) -> list[np.ndarray]:
+    return clip_frames("street_overhead_dusk.mp4", 40, 6)
 
 
 @pytest.fixture(scope="module")

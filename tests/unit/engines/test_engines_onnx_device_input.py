@@ -10,15 +10,13 @@ must be those of the plain CPU path. The CUDA build itself runs only on a GPU.
 
 from __future__ import annotations
 
-import ctypes
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import av
 import numpy as np
-import pytest
 
 from itsd.engines.base import EngineOptions
-from itsd.engines.gpu_letterbox import describe_batch, pack_frames
 from itsd.engines.onnx_backend import OnnxEngine
 from itsd.engines.preprocess import Letterbox
 
@@ -29,48 +27,27 @@ class _HostInput:
     device_type = "cpu"
     gpu = 0
 
-    def __init__(self, lib: ctypes.CDLL, max_batch: int, size: tuple[int, int]) -> None:
-        self.lib, self.size = lib, size
+    def __init__(self, kernel: Any, max_batch: int, size: tuple[int, int]) -> None:
+        self.kernel, self.size = kernel, size
         self.buf = np.full((max_batch, 3, *size), np.nan, dtype=np.float32)
         self.ptr = self.buf.ctypes.data
         self.calls = 0
         self.closed = False
 
     def letterbox(self, frames: list[np.ndarray]) -> list[Letterbox]:
-        h, w = self.size
-        table, boxes, total = describe_batch(frames, h, w)
-        packed = np.zeros(total, np.uint8)
-        pack_frames(frames, table, packed)
-        self.lib.itsd_letterbox_cpu(
-            ctypes.c_void_p(packed.ctypes.data),
-            ctypes.c_void_p(table.ctypes.data),
-            ctypes.c_int(len(frames)),
-            ctypes.c_int(h),
-            ctypes.c_int(w),
-            ctypes.c_void_p(self.ptr),
-        )
         self.calls += 1
-        return boxes
+        return self.kernel.run(frames, *self.size, self.ptr)
 
     def close(self) -> None:
         self.closed = True
 
 
-@pytest.fixture(scope="module")
-def street(media_dir: Path) -> list[np.ndarray]:
-    out = []
-    with av.open(str(media_dir / "street_overhead_dusk.mp4")) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % 20 == 0:
-                out.append(np.asarray(frame.to_ndarray(format="rgb24")))
-            if len(out) == 6:
-                break
-    return out
-
-
 def test_bound_device_input_gives_the_cpu_paths_boxes(
-    model_path: Path, street: list[np.ndarray], letterbox_kernel: ctypes.CDLL
+    model_path: Path,
+    clip_frames: Callable[[str, int, int], list[np.ndarray]],
+    letterbox_kernel: Any,
 ) -> None:
+    street = clip_frames("street_overhead_dusk.mp4", 20, 6)
     plain = OnnxEngine(model_path, EngineOptions())
     bound = OnnxEngine(model_path, EngineOptions())
     stand_in = _HostInput(letterbox_kernel, bound.max_batch, bound.input_size)

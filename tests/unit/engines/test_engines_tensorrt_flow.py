@@ -22,7 +22,6 @@ import pytest
 
 import itsd.engines.tensorrt_backend as trtb
 from itsd.engines.base import EngineOptions
-from itsd.engines.gpu_letterbox import describe_batch, pack_frames
 from itsd.engines.preprocess import Letterbox
 
 SIZE = 64
@@ -143,44 +142,32 @@ class _Trt:
 class _KernelLetterbox:
     """The GpuLetterbox interface around the kernel compiled as C."""
 
-    def __init__(self, lib: ctypes.CDLL, input_size: tuple[int, int]) -> None:
-        self.lib, self.input_size = lib, input_size
+    def __init__(self, kernel: Any, input_size: tuple[int, int]) -> None:
+        self.kernel, self.input_size = kernel, input_size
         self.streams: list[Any] = []
         self.closed = False
 
     def run(self, frames: list[np.ndarray], out_ptr: int, stream: Any) -> list[Letterbox]:
-        h, w = self.input_size
-        table, boxes, total = describe_batch(frames, h, w)
-        packed = np.zeros(total, np.uint8)
-        pack_frames(frames, table, packed)
-        self.lib.itsd_letterbox_cpu(
-            ctypes.c_void_p(packed.ctypes.data),
-            ctypes.c_void_p(table.ctypes.data),
-            ctypes.c_int(len(frames)),
-            ctypes.c_int(h),
-            ctypes.c_int(w),
-            ctypes.c_void_p(out_ptr),
-        )
         self.streams.append(stream)
-        return boxes
+        return self.kernel.run(frames, *self.input_size, out_ptr)
 
     def close(self) -> None:
         self.closed = True
 
 
 def _engine(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lib: ctypes.CDLL, device: bool
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kernel: Any, device: bool
 ) -> tuple[trtb.TensorRTEngine, _Trt, _Cudart, _KernelLetterbox | None]:
     trt, cudart = _Trt(), _Cudart()
     made: list[_KernelLetterbox] = []
 
-    def kernel(gpu: int | None, size: tuple[int, int], half: bool, where: str) -> Any:
+    def start(gpu: int | None, size: tuple[int, int], half: bool, where: str) -> Any:
         assert gpu == 0 and not half
-        made.append(_KernelLetterbox(lib, size))
+        made.append(_KernelLetterbox(kernel, size))
         return made[-1]
 
     monkeypatch.setattr(trtb, "_imports", lambda: (trt, cudart))
-    monkeypatch.setattr(trtb, "try_gpu_letterbox", kernel)
+    monkeypatch.setattr(trtb, "try_gpu_letterbox", start)
     path = tmp_path / "m.engine"
     path.write_bytes(b"engine")
     engine = trtb.TensorRTEngine(path, EngineOptions(gpu=0), max_batch=3, device_letterbox=device)
@@ -194,7 +181,7 @@ def _frames() -> list[np.ndarray]:
 
 
 def test_gpu_letterbox_feeds_the_executing_slot_and_matches_the_cpu_path(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, letterbox_kernel: ctypes.CDLL
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, letterbox_kernel: Any
 ) -> None:
     frames = _frames()
     gpu, trt_g, cud_g, lb = _engine(monkeypatch, tmp_path, letterbox_kernel, device=True)
@@ -219,7 +206,7 @@ def test_gpu_letterbox_feeds_the_executing_slot_and_matches_the_cpu_path(
 
 
 def test_infer_after_the_letterbox_fails_to_start_runs_on_the_cpu(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, letterbox_kernel: ctypes.CDLL
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, letterbox_kernel: Any
 ) -> None:
     trt, cudart = _Trt(), _Cudart()
     monkeypatch.setattr(trtb, "_imports", lambda: (trt, cudart))
