@@ -1,6 +1,7 @@
 """Where the CPU goes in a whole-pipeline run: CPU seconds per stage process.
 
     python bench/infer_cpu_share.py [--model M] [--clip C] [--cameras 4] [--workers 0]
+    python bench/infer_cpu_share.py --paced-fps 5 --cameras 11 [--seconds 40] [--warmup 12]
 
 Runs ``itsd start`` on ``--cameras`` lossless copies of the clip (every frame, as fast
 as the machine allows, as ``bench/pipeline_bench.py`` does), maps each stage's pid from
@@ -10,6 +11,14 @@ used, and CPU milliseconds per frame, beside a raw ONNX Runtime loop's CPU milli
 per frame on the same letterboxed frames. The inference workers' CPU per frame over the
 raw loop's is the overhead of the worker's frame path; the other stages' share is the
 CPU a 2-core machine cannot give to inference.
+
+With ``--paced-fps F`` the cameras are live-like instead: looping copies of the clip
+re-timed to F frames a second (ffmpeg, as ``bench/max_cameras.py`` does), paced
+(``realtime: true``), so frames the pipeline cannot take are dropped. After ``--warmup``
+seconds it samples each process (all its threads) for ``--seconds`` and prints per stage
+kind the cores used, CPU ms per analysed frame and the voluntary and involuntary context
+switches per second (an inference worker with no voluntary switch never waited for a
+frame: the machine was its limit), then stops the daemon.
 """
 
 from __future__ import annotations
@@ -115,13 +124,98 @@ def run(model: Path, clip: Path, cameras: int, workers: int) -> tuple[dict[str, 
     return per_stage, sum(1 for e in events if e["event_type"] == "detection")
 
 
+def _task_stats(pid: int) -> tuple[float, int, int]:
+    """CPU seconds and voluntary / involuntary context switches of all a process's
+    threads (zeros once it is gone)."""
+    cpu, vol, inv = 0.0, 0, 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / TICK
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+            vol += int(status["voluntary_ctxt_switches"])
+            inv += int(status["nonvoluntary_ctxt_switches"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return cpu, vol, inv
+
+
+def run_paced(args: argparse.Namespace) -> int:
+    """Paced looping cameras: per stage kind, cores, CPU ms per frame and switches/s."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from loadgen import scaled_clip
+    from soak import stop_daemon
+
+    clip = scaled_clip(args.clip, None, args.paced_fps)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        cfg = {
+            "model": {"path": str(args.model)},
+            "performance": {"inference_workers": args.workers},
+            "outputs": {"jsonl_path": str(d / "events.jsonl")},
+            "server": {"grpc_port": 0, "monitoring_port": 0},
+            "pid_file": str(d / "itsd.pid"),
+            "state_dir": str(d / "state"),
+            "cameras": [
+                {"id": f"cam{i}", "source": str(clip), "realtime": True, "loop": True}
+                for i in range(args.cameras)
+            ],
+        }
+        (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+        log_path, events = d / "itsd.log", d / "events.jsonl"
+        events.touch()
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            time.sleep(args.warmup)
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"itsd exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+                )
+            names = {proc.pid: "supervisor"}
+            for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log_path.read_text()):
+                names[int(m.group(2))] = m.group(1)
+            before = {pid: _task_stats(pid) for pid in names}
+            seen0, t0 = events.read_text().count('"detection"'), time.monotonic()
+            time.sleep(args.seconds)
+            after = {pid: _task_stats(pid) for pid in names}
+            dt = time.monotonic() - t0
+            frames = events.read_text().count('"detection"') - seen0
+        finally:
+            stop_daemon(proc)
+    offered = args.cameras * args.paced_fps
+    print(
+        f"{args.cameras} cameras at {args.paced_fps:g} fps: {frames / dt:.1f} frames/s analysed "
+        f"of {offered:g} offered, over {dt:.0f} s"
+    )
+    print(f"{'stage':<12}{'cores':>7}{'CPU ms/frame':>14}{'vol/s':>8}{'invol/s':>9}")
+    kinds: dict[str, list[float]] = {}
+    for pid, name in names.items():
+        row = kinds.setdefault(name.split(":")[0], [0.0, 0.0, 0.0])
+        for i in range(3):
+            row[i] += after[pid][i] - before[pid][i]
+    for kind, (cpu, vol, inv) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        per = cpu / max(frames, 1) * 1e3
+        print(f"{kind:<12}{cpu / dt:>7.2f}{per:>14.1f}{vol / dt:>8.0f}{inv / dt:>9.0f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=MODEL)
     ap.add_argument("--clip", type=Path, default=CLIP)
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--paced-fps", type=float, help="live-like looping cameras at this rate")
+    ap.add_argument("--seconds", type=float, default=40.0, help="with --paced-fps")
+    ap.add_argument("--warmup", type=float, default=12.0, help="with --paced-fps")
     args = ap.parse_args()
+    if args.paced_fps:
+        return run_paced(args)
     raw_ms = raw_cpu_ms(args.model, args.clip)
     per_stage, frames = run(args.model, args.clip, args.cameras, args.workers)
     kinds: dict[str, float] = {}
