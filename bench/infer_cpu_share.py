@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -79,40 +80,57 @@ def raw_cpu_ms(model: Path, clip: Path, frames: int = 60) -> float:
     return (time.process_time() - c0) / len(tensors) * 1e3
 
 
+def _start(
+    d: Path, model: Path, cameras: list[dict[str, Any]], performance: dict[str, Any], **extra: Any
+) -> subprocess.Popen[bytes]:
+    """``itsd start`` on these cameras in folder `d` (events to d/events.jsonl, its log
+    to d/itsd.log)."""
+    cfg = {
+        "model": {"path": str(model)},
+        "performance": performance,
+        "outputs": {"jsonl_path": str(d / "events.jsonl")},
+        "server": {"grpc_port": 0, "monitoring_port": 0},
+        "pid_file": str(d / "itsd.pid"),
+        "state_dir": str(d / "state"),
+        "cameras": cameras,
+        **extra,
+    }
+    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "events.jsonl").touch()
+    with open(d / "itsd.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stage_pids(log_text: str) -> dict[int, str]:
+    """Stage name by pid, from the daemon's "started infer:0 (pid N)" lines."""
+    return {int(m[2]): m[1] for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log_text)}
+
+
 def run(model: Path, clip: Path, cameras: int, workers: int) -> tuple[dict[str, float], int]:
     """CPU seconds per stage name, and the detection events written."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        cfg = {
-            "model": {"path": str(model)},
-            "performance": {"target_fps": 240, "inference_workers": workers},
-            "outputs": {"jsonl_path": str(d / "events.jsonl")},
-            "server": {"grpc_port": 0, "monitoring_port": 0},
-            "pid_file": str(d / "itsd.pid"),
-            "state_dir": str(d / "state"),
-            "supervisor": {"exit_when_sources_end": True},
-            "cameras": [
-                {"id": f"bench{i}", "source": str(clip), "realtime": False} for i in range(cameras)
-            ],
-        }
-        (d / "c.yaml").write_text(yaml.safe_dump(cfg))
         log_path = d / "itsd.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            last: dict[int, float] = {}
-            names: dict[int, str] = {}
-            while proc.poll() is None:
-                for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log_path.read_text()):
-                    names[int(m.group(2))] = m.group(1)
-                for pid in [proc.pid, *names]:
-                    value = cpu_seconds(pid)
-                    if value is not None:
-                        last[pid] = value
-                time.sleep(0.1)
+        proc = _start(
+            d,
+            model,
+            [{"id": f"bench{i}", "source": str(clip), "realtime": False} for i in range(cameras)],
+            {"target_fps": 240, "inference_workers": workers},
+            supervisor={"exit_when_sources_end": True},
+        )
+        last: dict[int, float] = {}
+        names: dict[int, str] = {}
+        while proc.poll() is None:
+            names.update(_stage_pids(log_path.read_text()))
+            for pid in [proc.pid, *names]:
+                value = cpu_seconds(pid)
+                if value is not None:
+                    last[pid] = value
+            time.sleep(0.1)
         names[proc.pid] = "supervisor"
         if proc.returncode != 0:
             raise SystemExit(f"itsd failed ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
@@ -149,36 +167,23 @@ def run_paced(args: argparse.Namespace) -> int:
     clip = scaled_clip(args.clip, None, args.paced_fps)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        cfg = {
-            "model": {"path": str(args.model)},
-            "performance": {"inference_workers": args.workers},
-            "outputs": {"jsonl_path": str(d / "events.jsonl")},
-            "server": {"grpc_port": 0, "monitoring_port": 0},
-            "pid_file": str(d / "itsd.pid"),
-            "state_dir": str(d / "state"),
-            "cameras": [
+        log_path, events = d / "itsd.log", d / "events.jsonl"
+        proc = _start(
+            d,
+            args.model,
+            [
                 {"id": f"cam{i}", "source": str(clip), "realtime": True, "loop": True}
                 for i in range(args.cameras)
             ],
-        }
-        (d / "c.yaml").write_text(yaml.safe_dump(cfg))
-        log_path, events = d / "itsd.log", d / "events.jsonl"
-        events.touch()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            {"inference_workers": args.workers},
+        )
         try:
             time.sleep(args.warmup)
             if proc.poll() is not None:
                 raise SystemExit(
                     f"itsd exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
                 )
-            names = {proc.pid: "supervisor"}
-            for m in re.finditer(r"started (\S+) \(pid (\d+)\)", log_path.read_text()):
-                names[int(m.group(2))] = m.group(1)
+            names = {proc.pid: "supervisor", **_stage_pids(log_path.read_text())}
             before = {pid: _task_stats(pid) for pid in names}
             seen0, t0 = events.read_text().count('"detection"'), time.monotonic()
             time.sleep(args.seconds)

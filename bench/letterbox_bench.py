@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from itsd.engines.gpu_letterbox import describe_batch  # noqa: E402
+from itsd.engines.gpu_letterbox import cuda_unavailable, describe_batch  # noqa: E402
 from itsd.engines.preprocess import letterbox_batch  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared" / "media" / "street_overhead_dusk.mp4"
@@ -63,15 +63,6 @@ def _rate(seconds: float, batch: int, fn: Callable[[], None]) -> float:
             return n / dt
 
 
-def _gpu_why() -> str | None:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return "cuda-python is not installed"
-    err, count = cudart.cudaGetDeviceCount()
-    return None if int(err) == 0 and count > 0 else "no CUDA device"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
@@ -83,7 +74,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--dry", action="store_true", help="without a GPU: the CPU column only")
     args = ap.parse_args()
-    why = _gpu_why()
+    why = cuda_unavailable()
     if why is not None and not args.dry:
         print(f"letterbox_bench: {why}; nothing to measure (--dry runs the CPU column)")
         return 2
@@ -95,13 +86,11 @@ def main() -> int:
     }
     size = (args.imgsz, args.imgsz)
     dev: Any = None
-    cudart: Any = None
     if why is None:
-        from cuda.bindings import runtime as cudart
-
         from itsd.engines.gpu_letterbox import DeviceInput, GpuLetterbox
 
         dev = DeviceInput(GpuLetterbox(args.gpu, size), max(batches), 4)
+        cudart = dev.letterbox_kernel.cudart
     results: list[dict[str, Any]] = []
     try:
         for name, frames in sizes.items():

@@ -212,6 +212,17 @@ def _imports() -> tuple[Any, Any, Any]:
     return driver, nvrtc, cudart
 
 
+def cuda_unavailable() -> str | None:
+    """Why no GPU letterbox can run in this process (no cuda-python, no CUDA device),
+    or None when one can."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return "needs cuda-python (cuda.bindings)"
+    err, count = cudart.cudaGetDeviceCount()
+    return None if int(err) == 0 and count > 0 else "needs a CUDA device"
+
+
 def _ok(result: Any, what: str) -> Any:
     """Unwrap a cuda.bindings (err, *values) tuple; raise RuntimeError on an error."""
     err, *values = result if isinstance(result, tuple) else (result,)
@@ -232,12 +243,12 @@ class GpuLetterbox:
     """
 
     def __init__(self, gpu: int, input_size: tuple[int, int], half: bool = False) -> None:
-        self._driver, self._nvrtc, self._cudart = _imports()
+        self._driver, self._nvrtc, self.cudart = _imports()
         self.gpu = gpu
         self.input_size = input_size
         self.half = half
-        _ok(self._cudart.cudaSetDevice(gpu), "cudaSetDevice")
-        _ok(self._cudart.cudaFree(0), "cudaFree(0) (creating the context)")
+        _ok(self.cudart.cudaSetDevice(gpu), "cudaSetDevice")
+        _ok(self.cudart.cudaFree(0), "cudaFree(0) (creating the context)")
         self._kernel = self._compile("itsd_letterbox_f16" if half else "itsd_letterbox_f32")
         self._stage_ptr = 0
         self._stage_bytes = 0
@@ -250,7 +261,7 @@ class GpuLetterbox:
         self._table_host: np.ndarray = np.empty((0, TABLE_FIELDS), dtype=np.int64)
 
     def _compile(self, name: str) -> Any:
-        nvrtc, driver, cudart = self._nvrtc, self._driver, self._cudart
+        nvrtc, driver, cudart = self._nvrtc, self._driver, self.cudart
         major = _ok(
             cudart.cudaDeviceGetAttribute(
                 cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, self.gpu
@@ -286,7 +297,7 @@ class GpuLetterbox:
 
     def _reserve(self, frame_bytes: int, rows: int) -> None:
         """Grow the pinned staging, the device frame buffer and the table to fit."""
-        cudart = self._cudart
+        cudart = self.cudart
         if frame_bytes > self._stage_bytes:
             if self._stage_ptr:
                 _ok(cudart.cudaFreeHost(self._stage_ptr), "cudaFreeHost")
@@ -321,7 +332,7 @@ class GpuLetterbox:
         handle); return the frames' Letterboxes."""
         if not frames:
             return []
-        cudart, driver = self._cudart, self._driver
+        cudart, driver = self.cudart, self._driver
         h, w = self.input_size
         table, boxes, total = describe_batch(frames, h, w)
         n = len(frames)
@@ -359,7 +370,7 @@ class GpuLetterbox:
 
     def close(self) -> None:
         """Free the buffers and the module (safe to call twice)."""
-        cudart = self._cudart
+        cudart = self.cudart
         for ptr in (self._frames_dev, self._table_dev):
             if ptr:
                 cudart.cudaFree(ptr)
@@ -385,7 +396,7 @@ class DeviceInput:
     def __init__(self, letterbox: GpuLetterbox, max_batch: int, itemsize: int) -> None:
         self.letterbox_kernel = letterbox
         self.gpu = letterbox.gpu
-        cudart = letterbox._cudart
+        cudart = letterbox.cudart
         h, w = letterbox.input_size
         self.nbytes = max_batch * 3 * h * w * itemsize
         self.ptr = int(_ok(cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
@@ -398,12 +409,12 @@ class DeviceInput:
     def letterbox(self, frames: Sequence[np.ndarray]) -> list[Letterbox]:
         """Letterbox `frames` into the buffer and wait until it is written."""
         boxes = self.letterbox_kernel.run(frames, self.ptr, self.stream)
-        _ok(self.letterbox_kernel._cudart.cudaStreamSynchronize(self.stream), "letterbox")
+        _ok(self.letterbox_kernel.cudart.cudaStreamSynchronize(self.stream), "letterbox")
         return boxes
 
     def close(self) -> None:
         """Free the buffer, the stream and the kernel (safe to call twice)."""
-        cudart = self.letterbox_kernel._cudart
+        cudart = self.letterbox_kernel.cudart
         if self.ptr:
             cudart.cudaFree(self.ptr)
             cudart.cudaStreamDestroy(self.stream)

@@ -13,9 +13,11 @@ staging buffer in one asynchronous copy on the batch's stream, and one kernel wr
 whole (N, 3, H, W) input straight into the engine's input buffer. Where that kernel
 cannot start (no NVRTC, a driver too old for its PTX; logged) or ``device_letterbox`` is
 False, the letterbox runs on the CPU into a ``cudaHostAlloc`` page-locked batch buffer
-and the copy to the device is one asynchronous DMA. ``IN_FLIGHT`` streams with their
-own buffers let one batch copy while another computes; events time each batch on the
-GPU. Engines are cached by `engine_cache_key` (model sha256, GPU name and compute
+and the copy to the device is one asynchronous DMA. Batches take turns over
+``IN_FLIGHT`` slots, each with its own stream, execution context and buffers; each
+`_forward` still waits for its batch before returning, so the slots overlap only once
+the caller runs batches asynchronously. Events time each batch on the GPU. Engines are
+cached by `engine_cache_key` (model sha256, GPU name and compute
 capability, TensorRT version, precision, batch and input size) and rebuilt when any of
 them changes (see ``itsd.engines.models``).
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "bench"))
 
 import loadgen  # noqa: E402
+from soak import stop_daemon  # noqa: E402
 
 from itsd.control import client  # noqa: E402
 
@@ -113,9 +113,4 @@ def test_push_mode_measures_two_cameras(
         ]
         assert {d["camera_id"] for d in detections} == {"loadgen-000", "loadgen-001"}
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(10)
+        stop_daemon(daemon)

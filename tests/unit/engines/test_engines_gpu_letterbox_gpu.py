@@ -9,26 +9,16 @@ too). bench/gpu_check.sh runs it on a lent GPU.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
+from itsd.engines.gpu_letterbox import cuda_unavailable
 from itsd.engines.preprocess import letterbox_batch
 
-
-def _why() -> str | None:
-    if importlib.util.find_spec("cuda") is None:
-        return "needs cuda-python (cuda.bindings)"
-    from cuda.bindings import runtime as cudart
-
-    err, count = cudart.cudaGetDeviceCount()
-    return None if int(err) == 0 and count > 0 else "needs a CUDA device"
-
-
-WHY = _why()
+WHY = cuda_unavailable()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
 
 
