@@ -37,9 +37,11 @@ from typing import Any
 import av
 import numpy as np
 import onnxruntime as ort
-import yaml
 
 from itsd.engines.preprocess import letterbox_into, letterbox_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak import start_daemon, stop_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO.parent / "shared" / "media" / "bikes.mp4"
@@ -95,14 +97,7 @@ def _start(
         "cameras": cameras,
         **extra,
     }
-    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "events.jsonl").touch()
-    with open(d / "itsd.log", "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return start_daemon(d, cfg)
 
 
 def _stage_pids(log_text: str) -> dict[int, str]:
@@ -160,9 +155,7 @@ def _task_stats(pid: int) -> tuple[float, int, int]:
 
 def run_paced(args: argparse.Namespace) -> int:
     """Paced looping cameras: per stage kind, cores, CPU ms per frame and switches/s."""
-    sys.path.insert(0, str(REPO / "bench"))
     from loadgen import scaled_clip
-    from soak import stop_daemon
 
     clip = scaled_clip(args.clip, None, args.paced_fps)
     with tempfile.TemporaryDirectory() as tmp:

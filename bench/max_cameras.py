@@ -44,8 +44,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -53,7 +51,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from e2e_bench import ULTRALYTICS_VENV, ultralytics_track  # noqa: E402
 from loadgen import Latencies, pct, scaled_clip, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores  # noqa: E402
-from soak import stop_daemon, wait_ready  # noqa: E402
+from soak import start_daemon, stop_daemon, wait_ready  # noqa: E402
 
 
 def _free_port() -> int:
@@ -75,17 +73,6 @@ def _tree_cpu_s(root: int) -> float:
     return total
 
 
-def _daemon(d: Path, cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
-    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "events.jsonl").touch()
-    with open(d / "itsd.log", "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str, Any]:
     """N looping file cameras of the re-timed clip, paced at its rate, set in the config:
     no load generator shares the machine. Latency from the events as they are written."""
@@ -95,7 +82,7 @@ def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str
         {"id": f"cam-{i:03d}", "source": str(clip), "realtime": True, "loop": True}
         for i in range(n)
     ]
-    proc = _daemon(d, cfg)
+    proc = start_daemon(d, cfg)
     lat = Latencies("cam-")
     reader = threading.Thread(target=tail_jsonl, args=(d / "events.jsonl", lat), daemon=True)
     reader.start()
@@ -122,7 +109,7 @@ def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str
 def run_rtsp(n: int, args: argparse.Namespace, d: Path) -> dict[str, Any]:
     """N RTSP cameras from bench/loadgen.py (its server and reader share the machine)."""
     port = _free_port()
-    proc = _daemon(d, _base_config(args, d, port))
+    proc = start_daemon(d, _base_config(args, d, port))
     target = f"127.0.0.1:{port}"
     try:
         wait_ready(target, proc)

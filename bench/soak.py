@@ -52,6 +52,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
@@ -251,6 +253,19 @@ def stage_pids(target: str) -> dict[str, int]:
     return {st.name: st.pid for st in health.stages if st.pid}
 
 
+def start_daemon(d: Path, cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """``itsd start`` on `cfg`, written to d/c.yaml; d/events.jsonl made empty first (for
+    a reader to tail), the daemon's output to d/itsd.log."""
+    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "events.jsonl").touch()
+    with open(d / "itsd.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "itsd", "start", "--config", str(d / "c.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, up to a minute to drain and exit, then SIGKILL."""
     proc.send_signal(signal.SIGTERM)
@@ -446,8 +461,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_soak(args: argparse.Namespace, clips: list[Path], workdir: Path) -> dict[str, Any]:
     """Start the daemon, sample it for ``args.duration`` seconds, stop it; the report."""
-    import yaml
-
     port = _free_port()
     target = f"127.0.0.1:{port}"
     cfg = soak_config(workdir, args.model, clips, args.cameras, args.fps, port)
