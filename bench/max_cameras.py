@@ -5,10 +5,12 @@
 
 The model's own limit comes first: (a) of ``bench/e2e_bench.py`` (one single-threaded
 ONNX Runtime session per core on pre-decoded, pre-letterboxed frames), frames/s divided
-by ``--fps`` = the cameras the model allows. Then, for each count N (in rotation over
-``--rounds``), a fresh daemon with its defaults (events to a JSONL file) runs N cameras
-whose streams run at ``--fps`` (the clip re-timed with ffmpeg, as an IP camera's
-substream set to the analysis rate), for ``--duration`` seconds:
+by ``--fps`` = the cameras the model allows. Beside it (a+d): the same loops, each also
+decoding the re-timed clip as it goes (PyAV, RGB, letterbox): the cameras a machine
+allows that must decode its streams too, which no pipeline avoids. Then, for each count
+N (in rotation over ``--rounds``), a fresh daemon with its defaults (events to a JSONL
+file) runs N cameras whose streams run at ``--fps`` (the clip re-timed with ffmpeg, as
+an IP camera's substream set to the analysis rate), for ``--duration`` seconds:
 
 * ``--source file`` (default): N looping file cameras paced at their rate
   (``realtime: true``), set in the configuration: only the daemon runs;
@@ -20,11 +22,11 @@ A count is kept up with when the events reach at least ``--keep-up`` of the fram
 offered (N x fps). The frame-to-event latency (capture time to the event being readable
 in the JSONL file) is reported beside it, and whether its p99 is under 100 ms plus the
 model's own time per frame (the latency goal is for half load; near the limit frames
-queue behind each other, the more so as file cameras started together send in step). (a) is
-measured again at the end and the median of both taken. It prints a table (events/s,
-share of offered, p50/p99 latency, daemon CPU in cores) and the largest count kept up
-with beside the count the model allows; ``--json`` writes it all. Needs ffmpeg; the
-RTSP mode also Debian's GStreamer RTSP server (``make system-deps``).
+queue behind each other, the more so as file cameras started together send in step). (a)
+and (a+d) are measured again at the end and the median of each pair taken. It prints
+a table (events/s, share of offered, p50/p99 latency, daemon CPU in cores) and the
+largest count kept up with beside the count the model allows; ``--json`` writes it all.
+Needs ffmpeg; the RTSP mode also Debian's GStreamer RTSP server (``make system-deps``).
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ def main() -> int:
     clip = scaled_clip(args.clip, None, args.fps)
 
     limit = [raw_all_cores(args.model, args.clip)]
+    with_decode = [raw_all_cores(args.model, clip, decode=True)]
     cores = len(os.sched_getaffinity(0))
     model_ms = 1000.0 * cores / limit[0]  # one frame's model time on one core
     allows = int(limit[0] // args.fps)
@@ -219,7 +222,7 @@ def main() -> int:
     )
     print(
         f"(a) model limit {limit[0]:.1f} frames/s on {cores} cores: {allows} cameras at "
-        f"{args.fps:g} fps; trying {counts}",
+        f"{args.fps:g} fps; (a+d) with decoding {with_decode[0]:.1f} frames/s; trying {counts}",
         flush=True,
     )
     results: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
@@ -237,8 +240,11 @@ def main() -> int:
                 flush=True,
             )
     limit.append(raw_all_cores(args.model, args.clip))
+    with_decode.append(raw_all_cores(args.model, clip, decode=True))
     limit_fps = statistics.median(limit)
     allows = int(limit_fps // args.fps)
+    decode_fps = statistics.median(with_decode)
+    decode_allows = int(decode_fps // args.fps)
     track: dict[str, Any] | None = None
     if args.ultralytics_python.exists():
         # Every frame of the clip, as fast as it goes: at this count it cannot keep up
@@ -274,6 +280,11 @@ def main() -> int:
         f"({best / allows if allows else 0:.2f} of the model's count; "
         f"{best * args.fps / limit_fps:.2f} of its frames/s)"
     )
+    print(
+        f"(a+d) decode and model {decode_fps:.1f} frames/s (runs "
+        f"{[round(x, 1) for x in with_decode]}): {decode_allows} cameras at {args.fps:g} fps; "
+        f"itsd kept up with {best / decode_allows if decode_allows else 0:.2f} of that count"
+    )
     at = next((row for row in rows if row["cameras"] == allows), None)
     if at is not None:
         line = (
@@ -296,6 +307,8 @@ def main() -> int:
                     "fps": args.fps,
                     "limit_fps": limit,
                     "model_allows": allows,
+                    "limit_with_decode_fps": with_decode,
+                    "decode_and_model_allow": decode_allows,
                     "kept_up_with": best,
                     "ultralytics_track": track,
                     "rows": rows,
