@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/max_cameras.py [--fps 5] [--cameras 8,10,11,12] [--duration 60]
         [--source file|rtsp] [--rounds R] [--json out.json]
+    .venv/bin/python bench/max_cameras.py --paired R [--duration 50] [--json out.json]
 
 The model's own limit comes first: (a) of ``bench/e2e_bench.py`` (one single-threaded
 ONNX Runtime session per core on pre-decoded, pre-letterboxed frames), frames/s divided
@@ -27,6 +28,11 @@ and (a+d) are measured again at the end and the median of each pair taken. It pr
 a table (events/s, share of offered, p50/p99 latency, daemon CPU in cores) and the
 largest count kept up with beside the count the model allows; ``--json`` writes it all.
 Needs ffmpeg; the RTSP mode also Debian's GStreamer RTSP server (``make system-deps``).
+
+``--paired R`` asks the goal's question directly, (b)/(a) at the count of cameras the
+model allows, in R rounds: each measures (a), runs itsd at the count that (a) allows and
+measures (a) again, and compares itsd's events/s with the mean of the two (a)s; the
+median of the rounds is the answer, (c) runs once at the median count.
 """
 
 from __future__ import annotations
@@ -177,6 +183,63 @@ def run_count(n: int, args: argparse.Namespace, model_ms: float, clip: Path) -> 
     return report
 
 
+def paired(args: argparse.Namespace, clip: Path) -> int:
+    """(b)/(a) at the model's count of cameras, round by round: the machine's speed
+    moves the count the model allows from one minute to the next, so each round measures
+    (a), runs itsd at the count that (a) allows, and measures (a) again."""
+    cores = len(os.sched_getaffinity(0))
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.paired):
+        before = raw_all_cores(args.model, args.clip)
+        n = max(1, int(before // args.fps))
+        rep = run_count(n, args, 1000.0 * cores / before, clip)
+        after = raw_all_cores(args.model, args.clip)
+        limit = (before + after) / 2
+        row = {
+            "limit_fps": [round(before, 1), round(after, 1)],
+            "cameras": n,
+            **rep,
+            "b_over_a": round(rep["events_per_s"] / limit, 3),
+        }
+        rounds.append(row)
+        print(
+            f"round {r + 1}: (a) {before:.1f} -> {n} cameras at {args.fps:g} fps: "
+            f"{rep['events_per_s']:.1f} events/s ({rep['share_of_offered']:.0%} of offered), "
+            f"p99 {rep['latency_ms']['p99']:.0f} ms; (a) after {after:.1f}; "
+            f"(b)/(a) {row['b_over_a']:.2f}",
+            flush=True,
+        )
+    ratio = statistics.median(x["b_over_a"] for x in rounds)
+    counts = sorted(x["cameras"] for x in rounds)
+    track: dict[str, Any] | None = None
+    line = f"(b)/(a) at the model's count, median of {len(rounds)} rounds: {ratio:.2f}"
+    if args.ultralytics_python.exists():
+        n = int(statistics.median_low(counts))
+        track = ultralytics_track(args.ultralytics_python, args.model, clip, n)
+        b = statistics.median(x["events_per_s"] for x in rounds if x["cameras"] == n)
+        line += f"; (c) Ultralytics track, {n} cameras: {track['fps']:.1f} frames/s, "
+        line += f"(b)/(c) {b / track['fps']:.2f}"
+    print(line)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": datetime.now().isoformat(timespec="seconds"),
+                    "machine": {"cores": cores},
+                    "model": args.model.name,
+                    "clip": args.clip.name,
+                    "fps": args.fps,
+                    "paired_rounds": rounds,
+                    "b_over_a_median": ratio,
+                    "ultralytics_track": track,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -206,9 +269,20 @@ def main() -> int:
         help="(c): Ultralytics track, one thread per camera, at the model's count of "
         "cameras on the same clip (left out without bench/setup_ultralytics.sh's venv)",
     )
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="R",
+        help="instead of the sweep, R paired rounds: (a), then itsd at the count of "
+        "cameras that (a) allows, then (a) again; (b)/(a) per round against the mean of "
+        "the two (a)s around it",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     clip = scaled_clip(args.clip, None, args.fps)
+    if args.paired:
+        return paired(args, clip)
 
     limit = [raw_all_cores(args.model, args.clip)]
     with_decode = [raw_all_cores(args.model, clip, decode=True)]
