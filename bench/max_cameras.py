@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -86,16 +87,22 @@ def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str
     no load generator shares the machine. Latency from the events as they are written."""
     port = _free_port()
     cfg = _base_config(args, d, port)
-    cfg["cameras"] = [
+    cameras = [
         {"id": f"cam-{i:03d}", "source": str(clip), "realtime": True, "loop": True}
         for i in range(n)
     ]
+    spread = getattr(args, "start", "together") == "spread"
+    if not spread:
+        cfg["cameras"] = cameras
     proc = start_daemon(d, cfg)
     lat = Latencies("cam-")
     reader = threading.Thread(target=tail_jsonl, args=(d / "events.jsonl", lat), daemon=True)
     reader.start()
     try:
-        wait_ready(f"127.0.0.1:{port}", proc)
+        target = f"127.0.0.1:{port}"
+        wait_ready(target, proc)
+        if spread:
+            add_spread(target, cameras, args.fps)
         time.sleep(args.warmup)
         base = len(lat.snapshot()[0])
         cpu0, t0 = _tree_cpu_s(proc.pid), time.monotonic()
@@ -112,6 +119,19 @@ def run_files(n: int, args: argparse.Namespace, clip: Path, d: Path) -> dict[str
         "latency_ms": {q: round(pct(run, float(q[1:])) * 1000, 1) for q in ("p50", "p95", "p99")},
         "daemon_cpu_cores": round(cpu / dt, 2),
     }
+
+
+def add_spread(target: str, cameras: list[dict[str, Any]], fps: float) -> None:
+    """Add the cameras to the running daemon over gRPC one by one, each a random part of
+    a frame interval after the one before, so their frames do not all come at the same
+    instant, as with cameras whose clocks are independent."""
+    from itsd.control import client
+
+    rng = random.Random(len(cameras))
+    for cam in cameras:
+        options = {k: v for k, v in cam.items() if k not in ("id", "source")}
+        client.register_stream(target, 60, cam["id"], cam["source"], 0.0, 0, options)
+        time.sleep(rng.uniform(0.0, 1.0 / fps))
 
 
 def run_rtsp(n: int, args: argparse.Namespace, d: Path) -> dict[str, Any]:
@@ -229,6 +249,7 @@ def paired(args: argparse.Namespace, clip: Path) -> int:
                     "model": args.model.name,
                     "clip": args.clip.name,
                     "fps": args.fps,
+                    "start": args.start,
                     "paired_rounds": rounds,
                     "b_over_a_median": ratio,
                     "ultralytics_track": track,
@@ -261,6 +282,14 @@ def main() -> int:
         default="file",
         help="file: looping file cameras paced at --fps (nothing else on the machine); "
         "rtsp: bench/loadgen.py's RTSP cameras (its server and reader take CPU too)",
+    )
+    ap.add_argument(
+        "--start",
+        choices=("together", "spread"),
+        default="together",
+        help="file cameras: together (in the configuration: their frames come in step, "
+        "every camera's at the same instant) or spread (added over gRPC one by one, a "
+        "random part of a frame interval apart, as cameras with their own clocks)",
     )
     ap.add_argument(
         "--ultralytics-python",
@@ -378,6 +407,7 @@ def main() -> int:
                     "model": args.model.name,
                     "clip": args.clip.name,
                     "source": args.source,
+                    "start": args.start,
                     "fps": args.fps,
                     "limit_fps": limit,
                     "model_allows": allows,

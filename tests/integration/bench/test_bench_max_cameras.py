@@ -1,7 +1,8 @@
 """bench/max_cameras.py's file mode against a real daemon: 2 cameras at 5 fps, briefly.
 
 The clip is re-timed to 5 fps with ffmpeg (``loadgen.scaled_clip``), the daemon runs the
-two paced looping cameras, and the report says how many events came and how late.
+two paced looping cameras (in its configuration, or added over gRPC a moment apart), and
+the report says how many events came and how late.
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ import max_cameras  # noqa: E402
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize("start", ["together", "spread"])
 def test_two_paced_cameras_are_kept_up_with(
-    tmp_path: Path, model_path: Path, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    model_path: Path,
+    media_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    start: str,
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     clip = loadgen.scaled_clip(media_dir / "street_overhead_dusk.mp4", None, 5.0)
@@ -46,7 +52,13 @@ def test_two_paced_cameras_are_kept_up_with(
     ).stdout.strip()
     assert rate == "5/1"
     args = argparse.Namespace(
-        model=model_path, fps=5.0, duration=10.0, warmup=3.0, keep_up=0.5, source="file"
+        model=model_path,
+        fps=5.0,
+        duration=10.0,
+        warmup=3.0,
+        keep_up=0.5,
+        source="file",
+        start=start,
     )
     report = max_cameras.run_count(2, args, 40.0, clip)
     assert report["events_per_s"] > 2.5  # 10 offered; a loaded machine still analyses most
