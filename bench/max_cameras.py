@@ -23,11 +23,12 @@ A count is kept up with when the events reach at least ``--keep-up`` of the fram
 offered (N x fps). The frame-to-event latency (capture time to the event being readable
 in the JSONL file) is reported beside it, and whether its p99 is under 100 ms plus the
 model's own time per frame (the latency goal is for half load; near the limit frames
-queue behind each other, the more so as file cameras started together send in step). (a)
-and (a+d) are measured again at the end and the median of each pair taken. It prints
-a table (events/s, share of offered, p50/p99 latency, daemon CPU in cores) and the
-largest count kept up with beside the count the model allows; ``--json`` writes it all.
-Needs ffmpeg; the RTSP mode also Debian's GStreamer RTSP server (``make system-deps``).
+queue behind each other until a camera's next frame replaces the one waiting, so the p99
+there nears one frame interval plus the model's time). (a) and (a+d) are measured again
+at the end and the median of each pair taken. It prints a table (events/s, share of
+offered, p50/p99 latency, daemon CPU in cores) and the largest count kept up with beside
+the count the model allows; ``--json`` writes it all. Needs ffmpeg; the RTSP mode also
+Debian's GStreamer RTSP server (``make system-deps``).
 
 ``--paired R`` asks the goal's question directly, (b)/(a) at the count of cameras the
 model allows, in R rounds: each measures (a), runs itsd at the count that (a) allows and
