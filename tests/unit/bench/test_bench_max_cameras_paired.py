@@ -39,6 +39,7 @@ def test_paired_rounds_follow_the_limit(
         clip=tmp_path / "c.mp4",
         fps=5.0,
         paired=3,
+        start="together",
         ultralytics_python=tmp_path / "no-python",
         json=tmp_path / "out.json",
     )
