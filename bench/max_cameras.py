@@ -204,6 +204,23 @@ def run_count(n: int, args: argparse.Namespace, model_ms: float, clip: Path) -> 
     return report
 
 
+def write_report(args: argparse.Namespace, **fields: Any) -> None:
+    """The JSON report to ``--json`` (when given): the run's settings, then `fields`."""
+    if not args.json:
+        return
+    report = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cores": len(os.sched_getaffinity(0)), "load_at_end": os.getloadavg()},
+        "model": args.model.name,
+        "clip": args.clip.name,
+        "source": getattr(args, "source", "file"),
+        "start": args.start,
+        "fps": args.fps,
+        **fields,
+    }
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def paired(args: argparse.Namespace, clip: Path) -> int:
     """(b)/(a) at the model's count of cameras, round by round: the machine's speed
     moves the count the model allows from one minute to the next, so each round measures
@@ -241,24 +258,7 @@ def paired(args: argparse.Namespace, clip: Path) -> int:
         line += f"; (c) Ultralytics track, {n} cameras: {track['fps']:.1f} frames/s, "
         line += f"(b)/(c) {b / track['fps']:.2f}"
     print(line)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": datetime.now().isoformat(timespec="seconds"),
-                    "machine": {"cores": cores},
-                    "model": args.model.name,
-                    "clip": args.clip.name,
-                    "fps": args.fps,
-                    "start": args.start,
-                    "paired_rounds": rounds,
-                    "b_over_a_median": ratio,
-                    "ultralytics_track": track,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_report(args, paired_rounds=rounds, b_over_a_median=ratio, ultralytics_track=track)
     return 0
 
 
@@ -399,30 +399,17 @@ def main() -> int:
         if track is not None:
             line += f", (b)/(c) {at['events_per_s'] / track['fps']:.2f}"
         print(line)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": datetime.now().isoformat(timespec="seconds"),
-                    "machine": {"cores": cores, "load_before": os.getloadavg()},
-                    "model": args.model.name,
-                    "clip": args.clip.name,
-                    "source": args.source,
-                    "start": args.start,
-                    "fps": args.fps,
-                    "limit_fps": limit,
-                    "model_allows": allows,
-                    "limit_with_decode_fps": with_decode,
-                    "decode_and_model_allow": decode_allows,
-                    "kept_up_with": best,
-                    "ultralytics_track": track,
-                    "rows": rows,
-                    "runs": {str(k): v for k, v in results.items()},
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_report(
+        args,
+        limit_fps=limit,
+        model_allows=allows,
+        limit_with_decode_fps=with_decode,
+        decode_and_model_allow=decode_allows,
+        kept_up_with=best,
+        ultralytics_track=track,
+        rows=rows,
+        runs={str(k): v for k, v in results.items()},
+    )
     return 0
 
 
