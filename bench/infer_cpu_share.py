@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,51 +33,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
-import onnxruntime as ort
-
-from itsd.engines.preprocess import letterbox_into, letterbox_params
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import scaled_clip, stat_cpu_s
+from pipeline_bench import session_and_tensors
 from soak import start_daemon, stop_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO.parent / "shared" / "media" / "bikes.mp4"
 MODEL = REPO.parent / "shared" / "models" / "yolo11n_int8_320.onnx"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of a live process, seconds (None once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu_s(Path(f"/proc/{pid}/stat"))
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def raw_cpu_ms(model: Path, clip: Path, frames: int = 60) -> float:
     """CPU ms per frame of a bare single-threaded session.run loop."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    h, w = int(inp.shape[2]), int(inp.shape[3])
-    tensors = []
-    with av.open(str(clip)) as c:
-        for f in c.decode(video=0):
-            img = f.to_ndarray(format="rgb24")
-            t = np.empty((1, 3, h, w), np.float32)
-            letterbox_into(img, t[0], letterbox_params(img.shape[0], img.shape[1], h, w))
-            tensors.append(t)
-            if len(tensors) >= frames:
-                break
-    sess.run(None, {inp.name: tensors[0]})
+    sess, name, tensors = session_and_tensors(model, clip, frames)
+    sess.run(None, {name: tensors[0]})
     c0 = time.process_time()
     for t in tensors:
-        sess.run(None, {inp.name: t})
+        sess.run(None, {name: t})
     return (time.process_time() - c0) / len(tensors) * 1e3
 
 
@@ -143,8 +122,7 @@ def _task_stats(pid: int) -> tuple[float, int, int]:
     cpu, vol, inv = 0.0, 0, 0
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / TICK
+            cpu += stat_cpu_s(task / "stat")
             status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
             vol += int(status["voluntary_ctxt_switches"])
             inv += int(status["nonvoluntary_ctxt_switches"])
@@ -155,8 +133,6 @@ def _task_stats(pid: int) -> tuple[float, int, int]:
 
 def run_paced(args: argparse.Namespace) -> int:
     """Paced looping cameras: per stage kind, cores, CPU ms per frame and switches/s."""
-    from loadgen import scaled_clip
-
     clip = scaled_clip(args.clip, None, args.paced_fps)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -351,12 +351,18 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a ``/proc/<pid>/stat`` (or a thread's
+    ``/proc/<pid>/task/<tid>/stat``) file; OSError once the process is gone."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu_s(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def daemon_pids(target: str) -> list[int]:

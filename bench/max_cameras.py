@@ -59,9 +59,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from e2e_bench import ULTRALYTICS_VENV, ultralytics_track  # noqa: E402
-from loadgen import Latencies, pct, scaled_clip, tail_jsonl  # noqa: E402
+from loadgen import Latencies, pct, scaled_clip, stat_cpu_s, tail_jsonl  # noqa: E402
 from pipeline_bench import DEFAULT_CLIP, DEFAULT_MODEL, raw_all_cores  # noqa: E402
 from soak import start_daemon, stop_daemon, wait_ready  # noqa: E402
+
+from itsd.control import client  # noqa: E402
 
 
 def _free_port() -> int:
@@ -76,8 +78,7 @@ def _tree_cpu_s(root: int) -> float:
     while todo:
         pid = todo.pop()
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += stat_cpu_s(Path(f"/proc/{pid}/stat"))
             for task in Path(f"/proc/{pid}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
     return total
@@ -126,8 +127,6 @@ def add_spread(target: str, cameras: list[dict[str, Any]], fps: float) -> None:
     """Add the cameras to the running daemon over gRPC one by one, each a random part of
     a frame interval after the one before, so their frames do not all come at the same
     instant, as with cameras whose clocks are independent."""
-    from itsd.control import client
-
     rng = random.Random(len(cameras))
     for cam in cameras:
         options = {k: v for k, v in cam.items() if k not in ("id", "source")}

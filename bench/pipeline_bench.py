@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +44,24 @@ DEFAULT_CLIP = REPO.parent / "shared" / "media" / "street_overhead_dusk.mp4"
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "yolo11n_int8_320.onnx"
 
 
-def _tensors(model: Path, clip: Path, frames: int) -> tuple[ort.InferenceSession, str, list[Any]]:
+def session_and_tensors(
+    model: Path, clip: Path, frames: int
+) -> tuple[ort.InferenceSession, str, list[Any]]:
+    """A single-threaded ONNX Runtime session of `model`, its input's name, and the first
+    `frames` frames of `clip` letterboxed to that input (copies, ready to run)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    h, w = int(inp.shape[2]), int(inp.shape[3])
-    tensors = []
-    with av.open(str(clip)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i >= frames:
-                break
-            img = f.to_ndarray(format="rgb24")
-            t = np.empty((1, 3, h, w), np.float32)
-            letterbox_into(img, t[0], letterbox_params(img.shape[0], img.shape[1], h, w))
-            tensors.append(t)
+    buf = np.empty((1, 3, int(inp.shape[2]), int(inp.shape[3])), np.float32)
+    tensors = [t.copy() for t in islice(_decoded_tensors(str(clip), buf), frames)]
     return sess, inp.name, tensors
 
 
 def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
     """Frames/s of a bare session.run loop on letterboxed frames of the clip."""
-    sess, name, tensors = _tensors(model, clip, frames)
+    sess, name, tensors = session_and_tensors(model, clip, frames)
     sess.run(None, {name: tensors[0]})
     t0 = time.perf_counter()
     for t in tensors:
@@ -75,7 +72,7 @@ def raw_fps(model: Path, clip: Path, frames: int = 120) -> float:
 def _raw_worker(
     model: str, clip: str, frames: int, seconds: float, decode: bool, start: Any, q: Any
 ) -> None:
-    sess, name, tensors = _tensors(Path(model), Path(clip), frames)
+    sess, name, tensors = session_and_tensors(Path(model), Path(clip), 1 if decode else frames)
     sess.run(None, {name: tensors[0]})
     stream = _decoded_tensors(clip, tensors[0]) if decode else None
     if stream is not None:
